@@ -1,0 +1,328 @@
+//! KV caches: the per-layer trait a model appends to and attends over, the dense layout, and the
+//! whole-model cache that tracks positions.
+//!
+//! Positions and cache lengths are separate: after a press evicts tokens, new tokens keep their
+//! original RoPE positions ([`ModelCache::seen_tokens`]) while attention masks follow the cache
+//! length ([`LayerCache::len`]).
+
+use candle_core::Tensor;
+
+use crate::attention::{grouped_query_attention, AttentionOutput};
+use crate::{Error, Result};
+
+/// One attention layer's key/value store. Keys are stored post-RoPE, values as projected;
+/// K/V are never repeated per query head.
+///
+/// Attention is a method of the cache because the storage layout decides the kernel: the dense
+/// cache uses batched matmuls, a ragged per-head cache brings its own kernel.
+pub trait LayerCache: Send + Sync + std::fmt::Debug {
+    /// Tokens currently stored per KV head (the longest head for ragged layouts).
+    fn len(&self) -> usize;
+
+    /// Whether nothing is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends the keys and values `(batch, n_kv_heads, n_new, head_dim)` of new tokens.
+    fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()>;
+
+    /// Causal attention of `queries` `(batch, n_heads, n_new, head_dim)`, the queries of the last
+    /// `n_new` appended tokens, over the whole cache. Weights are computed only when asked.
+    fn attend(&self, queries: &Tensor, want_weights: bool) -> Result<AttentionOutput>;
+
+    /// Views of the stored keys and values, `(batch, n_kv_heads, len, head_dim)`; `None` when
+    /// empty. Views stay valid until the next `append`, `truncate`, `replace` or `clear`.
+    fn keys_values(&self) -> Result<Option<(Tensor, Tensor)>>;
+
+    /// Replaces the whole content (e.g. with the tokens a press kept).
+    fn replace(&mut self, keys: &Tensor, values: &Tensor) -> Result<()>;
+
+    /// Drops every token from index `len` on.
+    fn truncate(&mut self, len: usize) -> Result<()>;
+
+    /// Bytes holding stored tokens.
+    fn bytes_used(&self) -> usize;
+
+    /// Bytes allocated, including slack reserved for future appends.
+    fn bytes_reserved(&self) -> usize;
+
+    /// Empties the cache and frees its storage.
+    fn clear(&mut self);
+}
+
+/// Dense layer cache: all heads have the same length, stored in preallocated buffers of shape
+/// `(batch, n_kv_heads, capacity, head_dim)` that grow geometrically, so appending a decoded
+/// token copies only that token.
+#[derive(Debug, Default)]
+pub struct DenseLayerCache {
+    storage: Option<(Tensor, Tensor)>,
+    len: usize,
+}
+
+/// Minimum slack, in tokens, reserved when the buffers (re)grow.
+const MIN_SLACK_TOKENS: usize = 256;
+
+impl DenseLayerCache {
+    /// An empty cache; buffers are allocated on the first append.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn capacity(&self) -> usize {
+        self.storage.as_ref().map_or(0, |(k, _)| k.dims()[2])
+    }
+
+    fn check_pair(keys: &Tensor, values: &Tensor) -> Result<()> {
+        if keys.rank() != 4 || keys.dims() != values.dims() {
+            return Err(Error::Shape(format!(
+                "keys {:?} and values {:?} must both be (batch, n_kv_heads, tokens, head_dim)",
+                keys.dims(),
+                values.dims()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes room for `needed` tokens, copying the stored ones into larger buffers if required.
+    fn reserve(&mut self, template: &Tensor, needed: usize) -> Result<()> {
+        let capacity = self.capacity();
+        if let Some((k, _)) = &self.storage {
+            let (b, h, _, d) = k.dims4()?;
+            let (tb, th, _, td) = template.dims4()?;
+            if (b, h, d) != (tb, th, td) || k.dtype() != template.dtype() {
+                return Err(Error::Shape(format!(
+                    "cannot append {:?} ({:?}) to a cache of {:?} ({:?})",
+                    template.dims(),
+                    template.dtype(),
+                    k.dims(),
+                    k.dtype()
+                )));
+            }
+        }
+        if needed <= capacity {
+            return Ok(());
+        }
+        let new_capacity = needed.max(capacity + (capacity / 4).max(MIN_SLACK_TOKENS));
+        let (b, h, _, d) = template.dims4()?;
+        let shape = (b, h, new_capacity, d);
+        let new_keys = Tensor::zeros(shape, template.dtype(), template.device())?;
+        let new_values = Tensor::zeros(shape, template.dtype(), template.device())?;
+        if let Some((keys, values)) = &self.storage {
+            if self.len > 0 {
+                new_keys.slice_set(&keys.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+                new_values.slice_set(&values.narrow(2, 0, self.len)?.contiguous()?, 2, 0)?;
+            }
+        }
+        self.storage = Some((new_keys, new_values));
+        Ok(())
+    }
+}
+
+impl LayerCache for DenseLayerCache {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
+        Self::check_pair(keys, values)?;
+        let n_new = keys.dims()[2];
+        self.reserve(keys, self.len + n_new)?;
+        let (k_buf, v_buf) = self.storage.as_ref().expect("reserve allocated the buffers");
+        k_buf.slice_set(&keys.contiguous()?, 2, self.len)?;
+        v_buf.slice_set(&values.contiguous()?, 2, self.len)?;
+        self.len += n_new;
+        Ok(())
+    }
+
+    fn attend(&self, queries: &Tensor, want_weights: bool) -> Result<AttentionOutput> {
+        let (keys, values) = self
+            .keys_values()?
+            .ok_or_else(|| Error::Shape("attend called on an empty cache".to_string()))?;
+        grouped_query_attention(queries, &keys, &values, want_weights)
+    }
+
+    fn keys_values(&self) -> Result<Option<(Tensor, Tensor)>> {
+        match &self.storage {
+            Some((k, v)) if self.len > 0 => Ok(Some((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?))),
+            _ => Ok(None),
+        }
+    }
+
+    fn replace(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
+        Self::check_pair(keys, values)?;
+        self.clear();
+        self.append(keys, values)
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(Error::InvalidArgument(format!(
+                "cannot truncate a cache of {} tokens to {len} tokens",
+                self.len
+            )));
+        }
+        self.len = len;
+        Ok(())
+    }
+
+    fn bytes_used(&self) -> usize {
+        self.storage.as_ref().map_or(0, |(k, _)| {
+            let (b, h, _, d) = k.dims4().unwrap_or((0, 0, 0, 0));
+            2 * b * h * self.len * d * k.dtype().size_in_bytes()
+        })
+    }
+
+    fn bytes_reserved(&self) -> usize {
+        self.storage
+            .as_ref()
+            .map_or(0, |(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+    }
+
+    fn clear(&mut self) {
+        self.storage = None;
+        self.len = 0;
+    }
+}
+
+/// The caches of all layers of one model plus the number of tokens the model has seen, which is
+/// the RoPE position of the next token (it does not shrink when presses evict tokens).
+#[derive(Debug)]
+pub struct ModelCache {
+    layers: Vec<Box<dyn LayerCache>>,
+    seen_tokens: usize,
+}
+
+impl ModelCache {
+    /// A cache of `n_layers` dense layer caches.
+    pub fn dense(n_layers: usize) -> Self {
+        Self::from_layers((0..n_layers).map(|_| Box::new(DenseLayerCache::new()) as Box<dyn LayerCache>).collect())
+    }
+
+    /// A cache made of the given layer caches (any layout).
+    pub fn from_layers(layers: Vec<Box<dyn LayerCache>>) -> Self {
+        Self { layers, seen_tokens: 0 }
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Tokens the model has processed so far: the position of the next token.
+    pub fn seen_tokens(&self) -> usize {
+        self.seen_tokens
+    }
+
+    /// Sets the number of tokens seen (after a forward, or when rewinding to a saved state).
+    pub fn set_seen_tokens(&mut self, seen_tokens: usize) {
+        self.seen_tokens = seen_tokens;
+    }
+
+    /// One layer's cache.
+    pub fn layer(&self, layer_idx: usize) -> Option<&dyn LayerCache> {
+        self.layers.get(layer_idx).map(|l| l.as_ref())
+    }
+
+    /// One layer's cache, mutably.
+    pub fn layer_mut(&mut self, layer_idx: usize) -> Option<&mut (dyn LayerCache + 'static)> {
+        self.layers.get_mut(layer_idx).map(|l| l.as_mut())
+    }
+
+    /// Cache lengths of every layer.
+    pub fn lengths(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.len()).collect()
+    }
+
+    /// Bytes holding stored tokens, all layers.
+    pub fn bytes_used(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes_used()).sum()
+    }
+
+    /// Bytes allocated, all layers.
+    pub fn bytes_reserved(&self) -> usize {
+        self.layers.iter().map(|l| l.bytes_reserved()).sum()
+    }
+
+    /// Empties every layer and resets the position to 0.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| l.clear());
+        self.seen_tokens = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    fn tokens(n: usize, start: f32) -> Result<Tensor> {
+        let data: Vec<f32> = (0..2 * n * 4).map(|i| start + i as f32).collect();
+        Ok(Tensor::from_vec(data, (1, 2, n, 4), &Device::Cpu)?)
+    }
+
+    #[test]
+    fn appends_grow_and_keep_content() -> Result<()> {
+        let mut cache = DenseLayerCache::new();
+        let first = tokens(300, 0.0)?;
+        cache.append(&first, &first)?;
+        let mut all = vec![first];
+        for step in 0..300 {
+            let t = tokens(1, 10_000.0 + step as f32)?;
+            cache.append(&t, &t)?;
+            all.push(t);
+        }
+        assert_eq!(cache.len(), 600);
+        let (k, v) = cache.keys_values()?.unwrap();
+        let want = Tensor::cat(&all, 2)?;
+        assert_eq!(k.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(v.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(cache.bytes_used(), 2 * 2 * 600 * 4 * 4);
+        assert!(cache.bytes_reserved() >= cache.bytes_used());
+        Ok(())
+    }
+
+    #[test]
+    fn truncate_and_replace() -> Result<()> {
+        let mut cache = DenseLayerCache::new();
+        let t = tokens(10, 0.0)?;
+        cache.append(&t, &t)?;
+        cache.truncate(4)?;
+        assert_eq!(cache.len(), 4);
+        assert!(matches!(cache.truncate(5), Err(Error::InvalidArgument(_))));
+        let small = tokens(2, 7.0)?;
+        cache.replace(&small, &small)?;
+        let (k, _) = cache.keys_values()?.unwrap();
+        assert_eq!(k.flatten_all()?.to_vec1::<f32>()?, small.flatten_all()?.to_vec1::<f32>()?);
+        cache.clear();
+        assert!(cache.keys_values()?.is_none());
+        assert!(cache.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn mismatched_appends_are_errors() -> Result<()> {
+        let mut cache = DenseLayerCache::new();
+        cache.append(&tokens(2, 0.0)?, &tokens(2, 0.0)?)?;
+        let other = Tensor::zeros((1, 3, 1, 4), DType::F32, &Device::Cpu)?;
+        assert!(matches!(cache.append(&other, &other), Err(Error::Shape(_))));
+        assert!(matches!(cache.append(&tokens(1, 0.0)?, &other), Err(Error::Shape(_))));
+        let empty = DenseLayerCache::new();
+        assert!(empty.attend(&other, false).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn model_cache_tracks_positions_separately_from_lengths() -> Result<()> {
+        let mut cache = ModelCache::dense(2);
+        let t = tokens(5, 0.0)?;
+        cache.layer_mut(0).unwrap().append(&t, &t)?;
+        cache.set_seen_tokens(5);
+        cache.layer_mut(0).unwrap().truncate(2)?;
+        assert_eq!(cache.lengths(), vec![2, 0]);
+        assert_eq!(cache.seen_tokens(), 5);
+        cache.clear();
+        assert_eq!(cache.seen_tokens(), 0);
+        Ok(())
+    }
+}

@@ -1,0 +1,30 @@
+//! The error type shared by the core crate.
+
+/// Errors raised by caches, hooks and rotary tables.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tensor operation failed inside candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Tensors handed to a cache or hook do not have the shapes it expects.
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+    /// A position beyond what the model's rotary tables support was requested.
+    #[error(
+        "position {position} is beyond the model's maximum of {max_positions} positions \
+         (input too long: shorten the prompt or use a model with a longer context)"
+    )]
+    PositionOutOfRange {
+        /// The first position that does not fit.
+        position: usize,
+        /// The model's maximum number of positions.
+        max_positions: usize,
+    },
+    /// A value outside its valid range was given.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+/// Result alias of the core crate.
+pub type Result<T> = std::result::Result<T, Error>;
