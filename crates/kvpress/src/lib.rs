@@ -1,1 +1,26 @@
-//! placeholder
+//! kvpress-rs: KV-cache compression for LLM inference on candle.
+//!
+//! One dependency for users: re-exports the core traits ([`core`]), the models ([`models`]) and
+//! the runtime ([`hooks`]), plus what the `kvpress` command line is built from: the default
+//! model ([`default_model`]), the parity trace ([`trace`]) and the benchmark ([`bench`]).
+#![warn(missing_docs)]
+
+pub mod bench;
+pub mod default_model;
+pub mod trace;
+
+pub use hooks;
+pub use kvpress_core as core;
+pub use models;
+
+/// Parses a weight mode: `quantized` (or `q`, GGUF only), `f32`, `f16`, `bf16`.
+pub fn parse_weight_mode(text: &str) -> Result<models::WeightMode, String> {
+    use candle_core::DType;
+    match text {
+        "quantized" | "q" => Ok(models::WeightMode::Quantized),
+        "f32" => Ok(models::WeightMode::Dense(DType::F32)),
+        "f16" => Ok(models::WeightMode::Dense(DType::F16)),
+        "bf16" => Ok(models::WeightMode::Dense(DType::BF16)),
+        other => Err(format!("unknown dtype `{other}`: valid are quantized, f32, f16, bf16")),
+    }
+}

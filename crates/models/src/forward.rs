@@ -1,0 +1,20 @@
+//! Per-forward state shared by all layers: rotary tables for the new tokens' positions, phase.
+
+use candle_core::Tensor;
+use kvpress_core::{ForwardPhase, RotaryEmbedding};
+
+/// What every layer of one forward needs to know besides its input.
+pub(crate) struct ForwardStep<'a> {
+    /// Cosines for the new tokens' positions, `(s, head_dim / 2)`.
+    pub cos: Tensor,
+    /// Sines for the new tokens' positions, `(s, head_dim / 2)`.
+    pub sin: Tensor,
+    /// Position of the first new token.
+    pub position_offset: usize,
+    /// Prefill or decode.
+    pub phase: ForwardPhase,
+    /// Number of layers of the model.
+    pub n_layers: usize,
+    /// The model's rotary tables.
+    pub rotary: &'a RotaryEmbedding,
+}

@@ -1,0 +1,52 @@
+//! One pre-norm decoder block: `h += attn(norm(h)); h += mlp(norm(h))`.
+
+use candle_core::Tensor;
+use kvpress_core::{AttentionHook, LayerCache};
+
+use crate::attention::Attention;
+use crate::forward::ForwardStep;
+use crate::linear::Linear;
+use crate::Result;
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub(crate) struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
+/// A decoder layer.
+#[derive(Debug, Clone)]
+pub(crate) struct DecoderLayer {
+    pub attention_norm: Tensor,
+    pub attention: Attention,
+    pub mlp_norm: Tensor,
+    pub mlp: Mlp,
+    pub rms_norm_eps: f32,
+}
+
+impl DecoderLayer {
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        step: &ForwardStep<'_>,
+        layer_idx: usize,
+        cache: &mut dyn LayerCache,
+        hook: Option<&mut (dyn AttentionHook + '_)>,
+    ) -> Result<Tensor> {
+        let normed = candle_nn::ops::rms_norm(hidden, &self.attention_norm, self.rms_norm_eps)?;
+        let attended = self.attention.forward(&normed, step, layer_idx, cache, hook)?;
+        let hidden = (hidden + attended)?;
+        let normed = candle_nn::ops::rms_norm(&hidden, &self.mlp_norm, self.rms_norm_eps)?;
+        Ok((&hidden + self.mlp.forward(&normed)?)?)
+    }
+}

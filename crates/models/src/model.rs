@@ -1,0 +1,217 @@
+//! The Llama-family decoder: embedding, layers with hook points, final norm, output projection.
+
+use candle_core::{DType, Device, Tensor};
+use kvpress_core::{AttentionHook, AttentionShape, ForwardPhase, ModelCache, RotaryEmbedding};
+
+use crate::attention::Attention;
+use crate::config::ModelConfig;
+use crate::forward::ForwardStep;
+use crate::layer::{DecoderLayer, Mlp};
+use crate::linear::{Embedding, Linear};
+use crate::param::{LayerParam, Param};
+use crate::weights::WeightLoader;
+use crate::{Error, Result};
+
+/// Which positions the output projection is applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last new token: `(batch, vocab)`.
+    LastToken,
+    /// Every new token: `(batch, n_new, vocab)`.
+    AllTokens,
+}
+
+/// A Llama-family decoder (Llama, SmolLM2, Mistral, Qwen2, Qwen3) with hook points.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    embedding: Embedding,
+    layers: Vec<DecoderLayer>,
+    final_norm: Tensor,
+    lm_head: Linear,
+    rotary: RotaryEmbedding,
+    dtype: DType,
+    device: Device,
+}
+
+impl Model {
+    pub(crate) fn load(config: ModelConfig, weights: &mut WeightLoader<'_>, device: &Device) -> Result<Self> {
+        let c = &config;
+        let embedding = weights.embedding(c.vocab_size, c.hidden_size)?;
+        let q_dim = c.n_heads * c.head_dim;
+        let kv_dim = c.n_kv_heads * c.head_dim;
+        let bias = |p: LayerParam, i: usize| c.architecture.has_qkv_bias().then_some(Param::Layer(i, p));
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for i in 0..c.n_layers {
+            let p = |lp: LayerParam| Param::Layer(i, lp);
+            let qk_norm = if c.architecture.has_qk_norm() {
+                Some((
+                    weights.vector(p(LayerParam::QueryNorm), c.head_dim)?,
+                    weights.vector(p(LayerParam::KeyNorm), c.head_dim)?,
+                ))
+            } else {
+                None
+            };
+            let attention = Attention {
+                q_proj: weights.linear(p(LayerParam::QueryWeight), bias(LayerParam::QueryBias, i), (q_dim, c.hidden_size))?,
+                k_proj: weights.linear(p(LayerParam::KeyWeight), bias(LayerParam::KeyBias, i), (kv_dim, c.hidden_size))?,
+                v_proj: weights.linear(p(LayerParam::ValueWeight), bias(LayerParam::ValueBias, i), (kv_dim, c.hidden_size))?,
+                o_proj: weights.linear(p(LayerParam::OutputWeight), None, (c.hidden_size, q_dim))?,
+                qk_norm,
+                rms_norm_eps: c.rms_norm_eps,
+                shape: AttentionShape {
+                    n_heads: c.n_heads,
+                    n_kv_heads: c.n_kv_heads,
+                    head_dim: c.head_dim,
+                },
+            };
+            let mlp = Mlp {
+                gate_proj: weights.linear(p(LayerParam::GateWeight), None, (c.intermediate_size, c.hidden_size))?,
+                up_proj: weights.linear(p(LayerParam::UpWeight), None, (c.intermediate_size, c.hidden_size))?,
+                down_proj: weights.linear(p(LayerParam::DownWeight), None, (c.hidden_size, c.intermediate_size))?,
+            };
+            layers.push(DecoderLayer {
+                attention_norm: weights.vector(p(LayerParam::AttentionNorm), c.hidden_size)?,
+                attention,
+                mlp_norm: weights.vector(p(LayerParam::MlpNorm), c.hidden_size)?,
+                mlp,
+                rms_norm_eps: c.rms_norm_eps as f32,
+            });
+        }
+        let final_norm = weights.vector(Param::FinalNorm, c.hidden_size)?;
+        let lm_head = if c.tie_word_embeddings {
+            Linear::new(embedding.table().clone(), None)?
+        } else {
+            weights.linear(Param::LmHead, None, (c.vocab_size, c.hidden_size))?
+        };
+        let rotary = RotaryEmbedding::new(c.head_dim, c.rope_theta, c.max_position_embeddings, device)?;
+        Ok(Self {
+            embedding,
+            layers,
+            final_norm,
+            lm_head,
+            rotary,
+            dtype: weights.dtype(),
+            device: device.clone(),
+            config,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Dtype of activations and of the KV cache.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The rotary tables.
+    pub fn rotary(&self) -> &RotaryEmbedding {
+        &self.rotary
+    }
+
+    /// A fresh dense cache with one layer cache per decoder layer.
+    pub fn new_cache(&self) -> ModelCache {
+        ModelCache::dense(self.config.n_layers)
+    }
+
+    /// Runs the new tokens `input_ids` `(batch, n_new)` (u32) through the model, appending to
+    /// `cache` and calling `hook` in every layer; returns f32 logits of the last new token,
+    /// `(batch, vocab)`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut ModelCache,
+        hook: Option<&mut (dyn AttentionHook + '_)>,
+    ) -> Result<Tensor> {
+        self.forward_logits(input_ids, cache, hook, LogitsFor::LastToken)
+    }
+
+    /// Like [`Self::forward`], choosing which positions get logits.
+    pub fn forward_logits(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut ModelCache,
+        mut hook: Option<&mut (dyn AttentionHook + '_)>,
+        logits_for: LogitsFor,
+    ) -> Result<Tensor> {
+        let (_, n_new) = self.check_input(input_ids, cache)?;
+        let position_offset = cache.seen_tokens();
+        let (cos, sin) = self.rotary.tables_for_range(position_offset, n_new, self.dtype)?;
+        let phase = if cache.lengths().iter().all(|&l| l == 0) {
+            ForwardPhase::Prefill
+        } else {
+            ForwardPhase::Decode
+        };
+        let step = ForwardStep {
+            cos,
+            sin,
+            position_offset,
+            phase,
+            n_layers: self.config.n_layers,
+            rotary: &self.rotary,
+        };
+        let mut hidden = self.embedding.forward(input_ids, self.dtype)?;
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache
+                .layer_mut(layer_idx)
+                .expect("check_input verified the number of cache layers");
+            hidden = layer.forward(&hidden, &step, layer_idx, layer_cache, hook.as_deref_mut())?;
+        }
+        cache.set_seen_tokens(position_offset + n_new);
+        let hidden = match logits_for {
+            LogitsFor::LastToken => hidden.narrow(1, n_new - 1, 1)?,
+            LogitsFor::AllTokens => hidden,
+        };
+        let hidden = candle_nn::ops::rms_norm(&hidden.contiguous()?, &self.final_norm, self.config.rms_norm_eps as f32)?;
+        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
+        Ok(match logits_for {
+            LogitsFor::LastToken => logits.squeeze(1)?,
+            LogitsFor::AllTokens => logits,
+        })
+    }
+
+    /// Validates token ids, length and cache shape; returns `(batch, n_new)`.
+    fn check_input(&self, input_ids: &Tensor, cache: &ModelCache) -> Result<(usize, usize)> {
+        let (batch, n_new) = input_ids
+            .dims2()
+            .map_err(|_| Error::InvalidInput(format!("input ids must be (batch, tokens), got {:?}", input_ids.dims())))?;
+        if batch == 0 || n_new == 0 {
+            return Err(Error::InvalidInput("empty input: at least one token is needed".into()));
+        }
+        if input_ids.dtype() != DType::U32 {
+            return Err(Error::InvalidInput(format!("input ids must be u32, got {:?}", input_ids.dtype())));
+        }
+        let max_id = input_ids.max_all()?.to_scalar::<u32>()?;
+        if max_id as usize >= self.config.vocab_size {
+            return Err(Error::InvalidInput(format!(
+                "token id {max_id} is outside the vocabulary (size {})",
+                self.config.vocab_size
+            )));
+        }
+        let end = cache.seen_tokens() + n_new;
+        if end > self.config.max_position_embeddings {
+            return Err(Error::InvalidInput(format!(
+                "{} tokens ({} already processed + {n_new} new) exceed the model's maximum of {} positions",
+                end,
+                cache.seen_tokens(),
+                self.config.max_position_embeddings
+            )));
+        }
+        if cache.n_layers() != self.config.n_layers {
+            return Err(Error::InvalidInput(format!(
+                "the cache has {} layers, the model {}",
+                cache.n_layers(),
+                self.config.n_layers
+            )));
+        }
+        Ok((batch, n_new))
+    }
+}
