@@ -9,6 +9,7 @@ pub mod bench;
 pub mod default_model;
 pub mod trace;
 
+pub use candle_core as candle;
 pub use hooks;
 pub use kvpress_core as core;
 pub use models;
