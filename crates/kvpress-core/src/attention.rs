@@ -60,6 +60,9 @@ pub fn grouped_query_attention(
             "{n_queries} new queries but only {n_keys} cached keys: append before attending"
         )));
     }
+    if let Some(output) = crate::cpu::attention_f32(queries, keys, values, want_weights)? {
+        return Ok(output);
+    }
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let grouped = (queries * scale)?.reshape((batch, n_kv_heads, group, n_queries, head_dim))?;

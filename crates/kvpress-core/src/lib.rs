@@ -26,6 +26,7 @@
 
 pub mod attention;
 pub mod cache;
+pub mod cpu;
 pub mod error;
 pub mod hook;
 pub mod rope;

@@ -25,6 +25,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 mod forward;
+mod kernels;
 pub mod generate;
 pub mod gguf;
 mod layer;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
+
 use crate::Result;
 
 /// A weight as a file stores it: quantized GGML blocks or a dense tensor.
@@ -80,9 +81,14 @@ impl Linear {
         let (batch_dims, in_features) = dims.split_at(dims.len() - 1);
         let rows: usize = batch_dims.iter().product();
         let x2 = x.reshape((rows, in_features[0]))?;
-        let y = match &self.kernel {
-            Kernel::Quantized(matmul) => matmul.forward(&x2)?,
-            Kernel::Dense(w_t) => x2.matmul(w_t)?,
+        let y = match (&self.kernel, &self.weight) {
+            (Kernel::Quantized(matmul), Weight::Quantized(q)) => quantized_matmul(&x2, q, matmul)?,
+            (Kernel::Dense(w_t), Weight::Dense(w)) => match dense_matmul_f32(&x2, w)? {
+                Some(y) => y,
+                None => x2.matmul(w_t)?,
+            },
+            (Kernel::Quantized(matmul), _) => matmul.forward(&x2)?,
+            (Kernel::Dense(w_t), _) => x2.matmul(w_t)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -92,6 +98,64 @@ impl Linear {
         out_dims.push(self.out_features());
         Ok(y.reshape(out_dims)?)
     }
+}
+
+/// Rows of input from which a quantized weight is dequantized and multiplied in f32 (a prefill),
+/// instead of running the quantized kernel row by row.
+const DEQUANTIZE_FROM_ROWS: usize = 16;
+/// Rows of input up to which dense products run as matrix-vector products.
+const MATVEC_MAX_ROWS: usize = 8;
+
+/// `x (m, in) @ W^T` for quantized `W`: fused f32 kernels for Q4_1/Q8_0 with few rows, a
+/// dequantized f32 product for many rows, candle's quantized matmul otherwise.
+fn quantized_matmul(x: &Tensor, q: &QTensor, matmul: &QMatMul) -> Result<Tensor> {
+    let (rows, _) = x.dims2()?;
+    if rows >= DEQUANTIZE_FROM_ROWS && kvpress_core::cpu::is_cpu_f32(x) {
+        let w = q.dequantize(&q.device())?;
+        if let Some(y) = dense_matmul_f32(x, &w)? {
+            return Ok(y);
+        }
+    }
+    if let Some(y) = crate::kernels::quantized_matvec(x, q)? {
+        return Ok(y);
+    }
+    Ok(matmul.forward(x)?)
+}
+
+/// `x (m, in) @ W^T` with `W (out, in)` through the CPU sgemm; `None` unless both are f32 CPU
+/// tensors.
+fn dense_matmul_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+    use kvpress_core::cpu::{f32_slice, is_cpu_f32, matvec_f32, sgemm, MatMut, MatRef};
+    if !is_cpu_f32(x) || !is_cpu_f32(w) {
+        return Ok(None);
+    }
+    let (m, k) = x.dims2()?;
+    let (n, _) = w.dims2()?;
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let mut out = vec![0f32; m * n];
+    let done = f32_slice(&x, |xs, x_start, _| {
+        f32_slice(&w, |ws, w_start, _| {
+            if m <= MATVEC_MAX_ROWS {
+                // Decode steps are bound by reading W: stream it once, all rows at a time.
+                matvec_f32(&ws[w_start..], n, k, &xs[x_start..], m, &mut out);
+                return;
+            }
+            sgemm(
+                m,
+                n,
+                k,
+                1.0,
+                MatRef { data: &xs[x_start..], row_stride: k, transposed: false },
+                MatRef { data: &ws[w_start..], row_stride: k, transposed: true },
+                0.0,
+                MatMut { data: &mut out, row_stride: n },
+            );
+        })
+    });
+    if done.flatten().is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
 /// Token embedding table; quantized tables dequantize only the rows looked up.

@@ -1,0 +1,23 @@
+//! CPU kernels for f32: matrix products (through a system BLAS when one is installed) and
+//! attention over a dense cache.
+//!
+//! candle's own f32 matmul (the `gemm` crate) reaches about half of what an optimised BLAS does
+//! on the same cores, so kvpress-rs looks for OpenBLAS at run time (`libopenblas.so.0`) and uses
+//! it for its large products, falling back to `gemm` when none is found. Nothing is linked at
+//! build time: a machine without OpenBLAS runs the same code, only slower.
+//! `KVPRESS_BLAS=off` disables the lookup; `KVPRESS_BLAS_LIB=/path/libfoo.so` names a library
+//! exporting `cblas_sgemm`.
+
+mod attention;
+mod blas;
+mod matvec;
+mod sgemm;
+mod softmax;
+mod view;
+
+pub use attention::attention_f32;
+pub use blas::blas_backend;
+pub use matvec::{dot, for_each_output_row, matvec_f32};
+pub use sgemm::{sgemm, MatMut, MatRef};
+pub use softmax::{exp, masked_softmax};
+pub use view::{f32_slice, is_cpu_f32};
