@@ -156,14 +156,19 @@ mod tests {
 
     #[test]
     fn matches_textbook_attention_for_prefill_and_continuation() -> Result<()> {
-        for (s, t) in [(7, 7), (3, 10), (1, 9)] {
+        // Decode-sized problems (few rows per KV head, many keys split into chunks) and
+        // prefill-sized ones take different kernels; both must equal the textbook result.
+        for (s, t) in [(7, 7), (3, 10), (1, 9), (1, 1000), (2, 700), (40, 300)] {
             let q = Tensor::randn(0f32, 1.0, (2, 6, s, 8), &Device::Cpu)?;
             let k = Tensor::randn(0f32, 1.0, (2, 2, t, 8), &Device::Cpu)?;
             let v = Tensor::randn(0f32, 1.0, (2, 2, t, 8), &Device::Cpu)?;
-            let got = grouped_query_attention(&q, &k, &v, true)?;
             let (want, want_weights) = reference(&q, &k, &v)?;
-            assert!(max_diff(&got.output, &want) < 1e-5, "s={s} t={t}");
-            assert!(max_diff(&got.weights.unwrap(), &want_weights) < 1e-6);
+            let without_weights = grouped_query_attention(&q, &k, &v, false)?;
+            assert!(without_weights.weights.is_none());
+            assert!(max_diff(&without_weights.output, &want) < 1e-5, "s={s} t={t}");
+            let with_weights = grouped_query_attention(&q, &k, &v, true)?;
+            assert!(max_diff(&with_weights.output, &want) < 1e-5, "s={s} t={t}");
+            assert!(max_diff(&with_weights.weights.unwrap(), &want_weights) < 1e-6);
         }
         Ok(())
     }
@@ -190,6 +195,19 @@ mod tests {
         let got = grouped_query_attention(&q, &k, &v, false)?;
         let (want, _) = reference(&q, &k.contiguous()?, &v.contiguous()?)?;
         assert!(max_diff(&got.output, &want) < 1e-5);
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_takes_the_generic_path() -> Result<()> {
+        let q = Tensor::randn(0f32, 1.0, (1, 4, 5, 8), &Device::Cpu)?;
+        let k = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &Device::Cpu)?;
+        let v = Tensor::randn(0f32, 1.0, (1, 2, 5, 8), &Device::Cpu)?;
+        let (want, _) = reference(&q, &k, &v)?;
+        let to = |x: &Tensor| x.to_dtype(DType::BF16);
+        let got = grouped_query_attention(&to(&q)?, &to(&k)?, &to(&v)?, true)?;
+        assert_eq!(got.output.dtype(), DType::BF16);
+        assert!(max_diff(&got.output.to_dtype(DType::F32)?, &want) < 5e-2);
         Ok(())
     }
 

@@ -81,21 +81,19 @@ fn dot_generic(kind: BlockKind, w_row: &[u8], x: &[f32]) -> f32 {
 fn dot_q4_1(w_row: &[u8], x: &[f32]) -> f32 {
     const BLOCK_BYTES: usize = 20;
     let mut acc = [0f32; 16];
-    let mut offset_sum = 0f32;
+    let mut offsets = [0f32; 16];
     for (block, xb) in w_row.chunks_exact(BLOCK_BYTES).zip(x.chunks_exact(32)) {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
         let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
         let qs = &block[4..20];
-        let mut x_sum = [0f32; 16];
         for i in 0..16 {
             let lo = (qs[i] & 0x0F) as f32;
             let hi = (qs[i] >> 4) as f32;
             acc[i] += d * (lo * xb[i] + hi * xb[i + 16]);
-            x_sum[i] = xb[i] + xb[i + 16];
+            offsets[i] += m * (xb[i] + xb[i + 16]);
         }
-        offset_sum += m * x_sum.iter().sum::<f32>();
     }
-    acc.iter().sum::<f32>() + offset_sum
+    acc.iter().sum::<f32>() + offsets.iter().sum::<f32>()
 }
 
 /// Q8_0 block: f16 scale `d`, 32 signed bytes; value `d * q`.

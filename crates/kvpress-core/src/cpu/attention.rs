@@ -5,6 +5,7 @@
 use candle_core::Tensor;
 use rayon::prelude::*;
 
+use super::decode_attention::{decode_attention, HeadProblem, HeadRows, MAX_ROWS as DECODE_MAX_ROWS};
 use super::sgemm::{sgemm, MatMut, MatRef};
 use super::softmax::masked_softmax;
 use super::view::f32_slice;
@@ -16,12 +17,6 @@ const MAX_BLOCK_SCORES: usize = 1 << 22;
 /// Upper bound on query positions per block (smaller blocks skip more masked keys).
 const MAX_BLOCK_POSITIONS: usize = 256;
 
-/// Where one KV head's rows start in a cache view, and the distance between rows.
-#[derive(Clone, Copy)]
-struct HeadRows {
-    start: usize,
-    row_stride: usize,
-}
 
 /// Attention of `queries` `(b, h, s, d)` over `keys`/`values` `(b, h_kv, t, d)` (views whose last
 /// dimension is contiguous), the queries being the last `s` positions. Returns `None` when the
@@ -44,13 +39,36 @@ pub fn attention_f32(queries: &Tensor, keys: &Tensor, values: &Tensor, want_weig
                     return false;
                 }
                 let q = &q[q_start..];
+                let k_head = |b: usize, kv: usize| HeadRows { data: k, start: k_start + b * k_stride[0] + kv * k_stride[1], row_stride: k_stride[2] };
+                let v_head = |b: usize, kv: usize| HeadRows { data: v, start: v_start + b * v_stride[0] + kv * v_stride[1], row_stride: v_stride[2] };
+                if !want_weights && group * n_queries <= DECODE_MAX_ROWS {
+                    let mut problems = Vec::with_capacity(batch * n_kv_heads);
+                    for b in 0..batch {
+                        for kv in 0..n_kv_heads {
+                            let mut queries = Vec::with_capacity(group * n_queries * head_dim);
+                            let mut positions = Vec::with_capacity(group * n_queries);
+                            for g in 0..group {
+                                let base = (b * n_heads + kv * group + g) * n_queries * head_dim;
+                                queries.extend_from_slice(&q[base..base + n_queries * head_dim]);
+                                positions.extend((0..n_queries).map(|r| first_position + r));
+                            }
+                            problems.push(HeadProblem { queries, positions, keys: k_head(b, kv), values: v_head(b, kv) });
+                        }
+                    }
+                    let results = decode_attention(&problems, n_keys, head_dim, scale);
+                    for (index, result) in results.iter().enumerate() {
+                        let (b, kv) = (index / n_kv_heads, index % n_kv_heads);
+                        let base = (b * n_heads + kv * group) * n_queries * head_dim;
+                        output[base..base + result.len()].copy_from_slice(result);
+                    }
+                    return true;
+                }
                 let mut scores = Vec::new();
                 let mut gathered = Vec::new();
                 let mut block_out = Vec::new();
                 for b in 0..batch {
                     for kv in 0..n_kv_heads {
-                        let k_rows = HeadRows { start: k_start + b * k_stride[0] + kv * k_stride[1], row_stride: k_stride[2] };
-                        let v_rows = HeadRows { start: v_start + b * v_stride[0] + kv * v_stride[1], row_stride: v_stride[2] };
+                        let (k_rows, v_rows) = (k_head(b, kv), v_head(b, kv));
                         let mut p0 = 0;
                         while p0 < n_queries {
                             let len = block.min(n_queries - p0);

@@ -4,8 +4,10 @@
 
 use rayon::prelude::*;
 
-/// Output rows per parallel task.
-const ROWS_PER_TASK: usize = 256;
+/// Parallel tasks per thread (several, so that uneven progress evens out).
+const TASKS_PER_THREAD: usize = 4;
+/// Fewest weight rows per task.
+const MIN_ROWS_PER_TASK: usize = 16;
 
 /// `out[r * n + j] = dot(w[j], xs[r])` for every input `r` (`xs` holds `m` rows of `k`).
 pub fn matvec_f32(w: &[f32], n: usize, k: usize, xs: &[f32], m: usize, out: &mut [f32]) {
@@ -23,18 +25,19 @@ pub fn matvec_f32(w: &[f32], n: usize, k: usize, xs: &[f32], m: usize, out: &mut
 /// land in `out` laid out `(m, n)`. Each weight row is visited once, by one thread.
 pub fn for_each_output_row(n: usize, m: usize, out: &mut [f32], row_kernel: impl Fn(usize, &mut [f32]) + Sync) {
     assert!(out.len() >= m * n, "matvec: output too short");
+    let rows_per_task = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD).max(MIN_ROWS_PER_TASK);
     if m == 1 {
-        out[..n].par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, chunk)| {
+        out[..n].par_chunks_mut(rows_per_task).enumerate().for_each(|(task, chunk)| {
             for (i, d) in chunk.iter_mut().enumerate() {
-                row_kernel(task * ROWS_PER_TASK + i, std::slice::from_mut(d));
+                row_kernel(task * rows_per_task + i, std::slice::from_mut(d));
             }
         });
         return;
     }
     let mut by_row = vec![0f32; n * m];
-    by_row.par_chunks_mut(ROWS_PER_TASK * m).enumerate().for_each(|(task, chunk)| {
+    by_row.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, chunk)| {
         for (i, dst) in chunk.chunks_mut(m).enumerate() {
-            row_kernel(task * ROWS_PER_TASK + i, dst);
+            row_kernel(task * rows_per_task + i, dst);
         }
     });
     for j in 0..n {
@@ -63,7 +66,7 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];
     let mut a_chunks = a.chunks_exact(16);
     let mut b_chunks = b.chunks_exact(16);

@@ -9,6 +9,7 @@
 //! exporting `cblas_sgemm`.
 
 mod attention;
+mod decode_attention;
 mod blas;
 mod matvec;
 mod sgemm;

@@ -49,32 +49,7 @@ pub fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<
         blas_sgemm(blas, m, n, k, alpha, a, b, beta, c);
         return;
     }
-    let (a_rs, a_cs) = strides(a);
-    let (b_rs, b_cs) = strides(b);
-    // SAFETY: bounds were checked above. Note gemm's convention: dst = alpha*dst + beta*lhs*rhs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.data.as_mut_ptr(),
-            1,
-            c.row_stride as isize,
-            beta != 0.0,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(rayon::current_num_threads()),
-        )
-    }
+    gemm_crate_sgemm(m, n, k, alpha, a, b, beta, c);
 }
 
 /// Products smaller than this (m * n * k) run on one thread.
@@ -165,6 +140,38 @@ fn blas_sgemm(blas: &Blas, m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'
         };
 }
 
+/// The pure-Rust fallback: the `gemm` crate on rayon's threads.
+#[allow(clippy::too_many_arguments)]
+fn gemm_crate_sgemm(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    let (a_rs, a_cs) = strides(a);
+    let (b_rs, b_cs) = strides(b);
+    // SAFETY: bounds were checked above. Note gemm's convention: dst = alpha*dst + beta*lhs*rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.data.as_mut_ptr(),
+            1,
+            c.row_stride as isize,
+            beta != 0.0,
+            a.data.as_ptr(),
+            a_cs,
+            a_rs,
+            b.data.as_ptr(),
+            b_cs,
+            b_rs,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(rayon::current_num_threads()),
+        )
+    }
+}
+
+
 /// `(row stride, column stride)` of the logical matrix.
 fn strides(m: MatRef<'_>) -> (isize, isize) {
     if m.transposed {
@@ -197,35 +204,55 @@ mod tests {
         c
     }
 
+    /// Runs `product` through [`sgemm`] (the BLAS when one is installed) and through the `gemm`
+    /// crate fallback, so that both back ends are tested on every machine.
+    fn both_backends(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &[f32]) -> [Vec<f32>; 2] {
+        let mut via_dispatch = c.to_vec();
+        sgemm(m, n, k, alpha, a, b, beta, MatMut { data: &mut via_dispatch, row_stride: n });
+        let mut via_gemm = c.to_vec();
+        gemm_crate_sgemm(m, n, k, alpha, a, b, beta, MatMut { data: &mut via_gemm, row_stride: n });
+        [via_dispatch, via_gemm]
+    }
+
+    #[test]
+    fn large_products_split_across_threads_match_naive() {
+        let (m, n, k) = (70, 300, 40);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b_t: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        let want = naive(m, n, k, &a, &b_t);
+        for rows in [m, 1] {
+            let a_ref = MatRef { data: &a, row_stride: k, transposed: false };
+            let b_ref = MatRef { data: &b_t, row_stride: k, transposed: true };
+            for got in both_backends(rows, n, k, 1.0, a_ref, b_ref, 0.0, &vec![0.0; rows * n]) {
+                for (g, w) in got.iter().zip(&want[..rows * n]) {
+                    assert!((g - w).abs() < 1e-4);
+                }
+            }
+        }
+    }
+
     #[test]
     fn matches_naive_product_with_transposes_alpha_and_beta() {
         let (m, n, k) = (5, 7, 3);
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b_t: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(m, n, k, &a, &b_t);
-        let mut c = vec![1.0; m * n];
         let a_ref = MatRef { data: &a, row_stride: k, transposed: false };
         let b_ref = MatRef { data: &b_t, row_stride: k, transposed: true };
-        sgemm(m, n, k, 2.0, a_ref, b_ref, 0.5, MatMut { data: &mut c, row_stride: n });
-        for (got, want) in c.iter().zip(&want) {
-            assert!((got - (2.0 * want + 0.5)).abs() < 1e-5);
+        for c in both_backends(m, n, k, 2.0, a_ref, b_ref, 0.5, &vec![1.0; m * n]) {
+            for (got, want) in c.iter().zip(&want) {
+                assert!((got - (2.0 * want + 0.5)).abs() < 1e-5);
+            }
         }
         // B given untransposed (k x n), A given transposed (stored k x m).
         let b: Vec<f32> = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
         let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-        let mut c2 = vec![0.0; m * n];
-        sgemm(
-            m,
-            n,
-            k,
-            1.0,
-            MatRef { data: &a_t, row_stride: m, transposed: true },
-            MatRef { data: &b, row_stride: n, transposed: false },
-            0.0,
-            MatMut { data: &mut c2, row_stride: n },
-        );
-        for (got, want) in c2.iter().zip(&want) {
-            assert!((got - want).abs() < 1e-5);
+        let a_ref = MatRef { data: &a_t, row_stride: m, transposed: true };
+        let b_ref = MatRef { data: &b, row_stride: n, transposed: false };
+        for c in both_backends(m, n, k, 1.0, a_ref, b_ref, 0.0, &vec![0.0; m * n]) {
+            for (got, want) in c.iter().zip(&want) {
+                assert!((got - want).abs() < 1e-5);
+            }
         }
     }
 }

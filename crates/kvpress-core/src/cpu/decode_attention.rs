@@ -1,0 +1,145 @@
+//! Attention for a few new tokens (decode steps): memory-bound, so each KV head's keys are split
+//! into chunks processed in parallel (split-K), each chunk read once for all the query heads of
+//! the group, and the partial softmax results are merged exactly.
+
+use rayon::prelude::*;
+
+use super::matvec::dot_generic;
+
+/// Most query rows per KV head (group size x new tokens) handled here.
+pub(super) const MAX_ROWS: usize = 16;
+/// Fewest keys per parallel chunk.
+const MIN_KEYS_PER_CHUNK: usize = 256;
+
+/// One KV head's keys or values inside a cache view.
+#[derive(Clone, Copy)]
+pub(super) struct HeadRows<'a> {
+    pub data: &'a [f32],
+    pub start: usize,
+    pub row_stride: usize,
+}
+
+impl HeadRows<'_> {
+    fn row(&self, j: usize, head_dim: usize) -> &[f32] {
+        let at = self.start + j * self.row_stride;
+        &self.data[at..at + head_dim]
+    }
+}
+
+/// The problem of one KV head: its query rows (`rows x head_dim`, row `i` at cache position
+/// `positions[i]`), keys and values.
+pub(super) struct HeadProblem<'a> {
+    pub queries: Vec<f32>,
+    pub positions: Vec<usize>,
+    pub keys: HeadRows<'a>,
+    pub values: HeadRows<'a>,
+}
+
+/// Partial softmax state of one row over one chunk of keys.
+struct Partial {
+    max: f32,
+    sum: f32,
+    out: Vec<f32>,
+}
+
+/// Solves every head problem; returns, per problem, `rows x head_dim` outputs.
+pub(super) fn decode_attention(problems: &[HeadProblem<'_>], n_keys: usize, head_dim: usize, scale: f32) -> Vec<Vec<f32>> {
+    let threads = rayon::current_num_threads();
+    let chunks_per_head = (threads * 2).div_ceil(problems.len().max(1)).min(n_keys.div_ceil(MIN_KEYS_PER_CHUNK)).max(1);
+    let chunk_len = n_keys.div_ceil(chunks_per_head);
+    let tasks: Vec<(usize, usize)> = (0..problems.len())
+        .flat_map(|p| (0..chunks_per_head).map(move |c| (p, c)))
+        .collect();
+    let partials: Vec<Vec<Partial>> = tasks
+        .par_iter()
+        .map(|&(p, c)| {
+            let start = c * chunk_len;
+            let end = (start + chunk_len).min(n_keys);
+            chunk_partials(&problems[p], start, end, head_dim, scale)
+        })
+        .collect();
+    problems
+        .iter()
+        .enumerate()
+        .map(|(p, problem)| {
+            let rows = problem.positions.len();
+            let mut out = vec![0f32; rows * head_dim];
+            for row in 0..rows {
+                let parts = (0..chunks_per_head).map(|c| &partials[p * chunks_per_head + c][row]);
+                let max = parts.clone().fold(f32::NEG_INFINITY, |m, part| m.max(part.max));
+                let mut total = 0.0;
+                let dst = &mut out[row * head_dim..(row + 1) * head_dim];
+                for part in parts.filter(|part| part.sum > 0.0) {
+                    let weight = (part.max - max).exp();
+                    total += part.sum * weight;
+                    dst.iter_mut().zip(&part.out).for_each(|(d, o)| *d += weight * o);
+                }
+                let inv = 1.0 / total;
+                dst.iter_mut().for_each(|d| *d *= inv);
+            }
+            out
+        })
+        .collect()
+}
+
+/// Unnormalised softmax-weighted sums of the values `start..end` for every query row.
+fn chunk_partials(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim: usize, scale: f32) -> Vec<Partial> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { chunk_partials_avx2(problem, start, end, head_dim, scale) };
+        }
+    }
+    chunk_partials_generic(problem, start, end, head_dim, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn chunk_partials_avx2(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim: usize, scale: f32) -> Vec<Partial> {
+    chunk_partials_generic(problem, start, end, head_dim, scale)
+}
+
+#[inline(always)]
+fn chunk_partials_generic(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim: usize, scale: f32) -> Vec<Partial> {
+    let rows = problem.positions.len();
+    let len = end.saturating_sub(start);
+    let mut scores = vec![f32::NEG_INFINITY; rows * len];
+    for j in start..end {
+        let key = problem.keys.row(j, head_dim);
+        for row in 0..rows {
+            if j <= problem.positions[row] {
+                let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
+                scores[row * len + j - start] = dot_generic(q, key) * scale;
+            }
+        }
+    }
+    let mut partials: Vec<Partial> = (0..rows)
+        .map(|row| {
+            let s = &mut scores[row * len..(row + 1) * len];
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0;
+            if max > f32::NEG_INFINITY {
+                for x in s.iter_mut() {
+                    *x = super::softmax::exp(*x - max) * (*x > f32::NEG_INFINITY) as u8 as f32;
+                    sum += *x;
+                }
+            }
+            Partial {
+                max,
+                sum,
+                out: vec![0f32; head_dim],
+            }
+        })
+        .collect();
+    for j in start..end {
+        let value = problem.values.row(j, head_dim);
+        for (row, partial) in partials.iter_mut().enumerate() {
+            let p = scores[row * len + j - start];
+            if p != 0.0 {
+                partial.out.iter_mut().zip(value).for_each(|(o, v)| *o += p * v);
+            }
+        }
+    }
+    partials
+}
