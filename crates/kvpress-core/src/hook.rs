@@ -67,7 +67,7 @@ pub struct LayerContext<'a> {
 }
 
 /// Code that runs inside each attention layer: presses, recorders, observers.
-pub trait AttentionHook {
+pub trait AttentionHook: Send {
     /// Whether the model must compute attention weights for this layer and phase (they cost
     /// `n_new * cache_len` memory per head, so models compute them only on request).
     fn wants_attention_weights(&self, _layer_idx: usize, _phase: ForwardPhase) -> bool {

@@ -139,6 +139,18 @@ impl Model {
         &self,
         input_ids: &Tensor,
         cache: &mut ModelCache,
+        hook: Option<&mut (dyn AttentionHook + '_)>,
+        logits_for: LogitsFor,
+    ) -> Result<Tensor> {
+        // The forward runs on a worker of rayon's pool, so that the kernels' parallel loops fork
+        // and join among workers instead of parking and waking the calling thread for each one.
+        rayon::scope(|_| self.forward_on_worker(input_ids, cache, hook, logits_for))
+    }
+
+    fn forward_on_worker(
+        &self,
+        input_ids: &Tensor,
+        cache: &mut ModelCache,
         mut hook: Option<&mut (dyn AttentionHook + '_)>,
         logits_for: LogitsFor,
     ) -> Result<Tensor> {

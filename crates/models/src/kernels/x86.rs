@@ -1,0 +1,83 @@
+//! AVX2 + FMA + F16C block kernels.
+
+use std::arch::x86_64::*;
+
+use super::portable::{Q4_1_BYTES, Q8_0_BYTES};
+
+/// Whether this CPU runs the kernels of this module.
+pub(super) fn is_supported() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+}
+
+#[inline(always)]
+unsafe fn f16_at(bytes: &[u8]) -> f32 {
+    let bits = u16::from_le_bytes([bytes[0], bytes[1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+#[inline(always)]
+unsafe fn horizontal_sum(v: __m256) -> f32 {
+    let sum128 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let sum64 = _mm_add_ps(sum128, _mm_movehl_ps(sum128, sum128));
+    let sum32 = _mm_add_ss(sum64, _mm_shuffle_ps(sum64, sum64, 1));
+    _mm_cvtss_f32(sum32)
+}
+
+/// `sum(q[i] * x[i])` over 32 elements given as four vectors of 8 integers.
+#[inline(always)]
+unsafe fn block_product(q: [__m256i; 4], x: *const f32) -> __m256 {
+    let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(q[0]), _mm256_loadu_ps(x));
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[1]), _mm256_loadu_ps(x.add(8)), t);
+    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[2]), _mm256_loadu_ps(x.add(16)), t);
+    _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[3]), _mm256_loadu_ps(x.add(24)), t)
+}
+
+/// Q4_1 row dot product (layout in `super::portable::dot_q4_1`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
+    let n_blocks = (w_row.len() / Q4_1_BYTES).min(x.len() / 32).min(x_block_sums.len());
+    let low_nibbles = _mm_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut offset = 0f32;
+    for b in 0..n_blocks {
+        let block = &w_row[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+        let d = f16_at(&block[0..2]);
+        let m = f16_at(&block[2..4]);
+        let qs = _mm_loadu_si128(block[4..20].as_ptr() as *const __m128i);
+        let lo = _mm_and_si128(qs, low_nibbles);
+        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
+        let q = [
+            _mm256_cvtepu8_epi32(lo),
+            _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+            _mm256_cvtepu8_epi32(hi),
+            _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+        ];
+        let t = block_product(q, x[b * 32..b * 32 + 32].as_ptr());
+        acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc[b & 1]);
+        offset += m * x_block_sums[b];
+    }
+    horizontal_sum(_mm256_add_ps(acc[0], acc[1])) + offset
+}
+
+/// Q8_0 row dot product.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_0(w_row: &[u8], x: &[f32], _x_block_sums: &[f32]) -> f32 {
+    let n_blocks = (w_row.len() / Q8_0_BYTES).min(x.len() / 32);
+    let mut acc = [_mm256_setzero_ps(); 2];
+    for b in 0..n_blocks {
+        let block = &w_row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+        let d = f16_at(&block[0..2]);
+        let qs = block[2..34].as_ptr();
+        let load8 = |offset: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(qs.add(offset) as *const __m128i));
+        let q = [load8(0), load8(8), load8(16), load8(24)];
+        let t = block_product(q, x[b * 32..b * 32 + 32].as_ptr());
+        acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc[b & 1]);
+    }
+    horizontal_sum(_mm256_add_ps(acc[0], acc[1]))
+}
