@@ -45,13 +45,24 @@ impl Default for GenerationConfig {
     }
 }
 
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model produced an end-of-sequence token (the last of `tokens`).
+    Eos,
+    /// `max_new_tokens` were generated.
+    MaxNewTokens,
+    /// The next token would need a position beyond the model's maximum.
+    ContextFull,
+}
+
 /// What a generation produced, with timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationOutput {
     /// Generated token ids (ending with the EOS id when the model stopped by itself).
     pub tokens: Vec<u32>,
-    /// Whether generation ended on an EOS token.
-    pub stopped_on_eos: bool,
+    /// Why generation ended.
+    pub stop_reason: StopReason,
     /// Tokens of the prompt forward.
     pub n_prompt_tokens: usize,
     /// Time of the prompt forward (prefill).
@@ -157,7 +168,9 @@ pub fn argmax(values: &[f32]) -> u32 {
 
 /// Generates after `prompt_ids`, which are appended to `cache` at positions
 /// `cache.seen_tokens()..` in one forward (so a cache holding a context answers a question).
-/// `on_token` sees each new token as it is chosen; `hook` runs in every forward.
+/// `on_token` sees each new token as it is chosen; `hook` runs in every forward. Generation
+/// stops at EOS, after `max_new_tokens`, or when the model's positions are used up (the last
+/// chosen token is returned but not fed back), as [`GenerationOutput::stop_reason`] says.
 pub fn generate(
     model: &Model,
     cache: &mut ModelCache,
@@ -178,7 +191,7 @@ pub fn generate(
     let prefill_time = start.elapsed();
     let mut output = GenerationOutput {
         tokens: Vec::new(),
-        stopped_on_eos: false,
+        stop_reason: StopReason::MaxNewTokens,
         n_prompt_tokens: prompt_ids.len(),
         prefill_time,
         decode_time: Duration::ZERO,
@@ -192,10 +205,14 @@ pub fn generate(
         output.tokens.push(next);
         on_token(next)?;
         if eos_ids.contains(&next) {
-            output.stopped_on_eos = true;
+            output.stop_reason = StopReason::Eos;
             break;
         }
         if output.tokens.len() >= config.max_new_tokens {
+            break;
+        }
+        if cache.seen_tokens() >= model.config().max_position_embeddings {
+            output.stop_reason = StopReason::ContextFull;
             break;
         }
         let input = Tensor::new(&[next], device)?.unsqueeze(0)?;

@@ -200,7 +200,12 @@ impl TensorSource for GgufTensors<'_> {
             _ => None,
         };
         let tensor = match n_heads {
-            Some(n) if self.undo_rope_permutation => undo_rope_row_permutation(&tensor, n, &self.device)?,
+            Some(n) if self.undo_rope_permutation => {
+                undo_rope_row_permutation(&tensor, n, &self.device).map_err(|e| Error::InvalidModelFile {
+                    path: self.file.name.clone().into(),
+                    message: format!("tensor `{name}`: {e}"),
+                })?
+            }
             _ => tensor,
         };
         Ok(Some(Weight::Quantized(Arc::new(tensor))))
@@ -212,7 +217,7 @@ impl TensorSource for GgufTensors<'_> {
 /// `i + head_dim / 2`. Works on raw blocks, so quantized weights stay quantized.
 pub(crate) fn undo_rope_row_permutation(tensor: &QTensor, n_heads: usize, device: &Device) -> Result<QTensor> {
     let (rows, cols) = tensor.shape().dims2()?;
-    if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         return Err(Error::InvalidInput(format!(
             "cannot split {rows} rows into {n_heads} heads of even size"
         )));

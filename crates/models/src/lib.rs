@@ -40,7 +40,7 @@ mod weights;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use generate::{argmax, generate, GenerationConfig, GenerationOutput, Sampler, Sampling};
+pub use generate::{argmax, generate, GenerationConfig, GenerationOutput, Sampler, Sampling, StopReason};
 pub use gguf::GgufFile;
 pub use loader::{load_gguf, load_model, LoadedModel};
 pub use model::{LogitsFor, Model};

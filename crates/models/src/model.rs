@@ -144,7 +144,20 @@ impl Model {
     ) -> Result<Tensor> {
         // The forward runs on a worker of rayon's pool, so that the kernels' parallel loops fork
         // and join among workers instead of parking and waking the calling thread for each one.
-        rayon::scope(|_| self.forward_on_worker(input_ids, cache, hook, logits_for))
+        let lengths_before = cache.lengths();
+        let result = rayon::scope(|_| self.forward_on_worker(input_ids, cache, hook, logits_for));
+        if result.is_err() {
+            // Layers before the failure already stored the new tokens: drop them again so the
+            // cache stays as it was (positions were not advanced).
+            for (layer_idx, &len) in lengths_before.iter().enumerate() {
+                if let Some(layer) = cache.layer_mut(layer_idx) {
+                    if layer.len() > len {
+                        layer.truncate(len)?;
+                    }
+                }
+            }
+        }
+        result
     }
 
     fn forward_on_worker(

@@ -78,8 +78,13 @@ impl TextTokenizer {
         inner.with_pre_tokenizer(Some(pre_tokenizer(file.get_str("tokenizer.ggml.pre"), add_prefix_space)?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
-        let token_types = match file.get("tokenizer.ggml.token_type") {
-            Some(v) => v.to_vec()?.iter().map(|t| t.to_i32().unwrap_or(1)).collect(),
+        let token_types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
+            Some(v) => v
+                .to_vec()?
+                .iter()
+                .map(integer_value)
+                .collect::<Option<_>>()
+                .ok_or_else(|| Error::Tokenizer("`tokenizer.ggml.token_type` holds a non-integer".into()))?,
             None => vec![1; tokens.len()],
         };
         // Control (3), unknown (2) and user-defined (4) tokens are matched whole in the text.
@@ -157,6 +162,22 @@ impl StreamDecoder {
         self.emitted = text.len();
         Ok(Some(new))
     }
+}
+
+/// An integer of any GGUF width.
+fn integer_value(value: &candle_core::quantized::gguf_file::Value) -> Option<i64> {
+    use candle_core::quantized::gguf_file::Value::*;
+    Some(match value {
+        U8(v) => *v as i64,
+        I8(v) => *v as i64,
+        U16(v) => *v as i64,
+        I16(v) => *v as i64,
+        U32(v) => *v as i64,
+        I32(v) => *v as i64,
+        U64(v) => *v as i64,
+        I64(v) => *v,
+        _ => return None,
+    })
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {

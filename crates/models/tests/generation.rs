@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::quantized::GgmlDType;
 use common::*;
-use models::{Error, GenerationConfig, GenerationOutput, LoadedModel, Model, Sampling};
+use models::{Error, GenerationConfig, GenerationOutput, LoadedModel, Model, Sampling, StopReason};
 
 fn loaded(arch: Arch) -> LoadedModel {
     Spec::new(arch)
@@ -56,7 +56,7 @@ fn greedy_generation_is_deterministic_and_equals_manual_argmax() {
         let b = gen(&model, &PROMPT, &[], &greedy(8));
         assert_eq!(a.tokens, b.tokens, "{arch:?}");
         assert_eq!(a.tokens.len(), 8, "no EOS ids: runs to max_new_tokens");
-        assert!(!a.stopped_on_eos);
+        assert_ne!(a.stop_reason, StopReason::Eos);
         assert_eq!(a.n_prompt_tokens, PROMPT.len());
         assert!(a.tokens.iter().all(|&t| (t as usize) < TOKENS.len()));
         assert_eq!(a.tokens, manual_greedy(&model, &PROMPT, 8), "{arch:?}");
@@ -72,7 +72,7 @@ fn generation_stops_at_eos_and_includes_it() {
     let eos = free.tokens[2];
     let first = free.tokens.iter().position(|&t| t == eos).unwrap();
     let stopped = gen(model, &PROMPT, &[eos], &greedy(8));
-    assert!(stopped.stopped_on_eos);
+    assert_eq!(stopped.stop_reason, StopReason::Eos);
     assert_eq!(stopped.tokens, free.tokens[..=first].to_vec());
     assert_eq!(
         *stopped.tokens.last().unwrap(),
@@ -84,7 +84,7 @@ fn generation_stops_at_eos_and_includes_it() {
     let first_token = free.tokens[0];
     let out = gen(model, &PROMPT, &[99, first_token], &greedy(8));
     assert_eq!(out.tokens, vec![first_token]);
-    assert!(out.stopped_on_eos);
+    assert_eq!(out.stop_reason, StopReason::Eos);
 
     // Through the tokenizer's EOS ids.
     let mut tokenizer = loaded.tokenizer.clone();
@@ -105,7 +105,7 @@ fn max_new_tokens_is_respected() {
             full.tokens[..n].to_vec(),
             "max_new_tokens = {n}"
         );
-        assert!(!out.stopped_on_eos);
+        assert_eq!(out.stop_reason, StopReason::MaxNewTokens);
     }
     // The cache holds the prompt and every generated token except the last (not fed back).
     let mut cache = model.new_cache();
@@ -261,7 +261,7 @@ fn generation_from_a_chat_prompt_round_trips_through_the_tokenizer() {
     let ids = loaded.tokenizer.encode(&prompt, false).unwrap();
     let out = gen(&loaded.model, &ids, loaded.tokenizer.eos_ids(), &greedy(6));
     assert!(!out.tokens.is_empty() && out.tokens.len() <= 6);
-    assert_eq!(out.stopped_on_eos, out.tokens.last() == Some(&EOS_ID));
+    assert_eq!(out.stop_reason == StopReason::Eos, out.tokens.last() == Some(&EOS_ID));
     // Streaming the generated tokens gives the same text as decoding them at once.
     let text = loaded.tokenizer.decode(&out.tokens, true).unwrap();
     let mut stream = models::StreamDecoder::default();

@@ -398,6 +398,37 @@ fn hook_errors_propagate_out_of_forward() {
 }
 
 #[test]
+fn a_failed_forward_leaves_the_cache_as_it_was() {
+    // Fails in the last layer of the second forward: earlier layers had already appended.
+    struct FailsLate {
+        forwards: usize,
+        n_layers: usize,
+    }
+    impl AttentionHook for FailsLate {
+        fn after_attention(&mut self, c: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+            if c.layer_idx + 1 == self.n_layers {
+                self.forwards += 1;
+                if self.forwards == 2 {
+                    return Err(kvpress_core::Error::InvalidArgument("late failure".into()));
+                }
+            }
+            Ok(())
+        }
+    }
+    let (_, model) = qwen3_model();
+    let mut hook = FailsLate { forwards: 0, n_layers: model.config().n_layers };
+    let mut cache = model.new_cache();
+    model.forward(&ids(&PROMPT), &mut cache, Some(&mut hook)).unwrap();
+    let (lengths, seen) = (cache.lengths(), cache.seen_tokens());
+    assert!(model.forward(&ids(&PROMPT[..2]), &mut cache, Some(&mut hook)).is_err());
+    assert_eq!(cache.lengths(), lengths);
+    assert_eq!(cache.seen_tokens(), seen);
+    // The cache still works: the same step without the failing hook succeeds.
+    model.forward(&ids(&PROMPT[..2]), &mut cache, None).unwrap();
+    assert_eq!(cache.seen_tokens(), seen + 2);
+}
+
+#[test]
 fn generate_calls_the_hook_in_prefill_and_every_decode_step() {
     let (tiny, model) = qwen3_model();
     let mut recorder = Recorder::default();
