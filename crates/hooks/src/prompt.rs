@@ -30,15 +30,20 @@ impl PromptSplit {
         let (context_text, question_text) = match &model.chat_template {
             Some(template) => {
                 let separator = "#".repeat(context.len() + 10);
-                let text = template.render(&[ChatMessage::user(format!("{context}{separator}"))], true)?;
+                let text =
+                    template.render(&[ChatMessage::user(format!("{context}{separator}"))], true)?;
                 let (before, after) = text.split_once(&separator).ok_or_else(|| {
-                    Error::InvalidInput("the chat template altered the user message; cannot split it".into())
+                    Error::InvalidInput(
+                        "the chat template altered the user message; cannot split it".into(),
+                    )
                 })?;
                 (before.to_string(), format!("{question}{after}"))
             }
             None => (context.to_string(), question.to_string()),
         };
-        let context_ids = model.tokenizer.encode(&context_text, model.chat_template.is_none())?;
+        let context_ids = model
+            .tokenizer
+            .encode(&context_text, model.chat_template.is_none())?;
         let question_ids = model.tokenizer.encode(&question_text, false)?;
         if question_ids.is_empty() {
             return Err(Error::InvalidInput("empty question".into()));

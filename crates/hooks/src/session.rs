@@ -19,7 +19,11 @@ pub struct ContextSession {
 
 impl ContextSession {
     /// Prefills `context_ids` in one forward, running `hook` in every layer.
-    pub fn prefill(model: &Model, context_ids: &[u32], hook: Option<&mut (dyn AttentionHook + '_)>) -> Result<Self> {
+    pub fn prefill(
+        model: &Model,
+        context_ids: &[u32],
+        hook: Option<&mut (dyn AttentionHook + '_)>,
+    ) -> Result<Self> {
         let mut cache = model.new_cache();
         let input = Tensor::new(context_ids, model.device())?.unsqueeze(0)?;
         let last_logits = model.forward(&input, &mut cache, hook)?.squeeze(0)?;
@@ -46,7 +50,15 @@ impl ContextSession {
         config: &GenerationConfig,
         on_token: &mut dyn FnMut(u32) -> models::Result<()>,
     ) -> Result<GenerationOutput> {
-        let result = generate(model, &mut self.cache, question_ids, eos_ids, config, None, on_token);
+        let result = generate(
+            model,
+            &mut self.cache,
+            question_ids,
+            eos_ids,
+            config,
+            None,
+            on_token,
+        );
         self.rewind()?;
         Ok(result?)
     }

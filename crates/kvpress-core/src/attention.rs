@@ -67,7 +67,8 @@ pub fn grouped_query_attention(
     let scale = 1.0 / (head_dim as f64).sqrt();
     let grouped = (queries * scale)?.reshape((batch, n_kv_heads, group, n_queries, head_dim))?;
     let first_query_position = n_keys - n_queries;
-    let rows_per_chunk = (MAX_SCORE_ELEMENTS / (n_heads * n_keys * batch).max(1)).clamp(1, n_queries.max(1));
+    let rows_per_chunk =
+        (MAX_SCORE_ELEMENTS / (n_heads * n_keys * batch).max(1)).clamp(1, n_queries.max(1));
 
     let mut outputs = Vec::new();
     let mut weights = Vec::new();
@@ -83,7 +84,12 @@ pub fn grouped_query_attention(
         let v = values.narrow(2, 0, visible)?;
         let scores = q.matmul(&k.t()?)?;
         let scores = if chunk_len > 1 {
-            let mask = causal_mask(chunk_len, first_query_position + chunk_start, visible, q.device())?;
+            let mask = causal_mask(
+                chunk_len,
+                first_query_position + chunk_start,
+                visible,
+                q.device(),
+            )?;
             scores
                 .reshape((batch, n_kv_heads, group, chunk_len, visible))?
                 .broadcast_add(&mask.to_dtype(scores.dtype())?)?
@@ -101,15 +107,32 @@ pub fn grouped_query_attention(
         chunk_start += chunk_len;
     }
     let output = Tensor::cat(&outputs, 3)?.reshape((batch, n_heads, n_queries, head_dim))?;
-    let weights = if want_weights { Some(Tensor::cat(&weights, 2)?) } else { None };
+    let weights = if want_weights {
+        Some(Tensor::cat(&weights, 2)?)
+    } else {
+        None
+    };
     Ok(AttentionOutput { output, weights })
 }
 
 /// `(rows, visible)` additive mask: row `r` (at position `first_row_position + r`) sees keys
 /// `0..=first_row_position + r`.
-fn causal_mask(rows: usize, first_row_position: usize, visible: usize, device: &Device) -> Result<Tensor> {
+fn causal_mask(
+    rows: usize,
+    first_row_position: usize,
+    visible: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let mask: Vec<f32> = (0..rows)
-        .flat_map(|r| (0..visible).map(move |j| if j > first_row_position + r { f32::NEG_INFINITY } else { 0.0 }))
+        .flat_map(|r| {
+            (0..visible).map(move |j| {
+                if j > first_row_position + r {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
         .collect();
     Ok(Tensor::from_vec(mask, (rows, visible), device)?)
 }
@@ -141,7 +164,9 @@ mod tests {
         let (_, h_kv, t, _) = keys.dims4()?;
         let g = h / h_kv;
         let repeat = |x: &Tensor| -> Result<Tensor> {
-            Ok(x.unsqueeze(2)?.expand((b, h_kv, g, t, d))?.reshape((b, h, t, d))?)
+            Ok(x.unsqueeze(2)?
+                .expand((b, h_kv, g, t, d))?
+                .reshape((b, h, t, d))?)
         };
         let (k, v) = (repeat(keys)?, repeat(values)?);
         let scores = (queries.matmul(&k.t()?)? / (d as f64).sqrt())?;
@@ -151,7 +176,14 @@ mod tests {
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -165,7 +197,10 @@ mod tests {
             let (want, want_weights) = reference(&q, &k, &v)?;
             let without_weights = grouped_query_attention(&q, &k, &v, false)?;
             assert!(without_weights.weights.is_none());
-            assert!(max_diff(&without_weights.output, &want) < 1e-5, "s={s} t={t}");
+            assert!(
+                max_diff(&without_weights.output, &want) < 1e-5,
+                "s={s} t={t}"
+            );
             let with_weights = grouped_query_attention(&q, &k, &v, true)?;
             assert!(max_diff(&with_weights.output, &want) < 1e-5, "s={s} t={t}");
             assert!(max_diff(&with_weights.weights.unwrap(), &want_weights) < 1e-6);
@@ -179,7 +214,7 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (1, 64, 600, 4), &Device::Cpu)?;
         let k = Tensor::randn(0f32, 1.0, (1, 16, 600, 4), &Device::Cpu)?;
         let v = Tensor::randn(0f32, 1.0, (1, 16, 600, 4), &Device::Cpu)?;
-        assert!(64 * 600 * 600 > MAX_SCORE_ELEMENTS);
+        const { assert!(64 * 600 * 600 > MAX_SCORE_ELEMENTS) };
         let got = grouped_query_attention(&q, &k, &v, false)?;
         let (want, _) = reference(&q, &k, &v)?;
         assert!(max_diff(&got.output, &want) < 1e-5);
@@ -215,9 +250,15 @@ mod tests {
     fn bad_shapes_are_errors() -> Result<()> {
         let q = Tensor::zeros((1, 3, 1, 8), DType::F32, &Device::Cpu)?;
         let k = Tensor::zeros((1, 2, 4, 8), DType::F32, &Device::Cpu)?;
-        assert!(matches!(grouped_query_attention(&q, &k, &k, false), Err(Error::Shape(_))));
+        assert!(matches!(
+            grouped_query_attention(&q, &k, &k, false),
+            Err(Error::Shape(_))
+        ));
         let q = Tensor::zeros((1, 2, 5, 8), DType::F32, &Device::Cpu)?;
-        assert!(matches!(grouped_query_attention(&q, &k, &k, false), Err(Error::Shape(_))));
+        assert!(matches!(
+            grouped_query_attention(&q, &k, &k, false),
+            Err(Error::Shape(_))
+        ));
         Ok(())
     }
 }

@@ -128,7 +128,10 @@ impl LayerCache for DenseLayerCache {
         Self::check_pair(keys, values)?;
         let n_new = keys.dims()[2];
         self.reserve(keys, self.len + n_new)?;
-        let (k_buf, v_buf) = self.storage.as_ref().expect("reserve allocated the buffers");
+        let (k_buf, v_buf) = self
+            .storage
+            .as_ref()
+            .expect("reserve allocated the buffers");
         k_buf.slice_set(&keys.contiguous()?, 2, self.len)?;
         v_buf.slice_set(&values.contiguous()?, 2, self.len)?;
         self.len += n_new;
@@ -144,7 +147,9 @@ impl LayerCache for DenseLayerCache {
 
     fn keys_values(&self) -> Result<Option<(Tensor, Tensor)>> {
         match &self.storage {
-            Some((k, v)) if self.len > 0 => Ok(Some((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?))),
+            Some((k, v)) if self.len > 0 => {
+                Ok(Some((k.narrow(2, 0, self.len)?, v.narrow(2, 0, self.len)?)))
+            }
             _ => Ok(None),
         }
     }
@@ -174,9 +179,9 @@ impl LayerCache for DenseLayerCache {
     }
 
     fn bytes_reserved(&self) -> usize {
-        self.storage
-            .as_ref()
-            .map_or(0, |(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+        self.storage.as_ref().map_or(0, |(k, v)| {
+            (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes()
+        })
     }
 
     fn clear(&mut self) {
@@ -196,12 +201,19 @@ pub struct ModelCache {
 impl ModelCache {
     /// A cache of `n_layers` dense layer caches.
     pub fn dense(n_layers: usize) -> Self {
-        Self::from_layers((0..n_layers).map(|_| Box::new(DenseLayerCache::new()) as Box<dyn LayerCache>).collect())
+        Self::from_layers(
+            (0..n_layers)
+                .map(|_| Box::new(DenseLayerCache::new()) as Box<dyn LayerCache>)
+                .collect(),
+        )
     }
 
     /// A cache made of the given layer caches (any layout).
     pub fn from_layers(layers: Vec<Box<dyn LayerCache>>) -> Self {
-        Self { layers, seen_tokens: 0 }
+        Self {
+            layers,
+            seen_tokens: 0,
+        }
     }
 
     /// Number of layers.
@@ -275,8 +287,14 @@ mod tests {
         assert_eq!(cache.len(), 600);
         let (k, v) = cache.keys_values()?.unwrap();
         let want = Tensor::cat(&all, 2)?;
-        assert_eq!(k.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
-        assert_eq!(v.flatten_all()?.to_vec1::<f32>()?, want.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            k.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?
+        );
+        assert_eq!(
+            v.flatten_all()?.to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?
+        );
         assert_eq!(cache.bytes_used(), 2 * 2 * 600 * 4 * 4);
         assert!(cache.bytes_reserved() >= cache.bytes_used());
         Ok(())
@@ -293,7 +311,10 @@ mod tests {
         let small = tokens(2, 7.0)?;
         cache.replace(&small, &small)?;
         let (k, _) = cache.keys_values()?.unwrap();
-        assert_eq!(k.flatten_all()?.to_vec1::<f32>()?, small.flatten_all()?.to_vec1::<f32>()?);
+        assert_eq!(
+            k.flatten_all()?.to_vec1::<f32>()?,
+            small.flatten_all()?.to_vec1::<f32>()?
+        );
         cache.clear();
         assert!(cache.keys_values()?.is_none());
         assert!(cache.is_empty());
@@ -306,7 +327,10 @@ mod tests {
         cache.append(&tokens(2, 0.0)?, &tokens(2, 0.0)?)?;
         let other = Tensor::zeros((1, 3, 1, 4), DType::F32, &Device::Cpu)?;
         assert!(matches!(cache.append(&other, &other), Err(Error::Shape(_))));
-        assert!(matches!(cache.append(&tokens(1, 0.0)?, &other), Err(Error::Shape(_))));
+        assert!(matches!(
+            cache.append(&tokens(1, 0.0)?, &other),
+            Err(Error::Shape(_))
+        ));
         let empty = DenseLayerCache::new();
         assert!(empty.attend(&other, false).is_err());
         Ok(())

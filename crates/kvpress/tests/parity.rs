@@ -19,8 +19,12 @@ fn reference_dir() -> PathBuf {
 
 fn fixture() -> Value {
     let path = reference_dir().join("fixtures/niah-noise-1k.json");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("cannot read the kvpress fixture {}: {e} (set KVPRESS_REFERENCE_DIR)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read the kvpress fixture {}: {e} (set KVPRESS_REFERENCE_DIR)",
+            path.display()
+        )
+    });
     serde_json::from_str(&text).expect("the fixture is valid JSON")
 }
 
@@ -30,7 +34,8 @@ fn default_model(mode: WeightMode) -> LoadedModel {
 }
 
 fn trace_fixture_prompt(model: &LoadedModel, fixture: &Value) -> Trace {
-    let prompt: PromptFile = serde_json::from_value(fixture["prompt"].clone()).expect("fixture prompt");
+    let prompt: PromptFile =
+        serde_json::from_value(fixture["prompt"].clone()).expect("fixture prompt");
     trace(model, &prompt).expect("trace runs")
 }
 
@@ -54,7 +59,10 @@ fn flatten(value: &Value, out: &mut Vec<f32>) {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -63,16 +71,30 @@ fn dequantized_f32_run_matches_kvpress() {
     let model = default_model(WeightMode::Dense(DType::F32));
     let got = trace_fixture_prompt(&model, &fixture);
 
-    assert_eq!(got.context_ids, ids(&fixture["context_ids"]), "context tokens");
-    assert_eq!(got.question_ids, ids(&fixture["question_ids"]), "question tokens");
+    assert_eq!(
+        got.context_ids,
+        ids(&fixture["context_ids"]),
+        "context tokens"
+    );
+    assert_eq!(
+        got.question_ids,
+        ids(&fixture["question_ids"]),
+        "question tokens"
+    );
     assert_eq!(got.context_text, fixture["context_text"].as_str().unwrap());
-    assert_eq!(got.question_text, fixture["question_text"].as_str().unwrap());
+    assert_eq!(
+        got.question_text,
+        fixture["question_text"].as_str().unwrap()
+    );
 
     let want_logits = floats(&fixture["full"]["last_logits"]);
     let logit_diff = max_abs_diff(&got.full.last_logits, &want_logits);
     eprintln!("last_logits max abs diff: {logit_diff:e}");
     assert!(logit_diff <= 1e-3, "last_logits differ by {logit_diff}");
-    assert_eq!(kvpress::models::argmax(&got.full.last_logits), kvpress::models::argmax(&want_logits));
+    assert_eq!(
+        kvpress::models::argmax(&got.full.last_logits),
+        kvpress::models::argmax(&want_logits)
+    );
 
     for field in ["keys_first4", "values_first4"] {
         for layer in ["0", "15", "29"] {
@@ -87,8 +109,15 @@ fn dequantized_f32_run_matches_kvpress() {
         }
     }
 
-    assert_eq!(got.full.answer_ids, ids(&fixture["full"]["answer_ids"]), "greedy answer");
-    assert_eq!(got.full.answer_text, fixture["full"]["answer_text"].as_str().unwrap());
+    assert_eq!(
+        got.full.answer_ids,
+        ids(&fixture["full"]["answer_ids"]),
+        "greedy answer"
+    );
+    assert_eq!(
+        got.full.answer_text,
+        fixture["full"]["answer_text"].as_str().unwrap()
+    );
 }
 
 #[test]
@@ -98,8 +127,15 @@ fn quantized_run_gives_the_reference_answer() {
     let fixture = fixture();
     let model = default_model(WeightMode::Quantized);
     let got = trace_fixture_prompt(&model, &fixture);
-    let diff = max_abs_diff(&got.full.last_logits, &floats(&fixture["full"]["last_logits"]));
+    let diff = max_abs_diff(
+        &got.full.last_logits,
+        &floats(&fixture["full"]["last_logits"]),
+    );
     eprintln!("quantized last_logits max abs diff: {diff:e}");
     assert!(diff <= 1e-2, "quantized logits differ by {diff}");
-    assert_eq!(got.full.answer_ids, ids(&fixture["full"]["answer_ids"]), "greedy answer");
+    assert_eq!(
+        got.full.answer_ids,
+        ids(&fixture["full"]["answer_ids"]),
+        "greedy answer"
+    );
 }

@@ -22,9 +22,17 @@ pub struct Attention {
 
 impl Attention {
     /// Projects `(b, s, hidden)` to `(b, heads, s, head_dim)`, with optional per-head RMSNorm.
-    fn project_heads(&self, x: &Tensor, proj: &Linear, n_heads: usize, norm: Option<&Tensor>) -> Result<Tensor> {
+    fn project_heads(
+        &self,
+        x: &Tensor,
+        proj: &Linear,
+        n_heads: usize,
+        norm: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, s, _) = x.dims3()?;
-        let y = proj.forward(x)?.reshape((b, s, n_heads, self.shape.head_dim))?;
+        let y = proj
+            .forward(x)?
+            .reshape((b, s, n_heads, self.shape.head_dim))?;
         let y = match norm {
             Some(w) => candle_nn::ops::rms_norm(&y.contiguous()?, w, self.rms_norm_eps as f32)?,
             None => y,
@@ -77,17 +85,21 @@ impl Attention {
             };
             hook.after_attention(&mut context)?;
         }
-        let output = attention
-            .output
-            .transpose(1, 2)?
-            .reshape((b, s, shape.n_heads * shape.head_dim))?;
+        let output =
+            attention
+                .output
+                .transpose(1, 2)?
+                .reshape((b, s, shape.n_heads * shape.head_dim))?;
         self.o_proj.forward(&output)
     }
 }
 
 impl AttentionProjections for Attention {
     fn query_weight(&self) -> kvpress_core::Result<Tensor> {
-        Ok(self.q_proj.weight().to_dense(candle_core::DType::F32).map_err(core_error)?)
+        self.q_proj
+            .weight()
+            .to_dense(candle_core::DType::F32)
+            .map_err(core_error)
     }
 
     fn query_bias(&self) -> kvpress_core::Result<Option<Tensor>> {
@@ -98,11 +110,16 @@ impl AttentionProjections for Attention {
     }
 
     fn query_norm(&self) -> Option<(Tensor, f64)> {
-        self.qk_norm.as_ref().map(|(q, _)| (q.clone(), self.rms_norm_eps))
+        self.qk_norm
+            .as_ref()
+            .map(|(q, _)| (q.clone(), self.rms_norm_eps))
     }
 
     fn output_weight(&self) -> kvpress_core::Result<Tensor> {
-        Ok(self.o_proj.weight().to_dense(candle_core::DType::F32).map_err(core_error)?)
+        self.o_proj
+            .weight()
+            .to_dense(candle_core::DType::F32)
+            .map_err(core_error)
     }
 }
 

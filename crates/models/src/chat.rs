@@ -34,7 +34,11 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Parses `source`, failing early on syntax errors.
-    pub fn new(source: impl Into<String>, bos_token: impl Into<String>, eos_token: impl Into<String>) -> Result<Self> {
+    pub fn new(
+        source: impl Into<String>,
+        bos_token: impl Into<String>,
+        eos_token: impl Into<String>,
+    ) -> Result<Self> {
         let template = Self {
             source: source.into(),
             bos_token: bos_token.into(),
@@ -53,9 +57,12 @@ impl ChatTemplate {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> std::result::Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> std::result::Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_template("chat", &self.source)
             .map_err(|e| Error::ChatTemplate(format!("cannot parse: {e}")))?;
         Ok(env)
@@ -102,7 +109,12 @@ mod tests {
             "",
         )
         .unwrap();
-        assert_eq!(template.render(&[ChatMessage::user("  x  ")], false).unwrap(), "x");
+        assert_eq!(
+            template
+                .render(&[ChatMessage::user("  x  ")], false)
+                .unwrap(),
+            "x"
+        );
         let bad = ChatMessage {
             role: "bad".into(),
             content: String::new(),

@@ -82,14 +82,20 @@ impl ModelConfig {
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::config(key, "must be positive"));
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(Error::config(
                 "num_key_value_heads",
-                format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads),
+                format!(
+                    "{} query heads are not a multiple of {} KV heads",
+                    self.n_heads, self.n_kv_heads
+                ),
             ));
         }
-        if self.head_dim % 2 != 0 {
-            return Err(Error::config("head_dim", format!("{} is odd; RoPE needs an even head dim", self.head_dim)));
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(Error::config(
+                "head_dim",
+                format!("{} is odd; RoPE needs an even head dim", self.head_dim),
+            ));
         }
         Ok(())
     }

@@ -96,12 +96,20 @@ impl Sampler {
     pub fn new(sampling: Sampling) -> Result<Self> {
         let seed = match sampling {
             Sampling::Greedy => 0,
-            Sampling::TopP { temperature, top_p, seed } => {
+            Sampling::TopP {
+                temperature,
+                top_p,
+                seed,
+            } => {
                 if !(temperature.is_finite() && temperature > 0.0) {
-                    return Err(Error::InvalidInput(format!("temperature must be positive, got {temperature}")));
+                    return Err(Error::InvalidInput(format!(
+                        "temperature must be positive, got {temperature}"
+                    )));
                 }
                 if !(top_p > 0.0 && top_p <= 1.0) {
-                    return Err(Error::InvalidInput(format!("top_p must be in (0, 1], got {top_p}")));
+                    return Err(Error::InvalidInput(format!(
+                        "top_p must be in (0, 1], got {top_p}"
+                    )));
                 }
                 seed
             }
@@ -120,7 +128,9 @@ impl Sampler {
         }
         match self.sampling {
             Sampling::Greedy => Ok(argmax(&logits)),
-            Sampling::TopP { temperature, top_p, .. } => Ok(self.sample_top_p(&logits, temperature, top_p)),
+            Sampling::TopP {
+                temperature, top_p, ..
+            } => Ok(self.sample_top_p(&logits, temperature, top_p)),
         }
     }
 
@@ -181,7 +191,9 @@ pub fn generate(
     on_token: &mut dyn FnMut(u32) -> Result<()>,
 ) -> Result<GenerationOutput> {
     if prompt_ids.is_empty() {
-        return Err(Error::InvalidInput("empty prompt: at least one token is needed".into()));
+        return Err(Error::InvalidInput(
+            "empty prompt: at least one token is needed".into(),
+        ));
     }
     let mut sampler = Sampler::new(config.sampling)?;
     let device = model.device();
@@ -254,7 +266,14 @@ mod tests {
 
     #[test]
     fn invalid_sampling_settings_are_errors() {
-        let bad = |temperature, top_p| Sampler::new(Sampling::TopP { temperature, top_p, seed: 0 }).is_err();
+        let bad = |temperature, top_p| {
+            Sampler::new(Sampling::TopP {
+                temperature,
+                top_p,
+                seed: 0,
+            })
+            .is_err()
+        };
         assert!(bad(0.0, 0.5));
         assert!(bad(1.0, 0.0));
         assert!(bad(1.0, 1.5));

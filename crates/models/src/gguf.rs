@@ -26,7 +26,9 @@ pub struct GgufFile {
 
 impl std::fmt::Debug for GgufFile {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("GgufFile")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -37,16 +39,24 @@ impl GgufFile {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_reader(path.display().to_string(), Box::new(std::io::BufReader::new(file)))
+        Self::from_reader(
+            path.display().to_string(),
+            Box::new(std::io::BufReader::new(file)),
+        )
     }
 
     /// Parses a GGUF header from any reader; `name` is used in error messages.
     pub fn from_reader(name: String, mut reader: Box<dyn ReadSeek>) -> Result<Self> {
-        let content = gguf_file::Content::read(&mut reader).map_err(|e| Error::InvalidModelFile {
-            path: name.clone().into(),
-            message: format!("not a readable GGUF file ({e})"),
-        })?;
-        Ok(Self { name, content, reader })
+        let content =
+            gguf_file::Content::read(&mut reader).map_err(|e| Error::InvalidModelFile {
+                path: name.clone().into(),
+                message: format!("not a readable GGUF file ({e})"),
+            })?;
+        Ok(Self {
+            name,
+            content,
+            reader,
+        })
     }
 
     /// The header's metadata.
@@ -83,7 +93,12 @@ impl GgufFile {
             I32(v) => *v as i128,
             U64(v) => *v as i128,
             I64(v) => *v as i128,
-            other => return Err(Error::config(key, format!("expected an integer, found {other:?}"))),
+            other => {
+                return Err(Error::config(
+                    key,
+                    format!("expected an integer, found {other:?}"),
+                ))
+            }
         };
         usize::try_from(n)
             .map(Some)
@@ -95,26 +110,37 @@ impl GgufFile {
             None => Ok(None),
             Some(gguf_file::Value::F32(v)) => Ok(Some(*v as f64)),
             Some(gguf_file::Value::F64(v)) => Ok(Some(*v)),
-            Some(other) => Err(Error::config(key, format!("expected a float, found {other:?}"))),
+            Some(other) => Err(Error::config(
+                key,
+                format!("expected a float, found {other:?}"),
+            )),
         }
     }
 
     fn require_usize(&self, key: &str) -> Result<usize> {
-        self.get_usize(key)?
-            .ok_or_else(|| Error::config(key, format!("absent from the GGUF metadata of {}", self.name)))
+        self.get_usize(key)?.ok_or_else(|| {
+            Error::config(
+                key,
+                format!("absent from the GGUF metadata of {}", self.name),
+            )
+        })
     }
 
     /// The decoder hyper-parameters from `{arch}.*` metadata.
     pub fn model_config(&self) -> Result<ModelConfig> {
         let arch_name = self
             .get_str("general.architecture")
-            .ok_or_else(|| Error::config("general.architecture", format!("absent from {}", self.name)))?
+            .ok_or_else(|| {
+                Error::config("general.architecture", format!("absent from {}", self.name))
+            })?
             .to_string();
         let architecture = Architecture::parse(&arch_name)?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let hidden_size = self.require_usize(&key("embedding_length"))?;
         let n_heads = self.require_usize(&key("attention.head_count"))?;
-        let n_kv_heads = self.get_usize(&key("attention.head_count_kv"))?.unwrap_or(n_heads);
+        let n_kv_heads = self
+            .get_usize(&key("attention.head_count_kv"))?
+            .unwrap_or(n_heads);
         let head_dim = match self.get_usize(&key("attention.key_length"))? {
             Some(d) => d,
             None => hidden_size / n_heads.max(1),
@@ -150,7 +176,11 @@ impl GgufFile {
     }
 
     /// A [`TensorSource`] over this file's tensors for a model of `config`.
-    pub(crate) fn tensor_source<'a>(&'a mut self, config: &ModelConfig, device: &Device) -> GgufTensors<'a> {
+    pub(crate) fn tensor_source<'a>(
+        &'a mut self,
+        config: &ModelConfig,
+        device: &Device,
+    ) -> GgufTensors<'a> {
         GgufTensors {
             file: self,
             // llama.cpp's converter interleaves the two rotary halves of each Q/K head for llama
@@ -201,9 +231,11 @@ impl TensorSource for GgufTensors<'_> {
         };
         let tensor = match n_heads {
             Some(n) if self.undo_rope_permutation => {
-                undo_rope_row_permutation(&tensor, n, &self.device).map_err(|e| Error::InvalidModelFile {
-                    path: self.file.name.clone().into(),
-                    message: format!("tensor `{name}`: {e}"),
+                undo_rope_row_permutation(&tensor, n, &self.device).map_err(|e| {
+                    Error::InvalidModelFile {
+                        path: self.file.name.clone().into(),
+                        message: format!("tensor `{name}`: {e}"),
+                    }
                 })?
             }
             _ => tensor,
@@ -215,7 +247,11 @@ impl TensorSource for GgufTensors<'_> {
 /// Reorders the rows of a llama GGUF Q/K weight `(n_heads * head_dim, in)` back to the
 /// Hugging Face layout: within a head, GGUF row `2i` is HF row `i` and row `2i + 1` is HF row
 /// `i + head_dim / 2`. Works on raw blocks, so quantized weights stay quantized.
-pub(crate) fn undo_rope_row_permutation(tensor: &QTensor, n_heads: usize, device: &Device) -> Result<QTensor> {
+pub(crate) fn undo_rope_row_permutation(
+    tensor: &QTensor,
+    n_heads: usize,
+    device: &Device,
+) -> Result<QTensor> {
     let (rows, cols) = tensor.shape().dims2()?;
     if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         return Err(Error::InvalidInput(format!(
@@ -229,10 +265,19 @@ pub(crate) fn undo_rope_row_permutation(tensor: &QTensor, n_heads: usize, device
     let mut out = Vec::with_capacity(data.len());
     for head in 0..n_heads {
         for hf_row in 0..head_dim {
-            let gguf_row = if hf_row < half { 2 * hf_row } else { 2 * (hf_row - half) + 1 };
+            let gguf_row = if hf_row < half {
+                2 * hf_row
+            } else {
+                2 * (hf_row - half) + 1
+            };
             let src = (head * head_dim + gguf_row) * row_bytes;
             out.extend_from_slice(&data[src..src + row_bytes]);
         }
     }
-    Ok(qtensor_from_ggml(tensor.dtype(), &out, vec![rows, cols], device)?)
+    Ok(qtensor_from_ggml(
+        tensor.dtype(),
+        &out,
+        vec![rows, cols],
+        device,
+    )?)
 }

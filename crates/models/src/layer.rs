@@ -44,7 +44,9 @@ impl DecoderLayer {
         hook: Option<&mut (dyn AttentionHook + '_)>,
     ) -> Result<Tensor> {
         let normed = candle_nn::ops::rms_norm(hidden, &self.attention_norm, self.rms_norm_eps)?;
-        let attended = self.attention.forward(&normed, step, layer_idx, cache, hook)?;
+        let attended = self
+            .attention
+            .forward(&normed, step, layer_idx, cache, hook)?;
         let hidden = (hidden + attended)?;
         let normed = candle_nn::ops::rms_norm(&hidden, &self.mlp_norm, self.rms_norm_eps)?;
         Ok((&hidden + self.mlp.forward(&normed)?)?)

@@ -25,9 +25,9 @@ pub mod chat;
 pub mod config;
 pub mod error;
 mod forward;
-mod kernels;
 pub mod generate;
 pub mod gguf;
+mod kernels;
 mod layer;
 pub mod linear;
 pub mod loader;
@@ -40,7 +40,9 @@ mod weights;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
-pub use generate::{argmax, generate, GenerationConfig, GenerationOutput, Sampler, Sampling, StopReason};
+pub use generate::{
+    argmax, generate, GenerationConfig, GenerationOutput, Sampler, Sampling, StopReason,
+};
 pub use gguf::GgufFile;
 pub use loader::{load_gguf, load_model, LoadedModel};
 pub use model::{LogitsFor, Model};

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Tensor};
 
-
 use crate::Result;
 
 /// A weight as a file stores it: quantized GGML blocks or a dense tensor.
@@ -57,7 +56,11 @@ impl Linear {
             Weight::Quantized(q) => Kernel::Quantized(QMatMul::from_arc(q.clone())?),
             Weight::Dense(w) => Kernel::Dense(w.t()?),
         };
-        Ok(Self { weight, kernel, bias })
+        Ok(Self {
+            weight,
+            kernel,
+            bias,
+        })
     }
 
     /// Output features.
@@ -125,7 +128,7 @@ fn quantized_matmul(x: &Tensor, q: &QTensor, matmul: &QMatMul) -> Result<Tensor>
 /// `x (m, in) @ W^T` with `W (out, in)` through the CPU sgemm; `None` unless both are f32 CPU
 /// tensors.
 fn dense_matmul_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
-    use kvpress_core::cpu::{f32_slice, is_cpu_f32, matvec_f32, sgemm, MatMut, MatRef};
+    use kvpress_core::cpu::{f32_slice, is_cpu_f32, matvec_f32, sgemm, GemmDims, MatMut, MatRef};
     if !is_cpu_f32(x) || !is_cpu_f32(w) {
         return Ok(None);
     }
@@ -141,14 +144,23 @@ fn dense_matmul_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
                 return;
             }
             sgemm(
-                m,
-                n,
-                k,
+                GemmDims { m, n, k },
                 1.0,
-                MatRef { data: &xs[x_start..], row_stride: k, transposed: false },
-                MatRef { data: &ws[w_start..], row_stride: k, transposed: true },
+                MatRef {
+                    data: &xs[x_start..],
+                    row_stride: k,
+                    transposed: false,
+                },
+                MatRef {
+                    data: &ws[w_start..],
+                    row_stride: k,
+                    transposed: true,
+                },
                 0.0,
-                MatMut { data: &mut out, row_stride: n },
+                MatMut {
+                    data: &mut out,
+                    row_stride: n,
+                },
             );
         })
     });

@@ -42,20 +42,34 @@ pub fn load_model(path: &Path, mode: Option<WeightMode>, device: &Device) -> Res
         load_hf_folder(path, mode.unwrap_or(WeightMode::Dense(DType::F32)), device)
     } else {
         let mut file = GgufFile::open(path)?;
-        load_gguf(&mut file, mode.unwrap_or(WeightMode::Quantized), device, path)
+        load_gguf(
+            &mut file,
+            mode.unwrap_or(WeightMode::Quantized),
+            device,
+            path,
+        )
     }
 }
 
 /// Loads a model from an opened GGUF file (also used with in-memory files in tests).
-pub fn load_gguf(file: &mut GgufFile, mode: WeightMode, device: &Device, path: &Path) -> Result<LoadedModel> {
+pub fn load_gguf(
+    file: &mut GgufFile,
+    mode: WeightMode,
+    device: &Device,
+    path: &Path,
+) -> Result<LoadedModel> {
     let config = file.model_config()?;
     let tokenizer = TextTokenizer::from_gguf(file)?;
     let chat_template = match file.get_str("tokenizer.chat_template") {
         Some(source) => {
             let token_text = |id: Option<u32>| {
-                id.and_then(|id| tokenizer.inner().id_to_token(id)).unwrap_or_default()
+                id.and_then(|id| tokenizer.inner().id_to_token(id))
+                    .unwrap_or_default()
             };
-            let bos = token_text(file.get_usize("tokenizer.ggml.bos_token_id")?.map(|i| i as u32));
+            let bos = token_text(
+                file.get_usize("tokenizer.ggml.bos_token_id")?
+                    .map(|i| i as u32),
+            );
             let eos = token_text(tokenizer.eos_ids().first().copied());
             Some(ChatTemplate::new(source, bos, eos)?)
         }
@@ -127,10 +141,12 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map(Some).map_err(|e| Error::InvalidModelFile {
-        path: path.to_path_buf(),
-        message: format!("invalid JSON: {e}"),
-    })
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::InvalidModelFile {
+            path: path.to_path_buf(),
+            message: format!("invalid JSON: {e}"),
+        })
 }
 
 fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<LoadedModel> {
@@ -145,13 +161,17 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
         message: "missing: a Hugging Face model folder needs config.json".into(),
     })?;
     let config = hf.to_model_config()?;
-    let generation: GenerationConfig = read_json(&folder.join("generation_config.json"))?.unwrap_or_default();
+    let generation: GenerationConfig =
+        read_json(&folder.join("generation_config.json"))?.unwrap_or_default();
     let eos_ids = generation
         .eos_token_id
         .or(hf.eos_token_id.clone())
         .map(|ids| ids.to_vec())
         .unwrap_or_default();
-    let bos_id = hf.bos_token_id.as_ref().and_then(|ids| ids.to_vec().first().copied());
+    let bos_id = hf
+        .bos_token_id
+        .as_ref()
+        .and_then(|ids| ids.to_vec().first().copied());
     let tokenizer_path = folder.join("tokenizer.json");
     if !tokenizer_path.exists() {
         return Err(Error::InvalidModelFile {
@@ -160,7 +180,8 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
         });
     }
     let tokenizer = TextTokenizer::from_file(&tokenizer_path, bos_id, eos_ids)?;
-    let tokenizer_config: TokenizerConfig = read_json(&folder.join("tokenizer_config.json"))?.unwrap_or_default();
+    let tokenizer_config: TokenizerConfig =
+        read_json(&folder.join("tokenizer_config.json"))?.unwrap_or_default();
     let chat_template = match tokenizer_config.chat_template {
         Some(field) => {
             let source = match field {
@@ -169,10 +190,20 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
                     .into_iter()
                     .find(|t| t.name == "default")
                     .map(|t| t.template)
-                    .ok_or_else(|| Error::ChatTemplate("tokenizer_config.json has no template named `default`".into()))?,
+                    .ok_or_else(|| {
+                        Error::ChatTemplate(
+                            "tokenizer_config.json has no template named `default`".into(),
+                        )
+                    })?,
             };
-            let bos = tokenizer_config.bos_token.as_ref().map_or("", TokenField::text);
-            let eos = tokenizer_config.eos_token.as_ref().map_or("", TokenField::text);
+            let bos = tokenizer_config
+                .bos_token
+                .as_ref()
+                .map_or("", TokenField::text);
+            let eos = tokenizer_config
+                .eos_token
+                .as_ref()
+                .map_or("", TokenField::text);
             Some(ChatTemplate::new(source, bos, eos)?)
         }
         None => None,

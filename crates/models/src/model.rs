@@ -35,12 +35,17 @@ pub struct Model {
 }
 
 impl Model {
-    pub(crate) fn load(config: ModelConfig, weights: &mut WeightLoader<'_>, device: &Device) -> Result<Self> {
+    pub(crate) fn load(
+        config: ModelConfig,
+        weights: &mut WeightLoader<'_>,
+        device: &Device,
+    ) -> Result<Self> {
         let c = &config;
         let embedding = weights.embedding(c.vocab_size, c.hidden_size)?;
         let q_dim = c.n_heads * c.head_dim;
         let kv_dim = c.n_kv_heads * c.head_dim;
-        let bias = |p: LayerParam, i: usize| c.architecture.has_qkv_bias().then_some(Param::Layer(i, p));
+        let bias =
+            |p: LayerParam, i: usize| c.architecture.has_qkv_bias().then_some(Param::Layer(i, p));
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = |lp: LayerParam| Param::Layer(i, lp);
@@ -53,10 +58,26 @@ impl Model {
                 None
             };
             let attention = Attention {
-                q_proj: weights.linear(p(LayerParam::QueryWeight), bias(LayerParam::QueryBias, i), (q_dim, c.hidden_size))?,
-                k_proj: weights.linear(p(LayerParam::KeyWeight), bias(LayerParam::KeyBias, i), (kv_dim, c.hidden_size))?,
-                v_proj: weights.linear(p(LayerParam::ValueWeight), bias(LayerParam::ValueBias, i), (kv_dim, c.hidden_size))?,
-                o_proj: weights.linear(p(LayerParam::OutputWeight), None, (c.hidden_size, q_dim))?,
+                q_proj: weights.linear(
+                    p(LayerParam::QueryWeight),
+                    bias(LayerParam::QueryBias, i),
+                    (q_dim, c.hidden_size),
+                )?,
+                k_proj: weights.linear(
+                    p(LayerParam::KeyWeight),
+                    bias(LayerParam::KeyBias, i),
+                    (kv_dim, c.hidden_size),
+                )?,
+                v_proj: weights.linear(
+                    p(LayerParam::ValueWeight),
+                    bias(LayerParam::ValueBias, i),
+                    (kv_dim, c.hidden_size),
+                )?,
+                o_proj: weights.linear(
+                    p(LayerParam::OutputWeight),
+                    None,
+                    (c.hidden_size, q_dim),
+                )?,
                 qk_norm,
                 rms_norm_eps: c.rms_norm_eps,
                 shape: AttentionShape {
@@ -66,9 +87,21 @@ impl Model {
                 },
             };
             let mlp = Mlp {
-                gate_proj: weights.linear(p(LayerParam::GateWeight), None, (c.intermediate_size, c.hidden_size))?,
-                up_proj: weights.linear(p(LayerParam::UpWeight), None, (c.intermediate_size, c.hidden_size))?,
-                down_proj: weights.linear(p(LayerParam::DownWeight), None, (c.hidden_size, c.intermediate_size))?,
+                gate_proj: weights.linear(
+                    p(LayerParam::GateWeight),
+                    None,
+                    (c.intermediate_size, c.hidden_size),
+                )?,
+                up_proj: weights.linear(
+                    p(LayerParam::UpWeight),
+                    None,
+                    (c.intermediate_size, c.hidden_size),
+                )?,
+                down_proj: weights.linear(
+                    p(LayerParam::DownWeight),
+                    None,
+                    (c.hidden_size, c.intermediate_size),
+                )?,
             };
             layers.push(DecoderLayer {
                 attention_norm: weights.vector(p(LayerParam::AttentionNorm), c.hidden_size)?,
@@ -84,7 +117,8 @@ impl Model {
         } else {
             weights.linear(Param::LmHead, None, (c.vocab_size, c.hidden_size))?
         };
-        let rotary = RotaryEmbedding::new(c.head_dim, c.rope_theta, c.max_position_embeddings, device)?;
+        let rotary =
+            RotaryEmbedding::new(c.head_dim, c.rope_theta, c.max_position_embeddings, device)?;
         Ok(Self {
             embedding,
             layers,
@@ -169,7 +203,9 @@ impl Model {
     ) -> Result<Tensor> {
         let (_, n_new) = self.check_input(input_ids, cache)?;
         let position_offset = cache.seen_tokens();
-        let (cos, sin) = self.rotary.tables_for_range(position_offset, n_new, self.dtype)?;
+        let (cos, sin) = self
+            .rotary
+            .tables_for_range(position_offset, n_new, self.dtype)?;
         let phase = if cache.lengths().iter().all(|&l| l == 0) {
             ForwardPhase::Prefill
         } else {
@@ -195,7 +231,11 @@ impl Model {
             LogitsFor::LastToken => hidden.narrow(1, n_new - 1, 1)?,
             LogitsFor::AllTokens => hidden,
         };
-        let hidden = candle_nn::ops::rms_norm(&hidden.contiguous()?, &self.final_norm, self.config.rms_norm_eps as f32)?;
+        let hidden = candle_nn::ops::rms_norm(
+            &hidden.contiguous()?,
+            &self.final_norm,
+            self.config.rms_norm_eps as f32,
+        )?;
         let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
         Ok(match logits_for {
             LogitsFor::LastToken => logits.squeeze(1)?,
@@ -205,14 +245,22 @@ impl Model {
 
     /// Validates token ids, length and cache shape; returns `(batch, n_new)`.
     fn check_input(&self, input_ids: &Tensor, cache: &ModelCache) -> Result<(usize, usize)> {
-        let (batch, n_new) = input_ids
-            .dims2()
-            .map_err(|_| Error::InvalidInput(format!("input ids must be (batch, tokens), got {:?}", input_ids.dims())))?;
+        let (batch, n_new) = input_ids.dims2().map_err(|_| {
+            Error::InvalidInput(format!(
+                "input ids must be (batch, tokens), got {:?}",
+                input_ids.dims()
+            ))
+        })?;
         if batch == 0 || n_new == 0 {
-            return Err(Error::InvalidInput("empty input: at least one token is needed".into()));
+            return Err(Error::InvalidInput(
+                "empty input: at least one token is needed".into(),
+            ));
         }
         if input_ids.dtype() != DType::U32 {
-            return Err(Error::InvalidInput(format!("input ids must be u32, got {:?}", input_ids.dtype())));
+            return Err(Error::InvalidInput(format!(
+                "input ids must be u32, got {:?}",
+                input_ids.dtype()
+            )));
         }
         let max_id = input_ids.max_all()?.to_scalar::<u32>()?;
         if max_id as usize >= self.config.vocab_size {

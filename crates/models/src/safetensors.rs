@@ -37,10 +37,11 @@ impl SafetensorsFiles {
         }
         // SAFETY: the files are mapped read-only; like every memory-mapped loader, this assumes
         // no other process truncates them while the model is loading.
-        let tensors = unsafe { MmapedSafetensors::multi(&paths) }.map_err(|e| Error::InvalidModelFile {
-            path: folder.to_path_buf(),
-            message: format!("cannot read safetensors: {e}"),
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(&paths) }.map_err(|e| Error::InvalidModelFile {
+                path: folder.to_path_buf(),
+                message: format!("cannot read safetensors: {e}"),
+            })?;
         Ok(Self {
             folder: folder.to_path_buf(),
             tensors,
@@ -63,10 +64,13 @@ impl TensorSource for SafetensorsFiles {
         if self.tensors.get(&name).is_err() {
             return Ok(None);
         }
-        let tensor = self.tensors.load(&name, &self.device).map_err(|e| Error::InvalidModelFile {
-            path: self.folder.clone(),
-            message: format!("cannot read tensor `{name}`: {e}"),
-        })?;
+        let tensor =
+            self.tensors
+                .load(&name, &self.device)
+                .map_err(|e| Error::InvalidModelFile {
+                    path: self.folder.clone(),
+                    message: format!("cannot read tensor `{name}`: {e}"),
+                })?;
         Ok(Some(Weight::Dense(tensor)))
     }
 }

@@ -65,17 +65,29 @@ impl TextTokenizer {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::Tokenizer(format!("malformed merge `{m}` (expected `a b`)")))
+                    .ok_or_else(|| {
+                        Error::Tokenizer(format!("malformed merge `{m}` (expected `a b`)"))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
-        let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .build()
             .map_err(|e| Error::Tokenizer(format!("cannot build BPE: {e}")))?;
         let mut inner = Tokenizer::new(bpe);
-        let add_prefix_space = matches!(file.get("tokenizer.ggml.add_space_prefix"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
-        inner.with_pre_tokenizer(Some(pre_tokenizer(file.get_str("tokenizer.ggml.pre"), add_prefix_space)?));
+        let add_prefix_space = matches!(
+            file.get("tokenizer.ggml.add_space_prefix"),
+            Some(candle_core::quantized::gguf_file::Value::Bool(true))
+        );
+        inner.with_pre_tokenizer(Some(pre_tokenizer(
+            file.get_str("tokenizer.ggml.pre"),
+            add_prefix_space,
+        )?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
         let token_types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
@@ -84,7 +96,9 @@ impl TextTokenizer {
                 .iter()
                 .map(integer_value)
                 .collect::<Option<_>>()
-                .ok_or_else(|| Error::Tokenizer("`tokenizer.ggml.token_type` holds a non-integer".into()))?,
+                .ok_or_else(|| {
+                    Error::Tokenizer("`tokenizer.ggml.token_type` holds a non-integer".into())
+                })?,
             None => vec![1; tokens.len()],
         };
         // Control (3), unknown (2) and user-defined (4) tokens are matched whole in the text.
@@ -98,9 +112,18 @@ impl TextTokenizer {
             .add_special_tokens(added)
             .map_err(|e| Error::Tokenizer(format!("cannot add special tokens: {e}")))?;
 
-        let bos_id = file.get_usize("tokenizer.ggml.bos_token_id")?.map(|id| id as u32);
-        let add_bos = matches!(file.get("tokenizer.ggml.add_bos_token"), Some(candle_core::quantized::gguf_file::Value::Bool(true)));
-        let eos_ids = file.get_usize("tokenizer.ggml.eos_token_id")?.map(|id| id as u32).into_iter().collect();
+        let bos_id = file
+            .get_usize("tokenizer.ggml.bos_token_id")?
+            .map(|id| id as u32);
+        let add_bos = matches!(
+            file.get("tokenizer.ggml.add_bos_token"),
+            Some(candle_core::quantized::gguf_file::Value::Bool(true))
+        );
+        let eos_ids = file
+            .get_usize("tokenizer.ggml.eos_token_id")?
+            .map(|id| id as u32)
+            .into_iter()
+            .collect();
         Ok(Self::new(inner, bos_id, add_bos, eos_ids))
     }
 
@@ -155,7 +178,10 @@ impl StreamDecoder {
     pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
         let text = tokenizer.decode(&self.ids, true)?;
-        if text.ends_with('\u{FFFD}') || text.len() <= self.emitted || !text.is_char_boundary(self.emitted) {
+        if text.ends_with('\u{FFFD}')
+            || text.len() <= self.emitted
+            || !text.is_char_boundary(self.emitted)
+        {
             return Ok(None);
         }
         let new = text[self.emitted..].to_string();
@@ -207,9 +233,17 @@ fn pre_tokenizer(pre: Option<&str>, add_prefix_space: bool) -> Result<PreTokeniz
         // GPT-2's own regex (also used by transformers when it converts SmolLM2's GGUF).
         None => ByteLevel::new(add_prefix_space, true, true).into(),
         Some(pattern) => {
-            let split = Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| Error::Tokenizer(format!("bad pre-tokenizer regex: {e}")))?;
-            Sequence::new(vec![split.into(), ByteLevel::new(add_prefix_space, true, false).into()]).into()
+            let split = Split::new(
+                SplitPattern::Regex(pattern.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::Tokenizer(format!("bad pre-tokenizer regex: {e}")))?;
+            Sequence::new(vec![
+                split.into(),
+                ByteLevel::new(add_prefix_space, true, false).into(),
+            ])
+            .into()
         }
     })
 }

@@ -75,14 +75,17 @@ impl<'a> WeightLoader<'a> {
 
     /// A required weight with the expected shape.
     pub fn weight(&mut self, param: Param, dims: &[usize]) -> Result<Weight> {
-        let weight = self.optional_weight(param)?.ok_or_else(|| self.missing(param))?;
+        let weight = self
+            .optional_weight(param)?
+            .ok_or_else(|| self.missing(param))?;
         self.check_dims(param, &weight.dims(), dims)?;
         Ok(weight)
     }
 
     /// A required 1-D tensor (norm weight) in the activation dtype.
     pub fn vector(&mut self, param: Param, len: usize) -> Result<Tensor> {
-        self.optional_vector(param, len)?.ok_or_else(|| self.missing(param))
+        self.optional_vector(param, len)?
+            .ok_or_else(|| self.missing(param))
     }
 
     /// An optional 1-D tensor (bias) in the activation dtype.
@@ -91,11 +94,18 @@ impl<'a> WeightLoader<'a> {
             return Ok(None);
         };
         self.check_dims(param, &weight.dims(), &[len])?;
-        Ok(Some(weight.to_dense(self.dtype())?.to_device(&self.device)?))
+        Ok(Some(
+            weight.to_dense(self.dtype())?.to_device(&self.device)?,
+        ))
     }
 
     /// A linear layer `(out, in)` with an optional bias.
-    pub fn linear(&mut self, weight: Param, bias: Option<Param>, dims: (usize, usize)) -> Result<Linear> {
+    pub fn linear(
+        &mut self,
+        weight: Param,
+        bias: Option<Param>,
+        dims: (usize, usize),
+    ) -> Result<Linear> {
         let w = self.weight(weight, &[dims.0, dims.1])?;
         let b = match bias {
             Some(b) => Some(self.vector(b, dims.0)?),
@@ -106,7 +116,9 @@ impl<'a> WeightLoader<'a> {
 
     /// The embedding table `(vocab, hidden)`.
     pub fn embedding(&mut self, vocab: usize, hidden: usize) -> Result<Embedding> {
-        Ok(Embedding::new(self.weight(Param::Embedding, &[vocab, hidden])?))
+        Ok(Embedding::new(
+            self.weight(Param::Embedding, &[vocab, hidden])?,
+        ))
     }
 
     fn check_dims(&self, param: Param, got: &[usize], want: &[usize]) -> Result<()> {

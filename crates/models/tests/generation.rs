@@ -261,7 +261,10 @@ fn generation_from_a_chat_prompt_round_trips_through_the_tokenizer() {
     let ids = loaded.tokenizer.encode(&prompt, false).unwrap();
     let out = gen(&loaded.model, &ids, loaded.tokenizer.eos_ids(), &greedy(6));
     assert!(!out.tokens.is_empty() && out.tokens.len() <= 6);
-    assert_eq!(out.stop_reason == StopReason::Eos, out.tokens.last() == Some(&EOS_ID));
+    assert_eq!(
+        out.stop_reason == StopReason::Eos,
+        out.tokens.last() == Some(&EOS_ID)
+    );
     // Streaming the generated tokens gives the same text as decoding them at once.
     let text = loaded.tokenizer.decode(&out.tokens, true).unwrap();
     let mut stream = models::StreamDecoder::default();

@@ -416,11 +416,18 @@ fn a_failed_forward_leaves_the_cache_as_it_was() {
         }
     }
     let (_, model) = qwen3_model();
-    let mut hook = FailsLate { forwards: 0, n_layers: model.config().n_layers };
+    let mut hook = FailsLate {
+        forwards: 0,
+        n_layers: model.config().n_layers,
+    };
     let mut cache = model.new_cache();
-    model.forward(&ids(&PROMPT), &mut cache, Some(&mut hook)).unwrap();
+    model
+        .forward(&ids(&PROMPT), &mut cache, Some(&mut hook))
+        .unwrap();
     let (lengths, seen) = (cache.lengths(), cache.seen_tokens());
-    assert!(model.forward(&ids(&PROMPT[..2]), &mut cache, Some(&mut hook)).is_err());
+    assert!(model
+        .forward(&ids(&PROMPT[..2]), &mut cache, Some(&mut hook))
+        .is_err());
     assert_eq!(cache.lengths(), lengths);
     assert_eq!(cache.seen_tokens(), seen);
     // The cache still works: the same step without the failing hook succeeds.

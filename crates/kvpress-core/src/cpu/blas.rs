@@ -64,7 +64,9 @@ fn load() -> Option<Blas> {
             // One BLAS thread per call: kvpress-rs splits large products across rayon's threads
             // itself, so that BLAS threads do not spin against rayon's on the same cores.
             // SAFETY: `openblas_set_num_threads(int)` is OpenBLAS's documented setter.
-            if let Ok(set_threads) = unsafe { library.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") } {
+            if let Ok(set_threads) =
+                unsafe { library.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") }
+            {
                 unsafe { set_threads(1) };
             }
             return Some(Blas {

@@ -43,9 +43,17 @@ struct Partial {
 }
 
 /// Solves every head problem; returns, per problem, `rows x head_dim` outputs.
-pub(super) fn decode_attention(problems: &[HeadProblem<'_>], n_keys: usize, head_dim: usize, scale: f32) -> Vec<Vec<f32>> {
+pub(super) fn decode_attention(
+    problems: &[HeadProblem<'_>],
+    n_keys: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<Vec<f32>> {
     let threads = rayon::current_num_threads();
-    let chunks_per_head = (threads * 2).div_ceil(problems.len().max(1)).min(n_keys.div_ceil(MIN_KEYS_PER_CHUNK)).max(1);
+    let chunks_per_head = (threads * 2)
+        .div_ceil(problems.len().max(1))
+        .min(n_keys.div_ceil(MIN_KEYS_PER_CHUNK))
+        .max(1);
     let chunk_len = n_keys.div_ceil(chunks_per_head);
     let tasks: Vec<(usize, usize)> = (0..problems.len())
         .flat_map(|p| (0..chunks_per_head).map(move |c| (p, c)))
@@ -66,13 +74,17 @@ pub(super) fn decode_attention(problems: &[HeadProblem<'_>], n_keys: usize, head
             let mut out = vec![0f32; rows * head_dim];
             for row in 0..rows {
                 let parts = (0..chunks_per_head).map(|c| &partials[p * chunks_per_head + c][row]);
-                let max = parts.clone().fold(f32::NEG_INFINITY, |m, part| m.max(part.max));
+                let max = parts
+                    .clone()
+                    .fold(f32::NEG_INFINITY, |m, part| m.max(part.max));
                 let mut total = 0.0;
                 let dst = &mut out[row * head_dim..(row + 1) * head_dim];
                 for part in parts.filter(|part| part.sum > 0.0) {
                     let weight = (part.max - max).exp();
                     total += part.sum * weight;
-                    dst.iter_mut().zip(&part.out).for_each(|(d, o)| *d += weight * o);
+                    dst.iter_mut()
+                        .zip(&part.out)
+                        .for_each(|(d, o)| *d += weight * o);
                 }
                 let inv = 1.0 / total;
                 dst.iter_mut().for_each(|d| *d *= inv);
@@ -83,7 +95,13 @@ pub(super) fn decode_attention(problems: &[HeadProblem<'_>], n_keys: usize, head
 }
 
 /// Unnormalised softmax-weighted sums of the values `start..end` for every query row.
-fn chunk_partials(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim: usize, scale: f32) -> Vec<Partial> {
+fn chunk_partials(
+    problem: &HeadProblem<'_>,
+    start: usize,
+    end: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<Partial> {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -96,12 +114,24 @@ fn chunk_partials(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim:
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn chunk_partials_avx2(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim: usize, scale: f32) -> Vec<Partial> {
+unsafe fn chunk_partials_avx2(
+    problem: &HeadProblem<'_>,
+    start: usize,
+    end: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<Partial> {
     chunk_partials_generic(problem, start, end, head_dim, scale)
 }
 
 #[inline(always)]
-fn chunk_partials_generic(problem: &HeadProblem<'_>, start: usize, end: usize, head_dim: usize, scale: f32) -> Vec<Partial> {
+fn chunk_partials_generic(
+    problem: &HeadProblem<'_>,
+    start: usize,
+    end: usize,
+    head_dim: usize,
+    scale: f32,
+) -> Vec<Partial> {
     let rows = problem.positions.len();
     let len = end.saturating_sub(start);
     let mut scores = vec![f32::NEG_INFINITY; rows * len];
@@ -137,7 +167,11 @@ fn chunk_partials_generic(problem: &HeadProblem<'_>, start: usize, end: usize, h
         for (row, partial) in partials.iter_mut().enumerate() {
             let p = scores[row * len + j - start];
             if p != 0.0 {
-                partial.out.iter_mut().zip(value).for_each(|(o, v)| *o += p * v);
+                partial
+                    .out
+                    .iter_mut()
+                    .zip(value)
+                    .for_each(|(o, v)| *o += p * v);
             }
         }
     }

@@ -11,7 +11,10 @@ const MIN_ROWS_PER_TASK: usize = 16;
 
 /// `out[r * n + j] = dot(w[j], xs[r])` for every input `r` (`xs` holds `m` rows of `k`).
 pub fn matvec_f32(w: &[f32], n: usize, k: usize, xs: &[f32], m: usize, out: &mut [f32]) {
-    assert!(w.len() >= n * k && xs.len() >= m * k, "matvec: slices too short");
+    assert!(
+        w.len() >= n * k && xs.len() >= m * k,
+        "matvec: slices too short"
+    );
     for_each_output_row(n, m, out, |j, dst| {
         let row = &w[j * k..(j + 1) * k];
         for (r, d) in dst.iter_mut().enumerate() {
@@ -23,23 +26,36 @@ pub fn matvec_f32(w: &[f32], n: usize, k: usize, xs: &[f32], m: usize, out: &mut
 /// Parallel driver of matrix-vector kernels: calls `row_kernel(j, outputs)` for every weight row
 /// `j < n`, where `outputs[r]` receives the product of row `j` with input `r < m`; the results
 /// land in `out` laid out `(m, n)`. Each weight row is visited once, by one thread.
-pub fn for_each_output_row(n: usize, m: usize, out: &mut [f32], row_kernel: impl Fn(usize, &mut [f32]) + Sync) {
+pub fn for_each_output_row(
+    n: usize,
+    m: usize,
+    out: &mut [f32],
+    row_kernel: impl Fn(usize, &mut [f32]) + Sync,
+) {
     assert!(out.len() >= m * n, "matvec: output too short");
-    let rows_per_task = n.div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD).max(MIN_ROWS_PER_TASK);
+    let rows_per_task = n
+        .div_ceil(rayon::current_num_threads() * TASKS_PER_THREAD)
+        .max(MIN_ROWS_PER_TASK);
     if m == 1 {
-        out[..n].par_chunks_mut(rows_per_task).enumerate().for_each(|(task, chunk)| {
-            for (i, d) in chunk.iter_mut().enumerate() {
-                row_kernel(task * rows_per_task + i, std::slice::from_mut(d));
-            }
-        });
+        out[..n]
+            .par_chunks_mut(rows_per_task)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                for (i, d) in chunk.iter_mut().enumerate() {
+                    row_kernel(task * rows_per_task + i, std::slice::from_mut(d));
+                }
+            });
         return;
     }
     let mut by_row = vec![0f32; n * m];
-    by_row.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, chunk)| {
-        for (i, dst) in chunk.chunks_mut(m).enumerate() {
-            row_kernel(task * rows_per_task + i, dst);
-        }
-    });
+    by_row
+        .par_chunks_mut(rows_per_task * m)
+        .enumerate()
+        .for_each(|(task, chunk)| {
+            for (i, dst) in chunk.chunks_mut(m).enumerate() {
+                row_kernel(task * rows_per_task + i, dst);
+            }
+        });
     for j in 0..n {
         for r in 0..m {
             out[r * n + j] = by_row[j * m + r];
@@ -75,7 +91,12 @@ pub(super) fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
             lanes[i] += ca[i] * cb[i];
         }
     }
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     lanes.iter().sum::<f32>() + tail
 }
 

@@ -9,8 +9,8 @@
 //! exporting `cblas_sgemm`.
 
 mod attention;
-mod decode_attention;
 mod blas;
+mod decode_attention;
 mod matvec;
 mod sgemm;
 mod softmax;
@@ -19,6 +19,6 @@ mod view;
 pub use attention::attention_f32;
 pub use blas::blas_backend;
 pub use matvec::{dot, for_each_output_row, matvec_f32};
-pub use sgemm::{sgemm, MatMut, MatRef};
+pub use sgemm::{sgemm, GemmDims, MatMut, MatRef};
 pub use softmax::{exp, masked_softmax};
 pub use view::{f32_slice, is_cpu_f32};

@@ -6,6 +6,17 @@ use rayon::prelude::*;
 
 use super::blas::{blas, Blas, NO_TRANS, ROW_MAJOR, TRANS};
 
+/// Sizes of a product: `C` is `m x n`, `A` is `m x k`, `B` is `k x n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GemmDims {
+    /// Rows of `C` and `A`.
+    pub m: usize,
+    /// Columns of `C` and `B`.
+    pub n: usize,
+    /// Columns of `A`, rows of `B`.
+    pub k: usize,
+}
+
 /// A read-only row-major matrix: element `(i, j)` is `data[i * row_stride + j]`, or, when
 /// `transposed`, the matrix is the transpose of the stored one (element `(i, j)` is
 /// `data[j * row_stride + i]`).
@@ -33,7 +44,8 @@ pub struct MatMut<'a> {
 ///
 /// # Panics
 /// If a slice is too short for the dimensions and strides (a programming error, not user input).
-pub fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+pub fn sgemm(dims: GemmDims, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+    let GemmDims { m, n, k } = dims;
     if m == 0 || n == 0 {
         return;
     }
@@ -43,13 +55,13 @@ pub fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<
     if let Some(blas) = blas() {
         let threads = rayon::current_num_threads();
         if threads > 1 && m * n * k >= MIN_PARALLEL_WORK {
-            split_across_threads(blas, threads, m, n, k, alpha, a, b, beta, c);
+            split_across_threads(blas, threads, dims, alpha, a, b, beta, c);
             return;
         }
-        blas_sgemm(blas, m, n, k, alpha, a, b, beta, c);
+        blas_sgemm(blas, dims, alpha, a, b, beta, c);
         return;
     }
-    gemm_crate_sgemm(m, n, k, alpha, a, b, beta, c);
+    gemm_crate_sgemm(dims, alpha, a, b, beta, c);
 }
 
 /// Products smaller than this (m * n * k) run on one thread.
@@ -63,15 +75,14 @@ const MIN_ROWS_PER_THREAD: usize = 4;
 fn split_across_threads(
     blas: &Blas,
     threads: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+    dims: GemmDims,
     alpha: f32,
     a: MatRef<'_>,
     b: MatRef<'_>,
     beta: f32,
     c: MatMut<'_>,
 ) {
+    let GemmDims { m, n, k } = dims;
     let row_stride = c.row_stride;
     if m >= threads * MIN_ROWS_PER_THREAD {
         let rows_per_part = m.div_ceil(threads);
@@ -83,9 +94,27 @@ fn split_across_threads(
             .collect();
         parts.into_par_iter().for_each(|(first, chunk)| {
             let rows = rows_per_part.min(m - first);
-            let offset = if a.transposed { first } else { first * a.row_stride };
-            let a_part = MatRef { data: &a.data[offset..], ..a };
-            blas_sgemm(blas, rows, n, k, alpha, a_part, b, beta, MatMut { data: chunk, row_stride });
+            let offset = if a.transposed {
+                first
+            } else {
+                first * a.row_stride
+            };
+            let a_part = MatRef {
+                data: &a.data[offset..],
+                ..a
+            };
+            blas_sgemm(
+                blas,
+                GemmDims { m: rows, n, k },
+                alpha,
+                a_part,
+                b,
+                beta,
+                MatMut {
+                    data: chunk,
+                    row_stride,
+                },
+            );
         });
     } else {
         // Column blocks of C are interleaved in memory; give each thread its own output buffer.
@@ -96,53 +125,89 @@ fn split_across_threads(
             .map(|part| {
                 let first = part * cols_per_part;
                 let cols = cols_per_part.min(n - first);
-                let offset = if b.transposed { first * b.row_stride } else { first };
-                let b_part = MatRef { data: &b.data[offset..], ..b };
+                let offset = if b.transposed {
+                    first * b.row_stride
+                } else {
+                    first
+                };
+                let b_part = MatRef {
+                    data: &b.data[offset..],
+                    ..b
+                };
                 let mut out = vec![0f32; m * cols];
                 if beta != 0.0 {
                     for i in 0..m {
-                        out[i * cols..(i + 1) * cols].copy_from_slice(&c_data[i * row_stride + first..i * row_stride + first + cols]);
+                        out[i * cols..(i + 1) * cols].copy_from_slice(
+                            &c_data[i * row_stride + first..i * row_stride + first + cols],
+                        );
                     }
                 }
-                blas_sgemm(blas, m, cols, k, alpha, a, b_part, beta, MatMut { data: &mut out, row_stride: cols });
+                blas_sgemm(
+                    blas,
+                    GemmDims { m, n: cols, k },
+                    alpha,
+                    a,
+                    b_part,
+                    beta,
+                    MatMut {
+                        data: &mut out,
+                        row_stride: cols,
+                    },
+                );
                 (first, cols, out)
             })
             .collect();
         for (first, cols, out) in results {
             for i in 0..m {
-                c.data[i * row_stride + first..i * row_stride + first + cols].copy_from_slice(&out[i * cols..(i + 1) * cols]);
+                c.data[i * row_stride + first..i * row_stride + first + cols]
+                    .copy_from_slice(&out[i * cols..(i + 1) * cols]);
             }
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn blas_sgemm(blas: &Blas, m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+fn blas_sgemm(
+    blas: &Blas,
+    dims: GemmDims,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) {
+    let GemmDims { m, n, k } = dims;
     let trans = |t: bool| if t { TRANS } else { NO_TRANS };
-        // SAFETY: bounds were checked above; CBLAS reads A and B and writes C within them.
-        unsafe {
-            (blas.sgemm)(
-                ROW_MAJOR,
-                trans(a.transposed),
-                trans(b.transposed),
-                m as c_int,
-                n as c_int,
-                k as c_int,
-                alpha,
-                a.data.as_ptr(),
-                a.row_stride as c_int,
-                b.data.as_ptr(),
-                b.row_stride as c_int,
-                beta,
-                c.data.as_mut_ptr(),
-                c.row_stride as c_int,
-            )
-        };
+    // SAFETY: bounds were checked above; CBLAS reads A and B and writes C within them.
+    unsafe {
+        (blas.sgemm)(
+            ROW_MAJOR,
+            trans(a.transposed),
+            trans(b.transposed),
+            m as c_int,
+            n as c_int,
+            k as c_int,
+            alpha,
+            a.data.as_ptr(),
+            a.row_stride as c_int,
+            b.data.as_ptr(),
+            b.row_stride as c_int,
+            beta,
+            c.data.as_mut_ptr(),
+            c.row_stride as c_int,
+        )
+    };
 }
 
 /// The pure-Rust fallback: the `gemm` crate on rayon's threads.
-#[allow(clippy::too_many_arguments)]
-fn gemm_crate_sgemm(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: MatMut<'_>) {
+fn gemm_crate_sgemm(
+    dims: GemmDims,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: MatMut<'_>,
+) {
+    let GemmDims { m, n, k } = dims;
     let (a_rs, a_cs) = strides(a);
     let (b_rs, b_cs) = strides(b);
     // SAFETY: bounds were checked above. Note gemm's convention: dst = alpha*dst + beta*lhs*rhs.
@@ -171,7 +236,6 @@ fn gemm_crate_sgemm(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: 
     }
 }
 
-
 /// `(row stride, column stride)` of the logical matrix.
 fn strides(m: MatRef<'_>) -> (isize, isize) {
     if m.transposed {
@@ -182,12 +246,22 @@ fn strides(m: MatRef<'_>) -> (isize, isize) {
 }
 
 fn check_bounds(m: MatRef<'_>, rows: usize, cols: usize, name: &str) {
-    let (stored_rows, stored_cols) = if m.transposed { (cols, rows) } else { (rows, cols) };
+    let (stored_rows, stored_cols) = if m.transposed {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
     if stored_rows == 0 || stored_cols == 0 {
         return;
     }
-    assert!(stored_cols <= m.row_stride, "{name}: row stride shorter than a row");
-    assert!(m.data.len() >= (stored_rows - 1) * m.row_stride + stored_cols, "{name} is too short");
+    assert!(
+        stored_cols <= m.row_stride,
+        "{name}: row stride shorter than a row"
+    );
+    assert!(
+        m.data.len() >= (stored_rows - 1) * m.row_stride + stored_cols,
+        "{name} is too short"
+    );
 }
 
 #[cfg(test)]
@@ -206,11 +280,39 @@ mod tests {
 
     /// Runs `product` through [`sgemm`] (the BLAS when one is installed) and through the `gemm`
     /// crate fallback, so that both back ends are tested on every machine.
-    fn both_backends(m: usize, n: usize, k: usize, alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c: &[f32]) -> [Vec<f32>; 2] {
+    fn both_backends(
+        dims: GemmDims,
+        alpha: f32,
+        a: MatRef<'_>,
+        b: MatRef<'_>,
+        beta: f32,
+        c: &[f32],
+    ) -> [Vec<f32>; 2] {
+        let n = dims.n;
         let mut via_dispatch = c.to_vec();
-        sgemm(m, n, k, alpha, a, b, beta, MatMut { data: &mut via_dispatch, row_stride: n });
+        sgemm(
+            dims,
+            alpha,
+            a,
+            b,
+            beta,
+            MatMut {
+                data: &mut via_dispatch,
+                row_stride: n,
+            },
+        );
         let mut via_gemm = c.to_vec();
-        gemm_crate_sgemm(m, n, k, alpha, a, b, beta, MatMut { data: &mut via_gemm, row_stride: n });
+        gemm_crate_sgemm(
+            dims,
+            alpha,
+            a,
+            b,
+            beta,
+            MatMut {
+                data: &mut via_gemm,
+                row_stride: n,
+            },
+        );
         [via_dispatch, via_gemm]
     }
 
@@ -221,9 +323,24 @@ mod tests {
         let b_t: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(m, n, k, &a, &b_t);
         for rows in [m, 1] {
-            let a_ref = MatRef { data: &a, row_stride: k, transposed: false };
-            let b_ref = MatRef { data: &b_t, row_stride: k, transposed: true };
-            for got in both_backends(rows, n, k, 1.0, a_ref, b_ref, 0.0, &vec![0.0; rows * n]) {
+            let a_ref = MatRef {
+                data: &a,
+                row_stride: k,
+                transposed: false,
+            };
+            let b_ref = MatRef {
+                data: &b_t,
+                row_stride: k,
+                transposed: true,
+            };
+            for got in both_backends(
+                GemmDims { m: rows, n, k },
+                1.0,
+                a_ref,
+                b_ref,
+                0.0,
+                &vec![0.0; rows * n],
+            ) {
                 for (g, w) in got.iter().zip(&want[..rows * n]) {
                     assert!((g - w).abs() < 1e-4);
                 }
@@ -237,9 +354,24 @@ mod tests {
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b_t: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(m, n, k, &a, &b_t);
-        let a_ref = MatRef { data: &a, row_stride: k, transposed: false };
-        let b_ref = MatRef { data: &b_t, row_stride: k, transposed: true };
-        for c in both_backends(m, n, k, 2.0, a_ref, b_ref, 0.5, &vec![1.0; m * n]) {
+        let a_ref = MatRef {
+            data: &a,
+            row_stride: k,
+            transposed: false,
+        };
+        let b_ref = MatRef {
+            data: &b_t,
+            row_stride: k,
+            transposed: true,
+        };
+        for c in both_backends(
+            GemmDims { m, n, k },
+            2.0,
+            a_ref,
+            b_ref,
+            0.5,
+            &vec![1.0; m * n],
+        ) {
             for (got, want) in c.iter().zip(&want) {
                 assert!((got - (2.0 * want + 0.5)).abs() < 1e-5);
             }
@@ -247,9 +379,24 @@ mod tests {
         // B given untransposed (k x n), A given transposed (stored k x m).
         let b: Vec<f32> = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
         let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-        let a_ref = MatRef { data: &a_t, row_stride: m, transposed: true };
-        let b_ref = MatRef { data: &b, row_stride: n, transposed: false };
-        for c in both_backends(m, n, k, 1.0, a_ref, b_ref, 0.0, &vec![0.0; m * n]) {
+        let a_ref = MatRef {
+            data: &a_t,
+            row_stride: m,
+            transposed: true,
+        };
+        let b_ref = MatRef {
+            data: &b,
+            row_stride: n,
+            transposed: false,
+        };
+        for c in both_backends(
+            GemmDims { m, n, k },
+            1.0,
+            a_ref,
+            b_ref,
+            0.0,
+            &vec![0.0; m * n],
+        ) {
             for (got, want) in c.iter().zip(&want) {
                 assert!((got - want).abs() < 1e-5);
             }

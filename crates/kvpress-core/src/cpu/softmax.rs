@@ -64,8 +64,10 @@ pub fn exp(x: f32) -> f32 {
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let z = r * r;
-    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r + 1.666_666_5e-1) * r
-        + 5.000_000_1e-1;
+    let p = ((((1.987_569_1e-4 * r + 1.398_2e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
+        + 1.666_666_5e-1)
+        * r
+        + 0.5;
     let y = p * z + r + 1.0;
     // 2^n: the low bits of `t` hold n; n + 127 (in 1..=254 after the clamp) is the exponent.
     let scale = f32::from_bits(t.to_bits().wrapping_add(127) << 23);
@@ -91,7 +93,10 @@ mod tests {
         let mut row: Vec<f32> = (0..21).map(|i| (i as f32 * 0.7).sin() * 5.0).collect();
         let original = row.clone();
         masked_softmax(&mut row, 13);
-        let max = original[..13].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let max = original[..13]
+            .iter()
+            .cloned()
+            .fold(f32::NEG_INFINITY, f32::max);
         let total: f32 = original[..13].iter().map(|x| (x - max).exp()).sum();
         for i in 0..13 {
             assert!((row[i] - (original[i] - max).exp() / total).abs() < 1e-6);

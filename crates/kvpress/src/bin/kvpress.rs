@@ -6,11 +6,17 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
-use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling, StreamDecoder, WeightMode};
+use kvpress::models::{
+    self, ChatMessage, GenerationConfig, LoadedModel, Sampling, StreamDecoder, WeightMode,
+};
 use kvpress::{bench, default_model, parse_weight_mode, trace};
 
 #[derive(Parser)]
-#[command(name = "kvpress", version, about = "KV-cache compression for LLM inference")]
+#[command(
+    name = "kvpress",
+    version,
+    about = "KV-cache compression for LLM inference"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +38,8 @@ impl ModelArgs {
             Some(path) => path.clone(),
             None => default_model::require()?,
         };
-        models::load_model(&path, self.dtype, &Device::Cpu).with_context(|| format!("cannot load {}", path.display()))
+        models::load_model(&path, self.dtype, &Device::Cpu)
+            .with_context(|| format!("cannot load {}", path.display()))
     }
 }
 
@@ -106,17 +113,36 @@ fn main() -> Result<()> {
             raw,
         } => {
             let sampling = match temperature {
-                Some(temperature) => Sampling::TopP { temperature, top_p, seed },
+                Some(temperature) => Sampling::TopP {
+                    temperature,
+                    top_p,
+                    seed,
+                },
                 None => Sampling::Greedy,
             };
-            generate(&model.load()?, &prompt, GenerationConfig { max_new_tokens, sampling }, raw)?;
+            generate(
+                &model.load()?,
+                &prompt,
+                GenerationConfig {
+                    max_new_tokens,
+                    sampling,
+                },
+                raw,
+            )?;
         }
         Command::Trace { model, prompt, out } => {
-            let text = std::fs::read_to_string(&prompt).with_context(|| format!("cannot read {}", prompt.display()))?;
+            let text = std::fs::read_to_string(&prompt)
+                .with_context(|| format!("cannot read {}", prompt.display()))?;
             let prompt_file: trace::PromptFile =
-                serde_json::from_str(&text).with_context(|| format!("{}: expected {{\"context\", \"question\"}}", prompt.display()))?;
+                serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "{}: expected {{\"context\", \"question\"}}",
+                        prompt.display()
+                    )
+                })?;
             let result = trace::trace(&model.load()?, &prompt_file)?;
-            std::fs::write(&out, serde_json::to_string(&result)?).with_context(|| format!("cannot write {}", out.display()))?;
+            std::fs::write(&out, serde_json::to_string(&result)?)
+                .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!("answer: {:?}", result.full.answer_text);
         }
         Command::Bench {
@@ -126,14 +152,21 @@ fn main() -> Result<()> {
             json,
         } => {
             let loaded = model.load()?;
-            let label = match model.dtype.unwrap_or(if loaded.path.is_dir() { WeightMode::Dense(candle_core::DType::F32) } else { WeightMode::Quantized }) {
+            let label = match model.dtype.unwrap_or(if loaded.path.is_dir() {
+                WeightMode::Dense(candle_core::DType::F32)
+            } else {
+                WeightMode::Quantized
+            }) {
                 WeightMode::Quantized => "quantized".to_string(),
                 WeightMode::Dense(dtype) => format!("{dtype:?}").to_lowercase(),
             };
             let mut rows = Vec::new();
             for &n in &context {
                 let row = bench::measure(&loaded, &label, n, decode_tokens)?;
-                eprintln!("{n} tokens: prefill {:.2} s, decode {:.1} ms/token", row.prefill_seconds, row.decode_ms_per_token);
+                eprintln!(
+                    "{n} tokens: prefill {:.2} s, decode {:.1} ms/token",
+                    row.prefill_seconds, row.decode_ms_per_token
+                );
                 rows.push(row);
             }
             print!("{}", bench::markdown_table(&rows));
@@ -151,20 +184,31 @@ fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: b
     }
     let text = match (&loaded.chat_template, raw) {
         (Some(template), false) => template.render(&[ChatMessage::user(prompt)], true)?,
-        (None, false) => bail!("{} has no chat template; pass --raw to feed the prompt as it is", loaded.path.display()),
+        (None, false) => bail!(
+            "{} has no chat template; pass --raw to feed the prompt as it is",
+            loaded.path.display()
+        ),
         (_, true) => prompt.to_string(),
     };
     let ids = loaded.tokenizer.encode(&text, raw)?;
     let mut cache = loaded.model.new_cache();
     let mut stream = StreamDecoder::default();
     let mut stdout = std::io::stdout();
-    let output = models::generate(&loaded.model, &mut cache, &ids, loaded.tokenizer.eos_ids(), &config, None, &mut |id| {
-        if let Some(piece) = stream.push(&loaded.tokenizer, id)? {
-            print!("{piece}");
-            stdout.flush().ok();
-        }
-        Ok(())
-    })?;
+    let output = models::generate(
+        &loaded.model,
+        &mut cache,
+        &ids,
+        loaded.tokenizer.eos_ids(),
+        &config,
+        None,
+        &mut |id| {
+            if let Some(piece) = stream.push(&loaded.tokenizer, id)? {
+                print!("{piece}");
+                stdout.flush().ok();
+            }
+            Ok(())
+        },
+    )?;
     println!();
     eprintln!(
         "prefill: {} tokens, {:.1} tokens/s | decode: {} tokens, {:.1} ms/token | KV cache: {:.2} MiB ({} bytes)",

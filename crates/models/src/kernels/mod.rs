@@ -100,7 +100,10 @@ mod tests {
             }
         }
         // The portable kernels (used where AVX2 is missing) agree with the selected ones.
-        for (kind, dtype) in [(BlockKind::Q4_1, GgmlDType::Q4_1), (BlockKind::Q8_0, GgmlDType::Q8_0)] {
+        for (kind, dtype) in [
+            (BlockKind::Q4_1, GgmlDType::Q4_1),
+            (BlockKind::Q8_0, GgmlDType::Q8_0),
+        ] {
             let q = QTensor::quantize(&w, dtype)?;
             let data = q.data()?;
             let x: Vec<f32> = (0..96).map(|i| (i as f32 * 0.3).sin()).collect();
@@ -111,12 +114,19 @@ mod tests {
                 BlockKind::Q8_0 => portable::dot_q8_0,
             };
             // SAFETY: the selected kernel runs on this CPU; the portable one anywhere.
-            let (selected, portable) = unsafe { (select_dot(kind)(row, &x, &sums), portable(row, &x, &sums)) };
-            assert!((selected - portable).abs() < 1e-4, "{kind:?}: {selected} vs {portable}");
+            let (selected, portable) =
+                unsafe { (select_dot(kind)(row, &x, &sums), portable(row, &x, &sums)) };
+            assert!(
+                (selected - portable).abs() < 1e-4,
+                "{kind:?}: {selected} vs {portable}"
+            );
         }
         let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;
         let x = Tensor::randn(0f32, 1.0, (1, 96), &Device::Cpu)?;
-        assert!(quantized_matvec(&x, &q)?.is_none(), "other types fall back to candle");
+        assert!(
+            quantized_matvec(&x, &q)?.is_none(),
+            "other types fall back to candle"
+        );
         Ok(())
     }
 }

@@ -14,7 +14,11 @@ pub(super) const Q8_0_BYTES: usize = 34;
 /// Always safe; `unsafe` only to share the kernel signature with the SIMD kernels.
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
     let mut total = 0f32;
-    for ((block, xb), x_sum) in w_row.chunks_exact(Q4_1_BYTES).zip(x.chunks_exact(32)).zip(x_block_sums) {
+    for ((block, xb), x_sum) in w_row
+        .chunks_exact(Q4_1_BYTES)
+        .zip(x.chunks_exact(32))
+        .zip(x_block_sums)
+    {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
         let m = f16::from_le_bytes([block[2], block[3]]).to_f32();
         let mut acc = 0f32;
@@ -34,7 +38,11 @@ pub(super) unsafe fn dot_q8_0(w_row: &[u8], x: &[f32], _x_block_sums: &[f32]) ->
     let mut total = 0f32;
     for (block, xb) in w_row.chunks_exact(Q8_0_BYTES).zip(x.chunks_exact(32)) {
         let d = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        let acc: f32 = block[2..].iter().zip(xb).map(|(&q, &v)| q as i8 as f32 * v).sum();
+        let acc: f32 = block[2..]
+            .iter()
+            .zip(xb)
+            .map(|(&q, &v)| q as i8 as f32 * v)
+            .sum();
         total += d * acc;
     }
     total

@@ -6,7 +6,9 @@ use super::portable::{Q4_1_BYTES, Q8_0_BYTES};
 
 /// Whether this CPU runs the kernels of this module.
 pub(super) fn is_supported() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
 }
 
 #[inline(always)]
@@ -38,7 +40,9 @@ unsafe fn block_product(q: [__m256i; 4], x: *const f32) -> __m256 {
 /// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
-    let n_blocks = (w_row.len() / Q4_1_BYTES).min(x.len() / 32).min(x_block_sums.len());
+    let n_blocks = (w_row.len() / Q4_1_BYTES)
+        .min(x.len() / 32)
+        .min(x_block_sums.len());
     let low_nibbles = _mm_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut offset = 0f32;
@@ -74,7 +78,8 @@ pub(super) unsafe fn dot_q8_0(w_row: &[u8], x: &[f32], _x_block_sums: &[f32]) ->
         let block = &w_row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
         let d = f16_at(&block[0..2]);
         let qs = block[2..34].as_ptr();
-        let load8 = |offset: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(qs.add(offset) as *const __m128i));
+        let load8 =
+            |offset: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(qs.add(offset) as *const __m128i));
         let q = [load8(0), load8(8), load8(16), load8(24)];
         let t = block_product(q, x[b * 32..b * 32 + 32].as_ptr());
         acc[b & 1] = _mm256_fmadd_ps(_mm256_set1_ps(d), t, acc[b & 1]);
