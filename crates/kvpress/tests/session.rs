@@ -22,8 +22,13 @@ fn prompt_split_reassembles_the_chat_prompt() {
     let question = "Where does Bob live?";
     let split = PromptSplit::new(&loaded, CONTEXT, question).unwrap();
     let template = loaded.chat_template.as_ref().unwrap();
-    let whole = template.render(&[ChatMessage::user(format!("{CONTEXT}{question}"))], true).unwrap();
-    assert_eq!(format!("{}{}", split.context_text, split.question_text), whole);
+    let whole = template
+        .render(&[ChatMessage::user(format!("{CONTEXT}{question}"))], true)
+        .unwrap();
+    assert_eq!(
+        format!("{}{}", split.context_text, split.question_text),
+        whole
+    );
     assert!(split.context_text.ends_with(CONTEXT));
     assert!(split.question_text.starts_with(question));
 }
@@ -41,16 +46,53 @@ fn a_session_answers_many_questions_from_one_prefill() {
 
     for question in questions {
         let split = PromptSplit::new(&loaded, CONTEXT, question).unwrap();
-        let first = session.answer(&loaded.model, &split.question_ids, eos, &CONFIG, &mut |_| Ok(())).unwrap();
-        assert_eq!(session.cache().lengths(), lengths, "the cache is rewound after an answer");
+        let first = session
+            .answer(
+                &loaded.model,
+                &split.question_ids,
+                eos,
+                &CONFIG,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+        assert_eq!(
+            session.cache().lengths(),
+            lengths,
+            "the cache is rewound after an answer"
+        );
         assert_eq!(session.cache().seen_tokens(), seen);
-        let again = session.answer(&loaded.model, &split.question_ids, eos, &CONFIG, &mut |_| Ok(())).unwrap();
-        assert_eq!(first.tokens, again.tokens, "the same question gets the same answer");
+        let again = session
+            .answer(
+                &loaded.model,
+                &split.question_ids,
+                eos,
+                &CONFIG,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+        assert_eq!(
+            first.tokens, again.tokens,
+            "the same question gets the same answer"
+        );
 
         // One uncompressed run over context + question gives the same tokens.
-        let whole: Vec<u32> = split.context_ids.iter().chain(&split.question_ids).copied().collect();
+        let whole: Vec<u32> = split
+            .context_ids
+            .iter()
+            .chain(&split.question_ids)
+            .copied()
+            .collect();
         let mut cache = loaded.model.new_cache();
-        let direct = generate(&loaded.model, &mut cache, &whole, eos, &CONFIG, None, &mut |_| Ok(())).unwrap();
+        let direct = generate(
+            &loaded.model,
+            &mut cache,
+            &whole,
+            eos,
+            &CONFIG,
+            None,
+            &mut |_| Ok(()),
+        )
+        .unwrap();
         assert_eq!(first.tokens, direct.tokens, "{question}");
         assert!(!first.tokens.is_empty());
     }
@@ -62,7 +104,18 @@ fn last_context_logits_equal_a_plain_forward() {
     let split = PromptSplit::new(&loaded, CONTEXT, "?").unwrap();
     let session = ContextSession::prefill(&loaded.model, &split.context_ids, None).unwrap();
     let mut cache = loaded.model.new_cache();
-    let input = Tensor::new(split.context_ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
-    let logits = loaded.model.forward(&input, &mut cache, None).unwrap().squeeze(0).unwrap();
-    assert_eq!(session.last_logits.to_vec1::<f32>().unwrap(), logits.to_vec1::<f32>().unwrap());
+    let input = Tensor::new(split.context_ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = loaded
+        .model
+        .forward(&input, &mut cache, None)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    assert_eq!(
+        session.last_logits.to_vec1::<f32>().unwrap(),
+        logits.to_vec1::<f32>().unwrap()
+    );
 }

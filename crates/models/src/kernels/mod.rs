@@ -14,6 +14,8 @@ use crate::Result;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 /// Most input rows handled here (decode steps and short question chunks).
 const MAX_ROWS: usize = 16;
@@ -67,6 +69,12 @@ type DotKernel = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
 fn select_dot(kind: BlockKind) -> DotKernel {
     #[cfg(target_arch = "x86_64")]
     {
+        if x86_512::is_supported() {
+            return match kind {
+                BlockKind::Q4_1 => x86_512::dot_q4_1,
+                BlockKind::Q8_0 => x86_512::dot_q8_0,
+            };
+        }
         if x86::is_supported() {
             return match kind {
                 BlockKind::Q4_1 => x86::dot_q4_1,
@@ -85,6 +93,36 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// The kernels for `dtype` that this CPU can run, the portable one first.
+    fn kernels_on_this_cpu(dtype: GgmlDType) -> Vec<(&'static str, DotKernel)> {
+        let q4 = dtype == GgmlDType::Q4_1;
+        let mut kernels: Vec<(&'static str, DotKernel)> = vec![(
+            "portable",
+            if q4 {
+                portable::dot_q4_1
+            } else {
+                portable::dot_q8_0
+            },
+        )];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if x86::is_supported() {
+                kernels.push(("avx2", if q4 { x86::dot_q4_1 } else { x86::dot_q8_0 }));
+            }
+            if x86_512::is_supported() {
+                kernels.push((
+                    "avx512",
+                    if q4 {
+                        x86_512::dot_q4_1
+                    } else {
+                        x86_512::dot_q8_0
+                    },
+                ));
+            }
+        }
+        kernels
+    }
+
     #[test]
     fn fused_kernels_equal_the_dequantized_product() -> Result<()> {
         let w = Tensor::randn(0f32, 1.0, (70, 96), &Device::Cpu)?;
@@ -99,27 +137,26 @@ mod tests {
                 assert!(diff < 1e-4, "{dtype:?} rows={rows}: {diff}");
             }
         }
-        // The portable kernels (used where AVX2 is missing) agree with the selected ones.
-        for (kind, dtype) in [
-            (BlockKind::Q4_1, GgmlDType::Q4_1),
-            (BlockKind::Q8_0, GgmlDType::Q8_0),
-        ] {
+        // Every kernel this CPU can run agrees with the portable one (odd block counts too).
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype)?;
             let data = q.data()?;
             let x: Vec<f32> = (0..96).map(|i| (i as f32 * 0.3).sin()).collect();
             let sums: Vec<f32> = x.chunks_exact(32).map(|b| b.iter().sum()).collect();
             let row = &data[..data.len() / 70];
-            let portable = match kind {
-                BlockKind::Q4_1 => portable::dot_q4_1,
-                BlockKind::Q8_0 => portable::dot_q8_0,
-            };
-            // SAFETY: the selected kernel runs on this CPU; the portable one anywhere.
-            let (selected, portable) =
-                unsafe { (select_dot(kind)(row, &x, &sums), portable(row, &x, &sums)) };
-            assert!(
-                (selected - portable).abs() < 1e-4,
-                "{kind:?}: {selected} vs {portable}"
-            );
+            for (name, kernel) in kernels_on_this_cpu(dtype) {
+                // SAFETY: `kernels_on_this_cpu` lists only kernels this CPU supports.
+                let (got, want) = unsafe {
+                    (
+                        kernel(row, &x, &sums),
+                        kernels_on_this_cpu(dtype)[0].1(row, &x, &sums),
+                    )
+                };
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "{dtype:?} {name}: {got} vs {want}"
+                );
+            }
         }
         let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;
         let x = Tensor::randn(0f32, 1.0, (1, 96), &Device::Cpu)?;

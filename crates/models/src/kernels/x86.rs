@@ -54,7 +54,8 @@ unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: __m256) -> __m256 {
 /// `acc + d * sum(q * x)` for the Q8_0 block at `w`.
 #[inline(always)]
 unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: __m256) -> __m256 {
-    let load8 = |offset: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(2 + offset) as *const __m128i));
+    let load8 =
+        |offset: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(2 + offset) as *const __m128i));
     let q = [load8(0), load8(8), load8(16), load8(24)];
     _mm256_fmadd_ps(_mm256_set1_ps(f16_at(w)), block_product(q, x), acc)
 }
@@ -65,7 +66,9 @@ unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: __m256) -> __m256 {
 /// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
-    let n_blocks = (w_row.len() / Q4_1_BYTES).min(x.len() / 32).min(x_block_sums.len());
+    let n_blocks = (w_row.len() / Q4_1_BYTES)
+        .min(x.len() / 32)
+        .min(x_block_sums.len());
     let (w, x) = (w_row.as_ptr(), x.as_ptr());
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let (mut offset0, mut offset1) = (0f32, 0f32);
