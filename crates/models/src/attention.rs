@@ -5,14 +5,14 @@ use kvpress_core::{AttentionHook, AttentionProjections, AttentionShape, LayerCac
 
 use crate::forward::ForwardStep;
 use crate::linear::Linear;
+use crate::projection_group::ProjectionGroup;
 use crate::Result;
 
 /// Projections and optional per-head norms of one attention layer.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    pub(crate) q_proj: Linear,
-    pub(crate) k_proj: Linear,
-    pub(crate) v_proj: Linear,
+    /// The q, k and v projections, in that order.
+    pub(crate) qkv_proj: ProjectionGroup,
     pub(crate) o_proj: Linear,
     /// Qwen3's per-head RMSNorm weights for queries and keys.
     pub(crate) qk_norm: Option<(Tensor, Tensor)>,
@@ -21,18 +21,11 @@ pub struct Attention {
 }
 
 impl Attention {
-    /// Projects `(b, s, hidden)` to `(b, heads, s, head_dim)`, with optional per-head RMSNorm.
-    fn project_heads(
-        &self,
-        x: &Tensor,
-        proj: &Linear,
-        n_heads: usize,
-        norm: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let y = proj
-            .forward(x)?
-            .reshape((b, s, n_heads, self.shape.head_dim))?;
+    /// Splits a projection `(b, s, heads * head_dim)` into `(b, heads, s, head_dim)`, with
+    /// optional per-head RMSNorm.
+    fn split_heads(&self, y: &Tensor, n_heads: usize, norm: Option<&Tensor>) -> Result<Tensor> {
+        let (b, s, _) = y.dims3()?;
+        let y = y.reshape((b, s, n_heads, self.shape.head_dim))?;
         let y = match norm {
             Some(w) => candle_nn::ops::rms_norm(&y.contiguous()?, w, self.rms_norm_eps as f32)?,
             None => y,
@@ -56,9 +49,10 @@ impl Attention {
             Some((q, k)) => (Some(q), Some(k)),
             None => (None, None),
         };
-        let q = self.project_heads(x, &self.q_proj, shape.n_heads, q_norm)?;
-        let k = self.project_heads(x, &self.k_proj, shape.n_kv_heads, k_norm)?;
-        let v = self.project_heads(x, &self.v_proj, shape.n_kv_heads, None)?;
+        let projected = self.qkv_proj.forward(x)?;
+        let q = self.split_heads(&projected[0], shape.n_heads, q_norm)?;
+        let k = self.split_heads(&projected[1], shape.n_kv_heads, k_norm)?;
+        let v = self.split_heads(&projected[2], shape.n_kv_heads, None)?;
         let q = kvpress_core::RotaryEmbedding::apply(&q, &step.cos, &step.sin)?;
         let k = kvpress_core::RotaryEmbedding::apply(&k, &step.cos, &step.sin)?;
 
@@ -96,17 +90,16 @@ impl Attention {
 
 impl AttentionProjections for Attention {
     fn query_weight(&self) -> kvpress_core::Result<Tensor> {
-        self.q_proj
-            .weight()
-            .to_dense(candle_core::DType::F32)
+        self.qkv_proj
+            .part_weight(0, candle_core::DType::F32)
             .map_err(core_error)
     }
 
     fn query_bias(&self) -> kvpress_core::Result<Option<Tensor>> {
-        Ok(match self.q_proj.bias() {
-            Some(b) => Some(b.to_dtype(candle_core::DType::F32)?),
-            None => None,
-        })
+        match self.qkv_proj.part_bias(0).map_err(core_error)? {
+            Some(b) => Ok(Some(b.to_dtype(candle_core::DType::F32)?)),
+            None => Ok(None),
+        }
     }
 
     fn query_norm(&self) -> Option<(Tensor, f64)> {

@@ -6,21 +6,22 @@ use kvpress_core::{AttentionHook, LayerCache};
 use crate::attention::Attention;
 use crate::forward::ForwardStep;
 use crate::linear::Linear;
+use crate::projection_group::ProjectionGroup;
 use crate::Result;
 
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    /// The gate and up projections, in that order.
+    pub gate_up_proj: ProjectionGroup,
     pub down_proj: Linear,
 }
 
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+        let projected = self.gate_up_proj.forward(x)?;
+        let gate = candle_nn::ops::silu(&projected[0])?;
+        self.down_proj.forward(&(gate * &projected[1])?)
     }
 }
 

@@ -33,6 +33,7 @@ pub mod linear;
 pub mod loader;
 pub mod model;
 pub mod param;
+mod projection_group;
 mod safetensors;
 pub mod tokenizer;
 mod weights;

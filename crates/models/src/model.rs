@@ -9,6 +9,7 @@ use crate::forward::ForwardStep;
 use crate::layer::{DecoderLayer, Mlp};
 use crate::linear::{Embedding, Linear};
 use crate::param::{LayerParam, Param};
+use crate::projection_group::ProjectionGroup;
 use crate::weights::WeightLoader;
 use crate::{Error, Result};
 
@@ -57,22 +58,25 @@ impl Model {
             } else {
                 None
             };
-            let attention = Attention {
-                q_proj: weights.linear(
+            let qkv = vec![
+                weights.linear(
                     p(LayerParam::QueryWeight),
                     bias(LayerParam::QueryBias, i),
                     (q_dim, c.hidden_size),
                 )?,
-                k_proj: weights.linear(
+                weights.linear(
                     p(LayerParam::KeyWeight),
                     bias(LayerParam::KeyBias, i),
                     (kv_dim, c.hidden_size),
                 )?,
-                v_proj: weights.linear(
+                weights.linear(
                     p(LayerParam::ValueWeight),
                     bias(LayerParam::ValueBias, i),
                     (kv_dim, c.hidden_size),
                 )?,
+            ];
+            let attention = Attention {
+                qkv_proj: ProjectionGroup::new(qkv)?,
                 o_proj: weights.linear(
                     p(LayerParam::OutputWeight),
                     None,
@@ -86,17 +90,20 @@ impl Model {
                     head_dim: c.head_dim,
                 },
             };
-            let mlp = Mlp {
-                gate_proj: weights.linear(
+            let gate_up = vec![
+                weights.linear(
                     p(LayerParam::GateWeight),
                     None,
                     (c.intermediate_size, c.hidden_size),
                 )?,
-                up_proj: weights.linear(
+                weights.linear(
                     p(LayerParam::UpWeight),
                     None,
                     (c.intermediate_size, c.hidden_size),
                 )?,
+            ];
+            let mlp = Mlp {
+                gate_up_proj: ProjectionGroup::new(gate_up)?,
                 down_proj: weights.linear(
                     p(LayerParam::DownWeight),
                     None,

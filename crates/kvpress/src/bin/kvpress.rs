@@ -91,6 +91,9 @@ enum Command {
         /// Decoded tokens per context length.
         #[arg(long, default_value_t = 32)]
         decode_tokens: usize,
+        /// Runs per context length; the fastest is reported.
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
         /// Also write the rows as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -149,6 +152,7 @@ fn main() -> Result<()> {
             model,
             context,
             decode_tokens,
+            repeats,
             json,
         } => {
             let loaded = model.load()?;
@@ -162,7 +166,7 @@ fn main() -> Result<()> {
             };
             let mut rows = Vec::new();
             for &n in &context {
-                let row = bench::measure(&loaded, &label, n, decode_tokens)?;
+                let row = bench::measure(&loaded, &label, n, decode_tokens, repeats)?;
                 eprintln!(
                     "{n} tokens: prefill {:.2} s, decode {:.1} ms/token",
                     row.prefill_seconds, row.decode_ms_per_token
