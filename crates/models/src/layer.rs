@@ -20,8 +20,11 @@ pub(crate) struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let projected = self.gate_up_proj.forward(x)?;
-        let gate = candle_nn::ops::silu(&projected[0])?;
-        self.down_proj.forward(&(gate * &projected[1])?)
+        let hidden = match kvpress_core::cpu::silu_mul(&projected[0], &projected[1])? {
+            Some(hidden) => hidden,
+            None => (candle_nn::ops::silu(&projected[0])? * &projected[1])?,
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 

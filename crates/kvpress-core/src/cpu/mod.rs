@@ -8,6 +8,7 @@
 //! `KVPRESS_BLAS=off` disables the lookup; `KVPRESS_BLAS_LIB=/path/libfoo.so` names a library
 //! exporting `cblas_sgemm`.
 
+mod activation;
 mod attention;
 mod blas;
 mod decode_attention;
@@ -16,6 +17,7 @@ mod sgemm;
 mod softmax;
 mod view;
 
+pub use activation::silu_mul;
 pub use attention::attention_f32;
 pub use blas::blas_backend;
 pub use matvec::{dot, for_each_output_row, matvec_f32};

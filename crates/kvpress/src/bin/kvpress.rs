@@ -11,6 +11,11 @@ use kvpress::models::{
 };
 use kvpress::{bench, default_model, parse_weight_mode, trace};
 
+// Large activations are allocated and freed in every layer; glibc's allocator returns such blocks
+// to the kernel each time, so every forward pays for fresh zeroed pages. mimalloc keeps them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "kvpress",
