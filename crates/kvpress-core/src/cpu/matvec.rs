@@ -97,7 +97,13 @@ pub(super) fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
         .zip(b_chunks.remainder())
         .map(|(x, y)| x * y)
         .sum();
-    lanes.iter().sum::<f32>() + tail
+    // Pairwise reduction: a chain of 15 dependent additions would dominate short dot products.
+    for width in [8, 4, 2, 1] {
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+    }
+    lanes[0] + tail
 }
 
 #[cfg(test)]
