@@ -14,6 +14,11 @@ pub use hooks;
 pub use kvpress_core as core;
 pub use models;
 
+/// The README's Rust examples, compiled as doctests so that they stay true.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 /// Parses a weight mode: `quantized` (or `q`, GGUF only), `f32`, `f16`, `bf16`.
 pub fn parse_weight_mode(text: &str) -> Result<models::WeightMode, String> {
     use candle_core::DType;

@@ -79,27 +79,12 @@ impl GgufFile {
 
     /// A metadata unsigned integer of any width.
     pub fn get_usize(&self, key: &str) -> Result<Option<usize>> {
-        use gguf_file::Value::*;
         let value = match self.get(key) {
             None => return Ok(None),
             Some(v) => v,
         };
-        let n: i128 = match value {
-            U8(v) => *v as i128,
-            I8(v) => *v as i128,
-            U16(v) => *v as i128,
-            I16(v) => *v as i128,
-            U32(v) => *v as i128,
-            I32(v) => *v as i128,
-            U64(v) => *v as i128,
-            I64(v) => *v as i128,
-            other => {
-                return Err(Error::config(
-                    key,
-                    format!("expected an integer, found {other:?}"),
-                ))
-            }
-        };
+        let n = integer_value(value)
+            .ok_or_else(|| Error::config(key, format!("expected an integer, found {value:?}")))?;
         usize::try_from(n)
             .map(Some)
             .map_err(|_| Error::config(key, format!("expected a non-negative integer, found {n}")))
@@ -191,6 +176,22 @@ impl GgufFile {
             device: device.clone(),
         }
     }
+}
+
+/// A GGUF integer of any width and signedness.
+pub(crate) fn integer_value(value: &gguf_file::Value) -> Option<i128> {
+    use gguf_file::Value::*;
+    Some(match value {
+        U8(v) => *v as i128,
+        I8(v) => *v as i128,
+        U16(v) => *v as i128,
+        I16(v) => *v as i128,
+        U32(v) => *v as i128,
+        I32(v) => *v as i128,
+        U64(v) => *v as i128,
+        I64(v) => *v as i128,
+        _ => return None,
+    })
 }
 
 /// Tensors of one GGUF file for one model.

@@ -14,7 +14,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
-use crate::gguf::GgufFile;
+use crate::gguf::{integer_value, GgufFile};
 use crate::{Error, Result};
 
 /// Pre-tokenizer regex of Qwen2 GGUFs (`tokenizer.ggml.pre = "qwen2"`).
@@ -90,7 +90,7 @@ impl TextTokenizer {
         )?));
         inner.with_decoder(Some(ByteLevelDecoder::default()));
 
-        let token_types: Vec<i64> = match file.get("tokenizer.ggml.token_type") {
+        let token_types: Vec<i128> = match file.get("tokenizer.ggml.token_type") {
             Some(v) => v
                 .to_vec()?
                 .iter()
@@ -188,22 +188,6 @@ impl StreamDecoder {
         self.emitted = text.len();
         Ok(Some(new))
     }
-}
-
-/// An integer of any GGUF width.
-fn integer_value(value: &candle_core::quantized::gguf_file::Value) -> Option<i64> {
-    use candle_core::quantized::gguf_file::Value::*;
-    Some(match value {
-        U8(v) => *v as i64,
-        I8(v) => *v as i64,
-        U16(v) => *v as i64,
-        I16(v) => *v as i64,
-        U32(v) => *v as i64,
-        I32(v) => *v as i64,
-        U64(v) => *v as i64,
-        I64(v) => *v,
-        _ => return None,
-    })
 }
 
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {

@@ -1,6 +1,7 @@
-//! Causal grouped-query attention for f32 on the CPU: per KV head and block of query positions,
-//! one product for the scores, a masked softmax, one product for the output. Query heads of a
-//! group share the keys they read; each block reads only the keys it can see.
+//! Causal grouped-query attention for f32 on the CPU. Many query rows (prefill): per KV head and
+//! block of query positions, one product for the scores, a masked softmax, one product for the
+//! output; query heads of a group share the keys they read and each block reads only the keys
+//! it can see. Few query rows (decode): the split-K kernel of `decode_attention`.
 
 use candle_core::Tensor;
 use rayon::prelude::*;
@@ -19,6 +20,64 @@ const MAX_BLOCK_SCORES: usize = 1 << 22;
 /// Upper bound on query positions per block (smaller blocks skip more masked keys).
 const MAX_BLOCK_POSITIONS: usize = 256;
 
+/// Sizes of one attention call.
+#[derive(Clone, Copy)]
+struct Dims {
+    batch: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    n_queries: usize,
+    n_keys: usize,
+    head_dim: usize,
+}
+
+impl Dims {
+    fn group(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+
+    /// Cache position of the first query.
+    fn first_position(&self) -> usize {
+        self.n_keys - self.n_queries
+    }
+
+    /// Offset of `(b, head, position)` in a `(b, h, s, d)` query/output buffer.
+    fn query_offset(&self, b: usize, head: usize, position: usize) -> usize {
+        ((b * self.n_heads + head) * self.n_queries + position) * self.head_dim
+    }
+}
+
+/// The storage of queries (contiguous) and of the key/value views.
+struct Inputs<'a> {
+    queries: &'a [f32],
+    keys: &'a [f32],
+    key_start: usize,
+    key_strides: &'a [usize],
+    values: &'a [f32],
+    value_start: usize,
+    value_strides: &'a [usize],
+}
+
+impl<'a> Inputs<'a> {
+    fn key_rows(&self, b: usize, kv: usize) -> HeadRows<'a> {
+        let s = self.key_strides;
+        HeadRows {
+            data: self.keys,
+            start: self.key_start + b * s[0] + kv * s[1],
+            row_stride: s[2],
+        }
+    }
+
+    fn value_rows(&self, b: usize, kv: usize) -> HeadRows<'a> {
+        let s = self.value_strides;
+        HeadRows {
+            data: self.values,
+            start: self.value_start + b * s[0] + kv * s[1],
+            row_stride: s[2],
+        }
+    }
+}
+
 /// Attention of `queries` `(b, h, s, d)` over `keys`/`values` `(b, h_kv, t, d)` (views whose last
 /// dimension is contiguous), the queries being the last `s` positions. Returns `None` when the
 /// tensors are not f32 CPU tensors with that layout, so the caller can use a generic path.
@@ -30,12 +89,15 @@ pub fn attention_f32(
 ) -> Result<Option<AttentionOutput>> {
     let (batch, n_heads, n_queries, head_dim) = queries.dims4()?;
     let (_, n_kv_heads, n_keys, _) = keys.dims4()?;
+    let dims = Dims {
+        batch,
+        n_heads,
+        n_kv_heads,
+        n_queries,
+        n_keys,
+        head_dim,
+    };
     let queries = queries.contiguous()?;
-    let group = n_heads / n_kv_heads;
-    let first_position = n_keys - n_queries;
-    let block = (MAX_BLOCK_SCORES / (group * n_keys).max(1)).clamp(1, MAX_BLOCK_POSITIONS);
-    let scale = 1.0 / (head_dim as f32).sqrt();
-
     let mut output = vec![0f32; batch * n_heads * n_queries * head_dim];
     let mut weights = if want_weights {
         vec![0f32; batch * n_heads * n_queries * n_keys]
@@ -43,141 +105,29 @@ pub fn attention_f32(
         Vec::new()
     };
     let done = f32_slice(&queries, |q, q_start, _| {
-        f32_slice(keys, |k, k_start, k_stride| {
-            f32_slice(values, |v, v_start, v_stride| {
-                if k_stride[3] != 1 || v_stride[3] != 1 {
+        f32_slice(keys, |k, key_start, key_strides| {
+            f32_slice(values, |v, value_start, value_strides| {
+                if key_strides[3] != 1 || value_strides[3] != 1 {
                     return false;
                 }
-                let q = &q[q_start..];
-                let k_head = |b: usize, kv: usize| HeadRows {
-                    data: k,
-                    start: k_start + b * k_stride[0] + kv * k_stride[1],
-                    row_stride: k_stride[2],
+                let inputs = Inputs {
+                    queries: &q[q_start..],
+                    keys: k,
+                    key_start,
+                    key_strides,
+                    values: v,
+                    value_start,
+                    value_strides,
                 };
-                let v_head = |b: usize, kv: usize| HeadRows {
-                    data: v,
-                    start: v_start + b * v_stride[0] + kv * v_stride[1],
-                    row_stride: v_stride[2],
-                };
-                if !want_weights && group * n_queries <= DECODE_MAX_ROWS {
-                    let mut problems = Vec::with_capacity(batch * n_kv_heads);
-                    for b in 0..batch {
-                        for kv in 0..n_kv_heads {
-                            let mut queries = Vec::with_capacity(group * n_queries * head_dim);
-                            let mut positions = Vec::with_capacity(group * n_queries);
-                            for g in 0..group {
-                                let base = (b * n_heads + kv * group + g) * n_queries * head_dim;
-                                queries.extend_from_slice(&q[base..base + n_queries * head_dim]);
-                                positions.extend((0..n_queries).map(|r| first_position + r));
-                            }
-                            problems.push(HeadProblem {
-                                queries,
-                                positions,
-                                keys: k_head(b, kv),
-                                values: v_head(b, kv),
-                            });
-                        }
-                    }
-                    let results = decode_attention(&problems, n_keys, head_dim, scale);
-                    for (index, result) in results.iter().enumerate() {
-                        let (b, kv) = (index / n_kv_heads, index % n_kv_heads);
-                        let base = (b * n_heads + kv * group) * n_queries * head_dim;
-                        output[base..base + result.len()].copy_from_slice(result);
-                    }
-                    return true;
-                }
-                let mut scores = Vec::new();
-                let mut gathered = Vec::new();
-                let mut block_out = Vec::new();
-                for b in 0..batch {
-                    for kv in 0..n_kv_heads {
-                        let (k_rows, v_rows) = (k_head(b, kv), v_head(b, kv));
-                        let mut p0 = 0;
-                        while p0 < n_queries {
-                            let len = block.min(n_queries - p0);
-                            let visible = first_position + p0 + len;
-                            let rows = group * len;
-                            // Gather the group's queries for this block: row (g, r) = q[b, kv*G+g, p0+r].
-                            gathered.clear();
-                            for g in 0..group {
-                                let head = kv * group + g;
-                                let base = ((b * n_heads + head) * n_queries + p0) * head_dim;
-                                gathered.extend_from_slice(&q[base..base + len * head_dim]);
-                            }
-                            scores.resize(rows * visible, 0.0);
-                            sgemm(
-                                GemmDims {
-                                    m: rows,
-                                    n: visible,
-                                    k: head_dim,
-                                },
-                                scale,
-                                MatRef {
-                                    data: &gathered,
-                                    row_stride: head_dim,
-                                    transposed: false,
-                                },
-                                MatRef {
-                                    data: &k[k_rows.start..],
-                                    row_stride: k_rows.row_stride,
-                                    transposed: true,
-                                },
-                                0.0,
-                                MatMut {
-                                    data: &mut scores,
-                                    row_stride: visible,
-                                },
-                            );
-                            scores
-                                .par_chunks_mut(visible)
-                                .enumerate()
-                                .for_each(|(row, s)| {
-                                    let position = first_position + p0 + row % len;
-                                    masked_softmax(s, position + 1);
-                                });
-                            block_out.resize(rows * head_dim, 0.0);
-                            sgemm(
-                                GemmDims {
-                                    m: rows,
-                                    n: head_dim,
-                                    k: visible,
-                                },
-                                1.0,
-                                MatRef {
-                                    data: &scores,
-                                    row_stride: visible,
-                                    transposed: false,
-                                },
-                                MatRef {
-                                    data: &v[v_rows.start..],
-                                    row_stride: v_rows.row_stride,
-                                    transposed: false,
-                                },
-                                0.0,
-                                MatMut {
-                                    data: &mut block_out,
-                                    row_stride: head_dim,
-                                },
-                            );
-                            for g in 0..group {
-                                let head = kv * group + g;
-                                let base = ((b * n_heads + head) * n_queries + p0) * head_dim;
-                                output[base..base + len * head_dim].copy_from_slice(
-                                    &block_out[g * len * head_dim..(g + 1) * len * head_dim],
-                                );
-                                if want_weights {
-                                    for r in 0..len {
-                                        let dst =
-                                            ((b * n_heads + head) * n_queries + p0 + r) * n_keys;
-                                        let src = (g * len + r) * visible;
-                                        weights[dst..dst + visible]
-                                            .copy_from_slice(&scores[src..src + visible]);
-                                    }
-                                }
-                            }
-                            p0 += len;
-                        }
-                    }
+                if !want_weights && dims.group() * n_queries <= DECODE_MAX_ROWS {
+                    decode_into(&inputs, dims, &mut output);
+                } else {
+                    blocked_into(
+                        &inputs,
+                        dims,
+                        &mut output,
+                        want_weights.then_some(&mut weights),
+                    );
                 }
                 true
             })
@@ -188,14 +138,191 @@ pub fn attention_f32(
     }
     let device = queries.device();
     let output = Tensor::from_vec(output, (batch, n_heads, n_queries, head_dim), device)?;
-    let weights = if want_weights {
-        Some(Tensor::from_vec(
+    let weights = match want_weights {
+        true => Some(Tensor::from_vec(
             weights,
             (batch, n_heads, n_queries, n_keys),
             device,
-        )?)
-    } else {
-        None
+        )?),
+        false => None,
     };
     Ok(Some(AttentionOutput { output, weights }))
+}
+
+/// Few query rows per KV head: one split-K problem per (batch, KV head).
+fn decode_into(inputs: &Inputs<'_>, dims: Dims, output: &mut [f32]) {
+    let group = dims.group();
+    let rows_per_head = dims.n_queries * dims.head_dim;
+    let mut problems = Vec::with_capacity(dims.batch * dims.n_kv_heads);
+    for b in 0..dims.batch {
+        for kv in 0..dims.n_kv_heads {
+            // The group's heads are adjacent: their queries are one contiguous run.
+            let start = dims.query_offset(b, kv * group, 0);
+            problems.push(HeadProblem {
+                queries: inputs.queries[start..start + group * rows_per_head].to_vec(),
+                positions: (0..group)
+                    .flat_map(|_| (0..dims.n_queries).map(|r| dims.first_position() + r))
+                    .collect(),
+                keys: inputs.key_rows(b, kv),
+                values: inputs.value_rows(b, kv),
+            });
+        }
+    }
+    let scale = 1.0 / (dims.head_dim as f32).sqrt();
+    for (index, result) in decode_attention(&problems, dims.n_keys, dims.head_dim, scale)
+        .iter()
+        .enumerate()
+    {
+        let (b, kv) = (index / dims.n_kv_heads, index % dims.n_kv_heads);
+        let start = dims.query_offset(b, kv * group, 0);
+        output[start..start + result.len()].copy_from_slice(result);
+    }
+}
+
+/// Reusable buffers of the blocked kernel.
+#[derive(Default)]
+struct BlockBuffers {
+    queries: Vec<f32>,
+    scores: Vec<f32>,
+    output: Vec<f32>,
+}
+
+/// Many query rows: blocks of positions per (batch, KV head).
+fn blocked_into(
+    inputs: &Inputs<'_>,
+    dims: Dims,
+    output: &mut [f32],
+    mut weights: Option<&mut Vec<f32>>,
+) {
+    let block =
+        (MAX_BLOCK_SCORES / (dims.group() * dims.n_keys).max(1)).clamp(1, MAX_BLOCK_POSITIONS);
+    let mut buffers = BlockBuffers::default();
+    for b in 0..dims.batch {
+        for kv in 0..dims.n_kv_heads {
+            let mut first = 0;
+            while first < dims.n_queries {
+                let len = block.min(dims.n_queries - first);
+                attend_block(inputs, dims, (b, kv), first..first + len, &mut buffers);
+                scatter_block(
+                    dims,
+                    (b, kv),
+                    first,
+                    len,
+                    &buffers,
+                    output,
+                    weights.as_deref_mut(),
+                );
+                first += len;
+            }
+        }
+    }
+}
+
+/// Scores, softmax and output of query positions `positions` of KV head `(b, kv)` into `buffers`
+/// (rows ordered `(g, position)`).
+fn attend_block(
+    inputs: &Inputs<'_>,
+    dims: Dims,
+    (b, kv): (usize, usize),
+    positions: std::ops::Range<usize>,
+    buffers: &mut BlockBuffers,
+) {
+    let (group, head_dim) = (dims.group(), dims.head_dim);
+    let len = positions.len();
+    let visible = dims.first_position() + positions.end;
+    let rows = group * len;
+    buffers.queries.clear();
+    for g in 0..group {
+        let start = dims.query_offset(b, kv * group + g, positions.start);
+        buffers
+            .queries
+            .extend_from_slice(&inputs.queries[start..start + len * head_dim]);
+    }
+    buffers.scores.resize(rows * visible, 0.0);
+    let keys = inputs.key_rows(b, kv);
+    sgemm(
+        GemmDims {
+            m: rows,
+            n: visible,
+            k: head_dim,
+        },
+        1.0 / (head_dim as f32).sqrt(),
+        MatRef {
+            data: &buffers.queries,
+            row_stride: head_dim,
+            transposed: false,
+        },
+        MatRef {
+            data: &keys.data[keys.start..],
+            row_stride: keys.row_stride,
+            transposed: true,
+        },
+        0.0,
+        MatMut {
+            data: &mut buffers.scores,
+            row_stride: visible,
+        },
+    );
+    let first_row_position = dims.first_position() + positions.start;
+    buffers
+        .scores
+        .par_chunks_mut(visible)
+        .enumerate()
+        .for_each(|(row, s)| {
+            masked_softmax(s, first_row_position + row % len + 1);
+        });
+    buffers.output.resize(rows * head_dim, 0.0);
+    let values = inputs.value_rows(b, kv);
+    sgemm(
+        GemmDims {
+            m: rows,
+            n: head_dim,
+            k: visible,
+        },
+        1.0,
+        MatRef {
+            data: &buffers.scores,
+            row_stride: visible,
+            transposed: false,
+        },
+        MatRef {
+            data: &values.data[values.start..],
+            row_stride: values.row_stride,
+            transposed: false,
+        },
+        0.0,
+        MatMut {
+            data: &mut buffers.output,
+            row_stride: head_dim,
+        },
+    );
+}
+
+/// Copies a block's outputs (and weights, when kept) to their `(b, h, s, ...)` places.
+fn scatter_block(
+    dims: Dims,
+    (b, kv): (usize, usize),
+    first: usize,
+    len: usize,
+    buffers: &BlockBuffers,
+    output: &mut [f32],
+    weights: Option<&mut Vec<f32>>,
+) {
+    let (group, head_dim) = (dims.group(), dims.head_dim);
+    for g in 0..group {
+        let start = dims.query_offset(b, kv * group + g, first);
+        output[start..start + len * head_dim]
+            .copy_from_slice(&buffers.output[g * len * head_dim..(g + 1) * len * head_dim]);
+    }
+    let Some(weights) = weights else {
+        return;
+    };
+    let visible = dims.first_position() + first + len;
+    for g in 0..group {
+        for r in 0..len {
+            let dst = dims.query_offset(b, kv * group + g, first + r) / head_dim * dims.n_keys;
+            let src = (g * len + r) * visible;
+            weights[dst..dst + visible].copy_from_slice(&buffers.scores[src..src + visible]);
+        }
+    }
 }

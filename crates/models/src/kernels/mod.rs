@@ -13,6 +13,8 @@ use crate::Result;
 
 mod portable;
 #[cfg(target_arch = "x86_64")]
+mod simd_driver;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_512;

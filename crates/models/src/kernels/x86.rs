@@ -1,8 +1,8 @@
-//! AVX2 + FMA + F16C block kernels.
+//! AVX2 + FMA + F16C block kernels: 8 lanes per vector.
 
 use std::arch::x86_64::*;
 
-use super::portable::{Q4_1_BYTES, Q8_0_BYTES};
+use super::simd_driver::{self, BlockLanes};
 
 /// Whether this CPU runs the kernels of this module.
 pub(super) fn is_supported() -> bool {
@@ -11,20 +11,8 @@ pub(super) fn is_supported() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
-/// The f16 at `ptr` (unaligned), as f32.
-#[inline(always)]
-unsafe fn f16_at(ptr: *const u8) -> f32 {
-    let bits = (ptr as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
-
-#[inline(always)]
-unsafe fn horizontal_sum(v: __m256) -> f32 {
-    let sum128 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let sum64 = _mm_add_ps(sum128, _mm_movehl_ps(sum128, sum128));
-    let sum32 = _mm_add_ss(sum64, _mm_shuffle_ps(sum64, sum64, 1));
-    _mm_cvtss_f32(sum32)
-}
+#[derive(Clone, Copy)]
+struct Avx2(__m256);
 
 /// `sum(q[i] * x[i])` over 32 elements given as four vectors of 8 integers.
 #[inline(always)]
@@ -35,29 +23,62 @@ unsafe fn block_product(q: [__m256i; 4], x: *const f32) -> __m256 {
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[3]), _mm256_loadu_ps(x.add(24)), t)
 }
 
-/// `acc + d * sum(q * x)` for the Q4_1 block at `w` (the `m * sum(x)` term is added apart).
-#[inline(always)]
-unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: __m256) -> __m256 {
-    let low_nibbles = _mm_set1_epi8(0x0F);
-    let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
-    let lo = _mm_and_si128(qs, low_nibbles);
-    let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
-    let q = [
-        _mm256_cvtepu8_epi32(lo),
-        _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
-        _mm256_cvtepu8_epi32(hi),
-        _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
-    ];
-    _mm256_fmadd_ps(_mm256_set1_ps(f16_at(w)), block_product(q, x), acc)
-}
+impl BlockLanes for Avx2 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Self(_mm256_setzero_ps())
+    }
 
-/// `acc + d * sum(q * x)` for the Q8_0 block at `w`.
-#[inline(always)]
-unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: __m256) -> __m256 {
-    let load8 =
-        |offset: usize| _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(2 + offset) as *const __m128i));
-    let q = [load8(0), load8(8), load8(16), load8(24)];
-    _mm256_fmadd_ps(_mm256_set1_ps(f16_at(w)), block_product(q, x), acc)
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        Self(_mm256_add_ps(self.0, other.0))
+    }
+
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        let v = self.0;
+        let sum128 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let sum64 = _mm_add_ps(sum128, _mm_movehl_ps(sum128, sum128));
+        _mm_cvtss_f32(_mm_add_ss(sum64, _mm_shuffle_ps(sum64, sum64, 1)))
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+        let low_nibbles = _mm_set1_epi8(0x0F);
+        let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
+        let lo = _mm_and_si128(qs, low_nibbles);
+        let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
+        let q = [
+            _mm256_cvtepu8_epi32(lo),
+            _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
+            _mm256_cvtepu8_epi32(hi),
+            _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+        ];
+        Self(_mm256_fmadd_ps(
+            _mm256_set1_ps(Self::f16_at(w)),
+            block_product(q, x),
+            acc.0,
+        ))
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+        let load8 = |offset: usize| {
+            _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(2 + offset) as *const __m128i))
+        };
+        let q = [load8(0), load8(8), load8(16), load8(24)];
+        Self(_mm256_fmadd_ps(
+            _mm256_set1_ps(Self::f16_at(w)),
+            block_product(q, x),
+            acc.0,
+        ))
+    }
+
+    #[inline(always)]
+    unsafe fn f16_at(ptr: *const u8) -> f32 {
+        let bits = (ptr as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
 }
 
 /// Q4_1 row dot product (layout in `super::portable::dot_q4_1`).
@@ -66,28 +87,7 @@ unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: __m256) -> __m256 {
 /// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
-    let n_blocks = (w_row.len() / Q4_1_BYTES)
-        .min(x.len() / 32)
-        .min(x_block_sums.len());
-    let (w, x) = (w_row.as_ptr(), x.as_ptr());
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (mut offset0, mut offset1) = (0f32, 0f32);
-    let mut b = 0;
-    // Two blocks per step, two independent accumulator chains.
-    while b + 2 <= n_blocks {
-        let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
-        acc0 = q4_1_block(w0, x.add(b * 32), acc0);
-        acc1 = q4_1_block(w1, x.add((b + 1) * 32), acc1);
-        offset0 += f16_at(w0.add(2)) * x_block_sums[b];
-        offset1 += f16_at(w1.add(2)) * x_block_sums[b + 1];
-        b += 2;
-    }
-    if b < n_blocks {
-        let w0 = w.add(b * Q4_1_BYTES);
-        acc0 = q4_1_block(w0, x.add(b * 32), acc0);
-        offset0 += f16_at(w0.add(2)) * x_block_sums[b];
-    }
-    horizontal_sum(_mm256_add_ps(acc0, acc1)) + offset0 + offset1
+    simd_driver::dot_q4_1::<Avx2>(w_row, x, x_block_sums)
 }
 
 /// Q8_0 row dot product.
@@ -96,17 +96,5 @@ pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> 
 /// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q8_0(w_row: &[u8], x: &[f32], _x_block_sums: &[f32]) -> f32 {
-    let n_blocks = (w_row.len() / Q8_0_BYTES).min(x.len() / 32);
-    let (w, x) = (w_row.as_ptr(), x.as_ptr());
-    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut b = 0;
-    while b + 2 <= n_blocks {
-        acc0 = q8_0_block(w.add(b * Q8_0_BYTES), x.add(b * 32), acc0);
-        acc1 = q8_0_block(w.add((b + 1) * Q8_0_BYTES), x.add((b + 1) * 32), acc1);
-        b += 2;
-    }
-    if b < n_blocks {
-        acc0 = q8_0_block(w.add(b * Q8_0_BYTES), x.add(b * 32), acc0);
-    }
-    horizontal_sum(_mm256_add_ps(acc0, acc1))
+    simd_driver::dot_q8_0::<Avx2>(w_row, x)
 }

@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::portable::{Q4_1_BYTES, Q8_0_BYTES};
+use super::simd_driver::{self, BlockLanes};
 
 /// Whether this CPU runs the kernels of this module.
 pub(super) fn is_supported() -> bool {
@@ -12,46 +12,63 @@ pub(super) fn is_supported() -> bool {
         && is_x86_feature_detected!("fma")
 }
 
-/// The f16 at `ptr` (unaligned), as f32.
-#[inline(always)]
-unsafe fn f16_at(ptr: *const u8) -> f32 {
-    let bits = (ptr as *const u16).read_unaligned();
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
-}
+#[derive(Clone, Copy)]
+struct Avx512(__m512);
 
-/// `acc + d * sum(q * x)` for the Q4_1 block at `w` (the `m * sum(x)` term is added apart).
-#[inline(always)]
-unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: __m512) -> __m512 {
-    let low_nibbles = _mm_set1_epi8(0x0F);
-    let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
-    let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, low_nibbles)));
-    let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-        _mm_srli_epi16(qs, 4),
-        low_nibbles,
-    )));
-    let t = _mm512_fmadd_ps(
-        hi,
-        _mm512_loadu_ps(x.add(16)),
-        _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
-    );
-    _mm512_fmadd_ps(_mm512_set1_ps(f16_at(w)), t, acc)
-}
+impl BlockLanes for Avx512 {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Self(_mm512_setzero_ps())
+    }
 
-/// `acc + d * sum(q * x)` for the Q8_0 block at `w`.
-#[inline(always)]
-unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: __m512) -> __m512 {
-    let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-        w.add(2) as *const __m128i
-    )));
-    let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-        w.add(18) as *const __m128i
-    )));
-    let t = _mm512_fmadd_ps(
-        q1,
-        _mm512_loadu_ps(x.add(16)),
-        _mm512_mul_ps(q0, _mm512_loadu_ps(x)),
-    );
-    _mm512_fmadd_ps(_mm512_set1_ps(f16_at(w)), t, acc)
+    #[inline(always)]
+    unsafe fn add(self, other: Self) -> Self {
+        Self(_mm512_add_ps(self.0, other.0))
+    }
+
+    #[inline(always)]
+    unsafe fn reduce(self) -> f32 {
+        _mm512_reduce_add_ps(self.0)
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+        let low_nibbles = _mm_set1_epi8(0x0F);
+        let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
+        let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, low_nibbles)));
+        let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+            _mm_srli_epi16(qs, 4),
+            low_nibbles,
+        )));
+        let t = _mm512_fmadd_ps(
+            hi,
+            _mm512_loadu_ps(x.add(16)),
+            _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
+        );
+        Self(_mm512_fmadd_ps(_mm512_set1_ps(Self::f16_at(w)), t, acc.0))
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+        let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+            w.add(2) as *const __m128i
+        )));
+        let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+            w.add(18) as *const __m128i
+        )));
+        let t = _mm512_fmadd_ps(
+            q1,
+            _mm512_loadu_ps(x.add(16)),
+            _mm512_mul_ps(q0, _mm512_loadu_ps(x)),
+        );
+        Self(_mm512_fmadd_ps(_mm512_set1_ps(Self::f16_at(w)), t, acc.0))
+    }
+
+    #[inline(always)]
+    unsafe fn f16_at(ptr: *const u8) -> f32 {
+        let bits = (ptr as *const u16).read_unaligned();
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+    }
 }
 
 /// Q4_1 row dot product (layout in `super::portable::dot_q4_1`).
@@ -60,27 +77,7 @@ unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: __m512) -> __m512 {
 /// The CPU must support AVX-512F, F16C and FMA ([`is_supported`]).
 #[target_feature(enable = "avx512f,f16c,fma")]
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
-    let n_blocks = (w_row.len() / Q4_1_BYTES)
-        .min(x.len() / 32)
-        .min(x_block_sums.len());
-    let (w, x) = (w_row.as_ptr(), x.as_ptr());
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let (mut offset0, mut offset1) = (0f32, 0f32);
-    let mut b = 0;
-    while b + 2 <= n_blocks {
-        let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
-        acc0 = q4_1_block(w0, x.add(b * 32), acc0);
-        acc1 = q4_1_block(w1, x.add((b + 1) * 32), acc1);
-        offset0 += f16_at(w0.add(2)) * x_block_sums[b];
-        offset1 += f16_at(w1.add(2)) * x_block_sums[b + 1];
-        b += 2;
-    }
-    if b < n_blocks {
-        let w0 = w.add(b * Q4_1_BYTES);
-        acc0 = q4_1_block(w0, x.add(b * 32), acc0);
-        offset0 += f16_at(w0.add(2)) * x_block_sums[b];
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) + offset0 + offset1
+    simd_driver::dot_q4_1::<Avx512>(w_row, x, x_block_sums)
 }
 
 /// Q8_0 row dot product.
@@ -89,17 +86,5 @@ pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> 
 /// The CPU must support AVX-512F, F16C and FMA ([`is_supported`]).
 #[target_feature(enable = "avx512f,f16c,fma")]
 pub(super) unsafe fn dot_q8_0(w_row: &[u8], x: &[f32], _x_block_sums: &[f32]) -> f32 {
-    let n_blocks = (w_row.len() / Q8_0_BYTES).min(x.len() / 32);
-    let (w, x) = (w_row.as_ptr(), x.as_ptr());
-    let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    let mut b = 0;
-    while b + 2 <= n_blocks {
-        acc0 = q8_0_block(w.add(b * Q8_0_BYTES), x.add(b * 32), acc0);
-        acc1 = q8_0_block(w.add((b + 1) * Q8_0_BYTES), x.add((b + 1) * 32), acc1);
-        b += 2;
-    }
-    if b < n_blocks {
-        acc0 = q8_0_block(w.add(b * Q8_0_BYTES), x.add(b * 32), acc0);
-    }
-    _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+    simd_driver::dot_q8_0::<Avx512>(w_row, x)
 }
