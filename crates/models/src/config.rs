@@ -64,6 +64,9 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
     /// Whether the output projection reuses the token embedding.
     pub tie_word_embeddings: bool,
+    /// Attention window of sliding-window models (Mistral v0.1); inputs are limited to it, since
+    /// windowed attention is not implemented.
+    pub sliding_window: Option<usize>,
 }
 
 impl ModelConfig {
@@ -122,6 +125,12 @@ pub(crate) struct HfConfig {
     pub eos_token_id: Option<TokenIds>,
     #[serde(default)]
     pub bos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub rope_scaling: Option<serde_json::Value>,
+    #[serde(default)]
+    pub sliding_window: Option<usize>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
 }
 
 fn default_rope_theta() -> f32 {
@@ -147,6 +156,24 @@ impl TokenIds {
 
 impl HfConfig {
     pub fn to_model_config(&self) -> Result<ModelConfig> {
+        if let Some(scaling) = self.rope_scaling.as_ref().filter(|s| !s.is_null()) {
+            let kind = scaling
+                .get("rope_type")
+                .or_else(|| scaling.get("type"))
+                .and_then(|t| t.as_str())
+                .unwrap_or("unknown");
+            if kind != "default" {
+                return Err(Error::config(
+                    "rope_scaling",
+                    format!("RoPE scaling `{kind}` is not supported yet (only plain RoPE is); results would be wrong"),
+                ));
+            }
+        }
+        // Qwen2 configs carry a window but disable it with `use_sliding_window: false`.
+        let sliding_window = match self.use_sliding_window {
+            Some(false) => None,
+            _ => self.sliding_window,
+        };
         let config = ModelConfig {
             architecture: Architecture::parse(&self.model_type)?,
             vocab_size: self.vocab_size,
@@ -162,6 +189,7 @@ impl HfConfig {
             rope_theta: self.rope_theta,
             max_position_embeddings: self.max_position_embeddings,
             tie_word_embeddings: self.tie_word_embeddings,
+            sliding_window,
         };
         config.validate()?;
         Ok(config)
@@ -190,5 +218,36 @@ mod tests {
         .unwrap();
         let err = hf.to_model_config().unwrap_err().to_string();
         assert!(err.contains("num_key_value_heads"), "{err}");
+    }
+
+    const BASE: &str = r#""model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":8,
+        "num_hidden_layers":1,"num_attention_heads":2,"rms_norm_eps":1e-5,"max_position_embeddings":64"#;
+
+    #[test]
+    fn rope_scaling_is_refused_rather_than_ignored() {
+        let hf: HfConfig = serde_json::from_str(&format!(
+            r#"{{{BASE},"rope_scaling":{{"rope_type":"llama3","factor":8.0}}}}"#
+        ))
+        .unwrap();
+        let err = hf.to_model_config().unwrap_err().to_string();
+        assert!(
+            err.contains("rope_scaling") && err.contains("llama3"),
+            "{err}"
+        );
+        let plain: HfConfig =
+            serde_json::from_str(&format!(r#"{{{BASE},"rope_scaling":null}}"#)).unwrap();
+        assert!(plain.to_model_config().is_ok());
+    }
+
+    #[test]
+    fn sliding_windows_are_read_unless_disabled() {
+        let mistral: HfConfig =
+            serde_json::from_str(&format!(r#"{{{BASE},"sliding_window":16}}"#)).unwrap();
+        assert_eq!(mistral.to_model_config().unwrap().sliding_window, Some(16));
+        let qwen: HfConfig = serde_json::from_str(&format!(
+            r#"{{{BASE},"sliding_window":16,"use_sliding_window":false}}"#
+        ))
+        .unwrap();
+        assert_eq!(qwen.to_model_config().unwrap().sliding_window, None);
     }
 }

@@ -155,7 +155,15 @@ impl GgufFile {
             max_position_embeddings: self.require_usize(&key("context_length"))?,
             // GGUF files of tied models simply have no `output.weight`.
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
+            sliding_window: self.get_usize(&key("attention.sliding_window"))?,
         };
+        let scaling = self.get_str(&key("rope.scaling.type")).unwrap_or("none");
+        if scaling != "none" || self.content.tensor_infos.contains_key("rope_freqs.weight") {
+            return Err(Error::config(
+                &key("rope.scaling.type"),
+                format!("RoPE scaling (`{scaling}`, or per-frequency factors) is not supported yet; results would be wrong"),
+            ));
+        }
         config.validate()?;
         Ok(config)
     }

@@ -285,6 +285,12 @@ impl Model {
                 self.config.max_position_embeddings
             )));
         }
+        if let Some(window) = self.config.sliding_window.filter(|&w| end > w) {
+            return Err(Error::InvalidInput(format!(
+                "{end} tokens exceed this model's attention window of {window}: sliding-window \
+                 attention is not implemented, so inputs are limited to the window"
+            )));
+        }
         if cache.n_layers() != self.config.n_layers {
             return Err(Error::InvalidInput(format!(
                 "the cache has {} layers, the model {}",
