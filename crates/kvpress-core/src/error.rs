@@ -6,7 +6,7 @@
 pub enum Error {
     /// A tensor operation failed inside candle.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// Tensors handed to a cache or hook do not have the shapes it expects.
     #[error("shape mismatch: {0}")]
     Shape(String),
@@ -28,3 +28,19 @@ pub enum Error {
 
 /// Result alias of the core crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+impl From<candle_core::Error> for Error {
+    /// Keeps candle's message but drops the backtrace it captures when `RUST_BACKTRACE` is set,
+    /// which would otherwise be printed as part of the message.
+    fn from(error: candle_core::Error) -> Self {
+        Self::Candle(crate::error::without_backtrace(error))
+    }
+}
+
+/// `error` without the backtraces candle wraps around it.
+pub fn without_backtrace(error: candle_core::Error) -> candle_core::Error {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        other => other,
+    }
+}

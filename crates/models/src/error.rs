@@ -11,7 +11,7 @@ pub enum Error {
     Core(#[from] kvpress_core::Error),
     /// A tensor operation failed inside candle.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
     /// A file could not be read.
     #[error("cannot read {path}: {source}")]
     Io {
@@ -67,5 +67,13 @@ impl Error {
             key: key.to_string(),
             message: message.into(),
         }
+    }
+}
+
+impl From<candle_core::Error> for Error {
+    /// Keeps candle's message but drops the backtrace it captures when `RUST_BACKTRACE` is set,
+    /// which would otherwise be printed as part of the message.
+    fn from(error: candle_core::Error) -> Self {
+        Self::Candle(kvpress_core::error::without_backtrace(error))
     }
 }

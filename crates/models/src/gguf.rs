@@ -50,7 +50,10 @@ impl GgufFile {
         let content =
             gguf_file::Content::read(&mut reader).map_err(|e| Error::InvalidModelFile {
                 path: name.clone().into(),
-                message: format!("not a readable GGUF file ({e})"),
+                message: format!(
+                    "not a readable GGUF file ({})",
+                    kvpress_core::error::without_backtrace(e)
+                ),
             })?;
         Ok(Self {
             name,
@@ -231,7 +234,10 @@ impl TensorSource for GgufTensors<'_> {
             .tensor(&mut self.file.reader, &name, &self.device)
             .map_err(|e| Error::InvalidModelFile {
                 path: self.file.name.clone().into(),
-                message: format!("cannot read tensor `{name}` (truncated or corrupt file?): {e}"),
+                message: format!(
+                    "cannot read tensor `{name}` (truncated or corrupt file?): {}",
+                    kvpress_core::error::without_backtrace(e)
+                ),
             })?;
         let n_heads = match param {
             Param::Layer(_, LayerParam::QueryWeight) => Some(self.n_heads),

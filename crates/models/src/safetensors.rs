@@ -40,7 +40,10 @@ impl SafetensorsFiles {
         let tensors =
             unsafe { MmapedSafetensors::multi(&paths) }.map_err(|e| Error::InvalidModelFile {
                 path: folder.to_path_buf(),
-                message: format!("cannot read safetensors: {e}"),
+                message: format!(
+                    "cannot read safetensors: {}",
+                    kvpress_core::error::without_backtrace(e)
+                ),
             })?;
         Ok(Self {
             folder: folder.to_path_buf(),
@@ -69,7 +72,10 @@ impl TensorSource for SafetensorsFiles {
                 .load(&name, &self.device)
                 .map_err(|e| Error::InvalidModelFile {
                     path: self.folder.clone(),
-                    message: format!("cannot read tensor `{name}`: {e}"),
+                    message: format!(
+                        "cannot read tensor `{name}`: {}",
+                        kvpress_core::error::without_backtrace(e)
+                    ),
                 })?;
         Ok(Some(Weight::Dense(tensor)))
     }

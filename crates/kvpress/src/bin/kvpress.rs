@@ -62,7 +62,7 @@ enum Command {
         /// Maximum number of generated tokens.
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
-        /// Sample with this temperature instead of greedy decoding.
+        /// Sample with this temperature instead of greedy decoding (0 means greedy).
         #[arg(long)]
         temperature: Option<f64>,
         /// Nucleus mass when sampling.
@@ -105,8 +105,19 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // The whole chain of causes, without a backtrace: these are user-facing errors.
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
         Command::FetchModel => {
             let path = default_model::fetch()?;
             println!("{}", path.display());
@@ -121,6 +132,8 @@ fn main() -> Result<()> {
             raw,
         } => {
             let sampling = match temperature {
+                // Temperature 0 means the most likely token, as in most LLM tools.
+                Some(t) if t == 0.0 => Sampling::Greedy,
                 Some(temperature) => Sampling::TopP {
                     temperature,
                     top_p,
