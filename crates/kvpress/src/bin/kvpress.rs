@@ -133,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let sampling = match temperature {
                 // Temperature 0 means the most likely token, as in most LLM tools.
-                Some(t) if t == 0.0 => Sampling::Greedy,
+                Some(0.0) => Sampling::Greedy,
                 Some(temperature) => Sampling::TopP {
                     temperature,
                     top_p,
