@@ -63,6 +63,16 @@ pub fn grouped_query_attention(
     if let Some(output) = crate::cpu::attention_f32(queries, keys, values, want_weights)? {
         return Ok(output);
     }
+    // Generic path: a cache stored in another dtype than the queries is converted first.
+    let (keys, values) = if keys.dtype() == queries.dtype() {
+        (keys.clone(), values.clone())
+    } else {
+        (
+            keys.to_dtype(queries.dtype())?,
+            values.to_dtype(queries.dtype())?,
+        )
+    };
+    let (keys, values) = (&keys, &values);
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (head_dim as f64).sqrt();
     let grouped = (queries * scale)?.reshape((batch, n_kv_heads, group, n_queries, head_dim))?;

@@ -5,7 +5,7 @@
 //! original RoPE positions ([`ModelCache::seen_tokens`]) while attention masks follow the cache
 //! length ([`LayerCache::len`]).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::attention::{grouped_query_attention, AttentionOutput};
 use crate::{Error, Result};
@@ -53,20 +53,31 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
 
 /// Dense layer cache: all heads have the same length, stored in preallocated buffers of shape
 /// `(batch, n_kv_heads, capacity, head_dim)` that grow geometrically, so appending a decoded
-/// token copies only that token.
+/// token copies only that token. The storage dtype may be narrower than the model's (an f16
+/// cache of an f32 model halves the cache's memory and the bytes a decode step reads).
 #[derive(Debug, Default)]
 pub struct DenseLayerCache {
     storage: Option<(Tensor, Tensor)>,
     len: usize,
+    dtype: Option<DType>,
 }
 
 /// Minimum slack, in tokens, reserved when the buffers (re)grow.
 const MIN_SLACK_TOKENS: usize = 256;
 
 impl DenseLayerCache {
-    /// An empty cache; buffers are allocated on the first append.
+    /// An empty cache storing keys and values in the dtype they are appended in; buffers are
+    /// allocated on the first append.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty cache that stores keys and values as `dtype` (converting on append).
+    pub fn with_dtype(dtype: DType) -> Self {
+        Self {
+            dtype: Some(dtype),
+            ..Self::default()
+        }
     }
 
     fn capacity(&self) -> usize {
@@ -126,6 +137,12 @@ impl LayerCache for DenseLayerCache {
 
     fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
         Self::check_pair(keys, values)?;
+        let (keys, values) = match self.dtype {
+            Some(dtype) if keys.dtype() != dtype => {
+                (&keys.to_dtype(dtype)?, &values.to_dtype(dtype)?)
+            }
+            _ => (keys, values),
+        };
         let n_new = keys.dims()[2];
         self.reserve(keys, self.len + n_new)?;
         let (k_buf, v_buf) = self
@@ -208,6 +225,15 @@ impl ModelCache {
         )
     }
 
+    /// A cache of `n_layers` dense layer caches storing keys and values as `dtype`.
+    pub fn dense_with_dtype(n_layers: usize, dtype: DType) -> Self {
+        Self::from_layers(
+            (0..n_layers)
+                .map(|_| Box::new(DenseLayerCache::with_dtype(dtype)) as Box<dyn LayerCache>)
+                .collect(),
+        )
+    }
+
     /// A cache made of the given layer caches (any layout).
     pub fn from_layers(layers: Vec<Box<dyn LayerCache>>) -> Self {
         Self {
@@ -266,7 +292,7 @@ impl ModelCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
+    use candle_core::Device;
 
     fn tokens(n: usize, start: f32) -> Result<Tensor> {
         let data: Vec<f32> = (0..2 * n * 4).map(|i| start + i as f32).collect();
@@ -297,6 +323,30 @@ mod tests {
         );
         assert_eq!(cache.bytes_used(), 2 * 2 * 600 * 4 * 4);
         assert!(cache.bytes_reserved() >= cache.bytes_used());
+        Ok(())
+    }
+
+    #[test]
+    fn half_precision_storage_halves_the_bytes_and_attends_like_f32() -> Result<()> {
+        let keys = Tensor::randn(0f32, 1.0, (1, 2, 300, 8), &Device::Cpu)?;
+        let values = Tensor::randn(0f32, 1.0, (1, 2, 300, 8), &Device::Cpu)?;
+        let mut full = DenseLayerCache::new();
+        full.append(&keys, &values)?;
+        for dtype in [DType::F16, DType::BF16] {
+            let mut half = DenseLayerCache::with_dtype(dtype);
+            half.append(&keys, &values)?;
+            assert_eq!(half.bytes_used() * 2, full.bytes_used());
+            assert_eq!(half.keys_values()?.unwrap().0.dtype(), dtype);
+            // Prefill-sized and decode-sized queries take different kernels.
+            for n_queries in [1, 40] {
+                let queries = Tensor::randn(0f32, 1.0, (1, 4, n_queries, 8), &Device::Cpu)?;
+                let want = full.attend(&queries, false)?.output;
+                let got = half.attend(&queries, false)?.output;
+                assert_eq!(got.dtype(), DType::F32);
+                let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 3e-2, "{dtype:?} n_queries={n_queries}: {diff}");
+            }
+        }
         Ok(())
     }
 

@@ -16,6 +16,8 @@ const FILLER: &str =
 pub struct BenchRow {
     /// Weight mode label (e.g. `quantized`, `f32`).
     pub weights: String,
+    /// KV-cache storage dtype.
+    pub kv_dtype: String,
     /// Context tokens prefilled.
     pub context_tokens: usize,
     /// Seconds of the prefill forward.
@@ -85,6 +87,7 @@ pub fn measure_once(
     let decode_ms_per_token = start.elapsed().as_secs_f64() * 1e3 / decode_tokens.max(1) as f64;
     Ok(BenchRow {
         weights: weights.to_string(),
+        kv_dtype: format!("{:?}", m.cache_dtype()).to_lowercase(),
         context_tokens: n_tokens,
         prefill_seconds,
         prefill_tokens_per_second: n_tokens as f64 / prefill_seconds,
@@ -96,13 +99,14 @@ pub fn measure_once(
 /// A Markdown table of rows.
 pub fn markdown_table(rows: &[BenchRow]) -> String {
     let mut out = String::from(
-        "| weights | context tokens | prefill s | prefill tok/s | decode ms/token | KV cache MiB |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "| weights | KV dtype | context tokens | prefill s | prefill tok/s | decode ms/token | KV cache MiB |\n\
+         |---|---|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {:.2} | {:.0} | {:.1} | {:.1} |\n",
             r.weights,
+            r.kv_dtype,
             r.context_tokens,
             r.prefill_seconds,
             r.prefill_tokens_per_second,

@@ -19,6 +19,19 @@ pub use models;
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// Parses a KV-cache dtype: `f32`, `f16`, `bf16`.
+pub fn parse_cache_dtype(text: &str) -> Result<candle_core::DType, String> {
+    use candle_core::DType;
+    match text {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        other => Err(format!(
+            "unknown KV-cache dtype `{other}`: valid are f32, f16, bf16"
+        )),
+    }
+}
+
 /// Parses a weight mode: `quantized` (or `q`, GGUF only), `f32`, `f16`, `bf16`.
 pub fn parse_weight_mode(text: &str) -> Result<models::WeightMode, String> {
     use candle_core::DType;

@@ -104,7 +104,7 @@ fn bench_prints_a_table_and_writes_json() {
     assert!(output.status.success(), "{}", stderr(&output));
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(
-        table.contains("| quantized | 32 |") && table.contains("| quantized | 64 |"),
+        table.contains("| quantized | f32 | 32 |") && table.contains("| quantized | f32 | 64 |"),
         "{table}"
     );
     let rows: serde_json::Value =

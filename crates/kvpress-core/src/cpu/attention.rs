@@ -11,7 +11,7 @@ use super::decode_attention::{
 };
 use super::sgemm::{sgemm, GemmDims, MatMut, MatRef};
 use super::softmax::masked_softmax;
-use super::view::f32_slice;
+use super::view::{f32_slice, with_cache_data, CacheData};
 use crate::attention::AttentionOutput;
 use crate::Result;
 
@@ -50,10 +50,10 @@ impl Dims {
 /// The storage of queries (contiguous) and of the key/value views.
 struct Inputs<'a> {
     queries: &'a [f32],
-    keys: &'a [f32],
+    keys: CacheData<'a>,
     key_start: usize,
     key_strides: &'a [usize],
-    values: &'a [f32],
+    values: CacheData<'a>,
     value_start: usize,
     value_strides: &'a [usize],
 }
@@ -78,9 +78,9 @@ impl<'a> Inputs<'a> {
     }
 }
 
-/// Attention of `queries` `(b, h, s, d)` over `keys`/`values` `(b, h_kv, t, d)` (views whose last
-/// dimension is contiguous), the queries being the last `s` positions. Returns `None` when the
-/// tensors are not f32 CPU tensors with that layout, so the caller can use a generic path.
+/// Attention of f32 `queries` `(b, h, s, d)` over `keys`/`values` `(b, h_kv, t, d)` (f32, f16
+/// or bf16 views whose last dimension is contiguous), the queries being the last `s` positions.
+/// Returns `None` for other dtypes, devices or layouts, so the caller can use a generic path.
 pub fn attention_f32(
     queries: &Tensor,
     keys: &Tensor,
@@ -105,8 +105,8 @@ pub fn attention_f32(
         Vec::new()
     };
     let done = f32_slice(&queries, |q, q_start, _| {
-        f32_slice(keys, |k, key_start, key_strides| {
-            f32_slice(values, |v, value_start, value_strides| {
+        with_cache_data(keys, |k, key_start, key_strides| {
+            with_cache_data(values, |v, value_start, value_strides| {
                 if key_strides[3] != 1 || value_strides[3] != 1 {
                     return false;
                 }
@@ -185,6 +185,9 @@ struct BlockBuffers {
     queries: Vec<f32>,
     scores: Vec<f32>,
     output: Vec<f32>,
+    /// The current head's keys and values as f32 rows, for 16-bit caches.
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 /// Many query rows: blocks of positions per (batch, KV head).
@@ -239,7 +242,9 @@ fn attend_block(
             .extend_from_slice(&inputs.queries[start..start + len * head_dim]);
     }
     buffers.scores.resize(rows * visible, 0.0);
-    let keys = inputs.key_rows(b, kv);
+    let keys = inputs
+        .key_rows(b, kv)
+        .rows_f32(0, visible, head_dim, &mut buffers.keys);
     sgemm(
         GemmDims {
             m: rows,
@@ -253,7 +258,7 @@ fn attend_block(
             transposed: false,
         },
         MatRef {
-            data: &keys.data[keys.start..],
+            data: keys.data,
             row_stride: keys.row_stride,
             transposed: true,
         },
@@ -272,7 +277,9 @@ fn attend_block(
             masked_softmax(s, first_row_position + row % len + 1);
         });
     buffers.output.resize(rows * head_dim, 0.0);
-    let values = inputs.value_rows(b, kv);
+    let values = inputs
+        .value_rows(b, kv)
+        .rows_f32(0, visible, head_dim, &mut buffers.values);
     sgemm(
         GemmDims {
             m: rows,
@@ -286,7 +293,7 @@ fn attend_block(
             transposed: false,
         },
         MatRef {
-            data: &values.data[values.start..],
+            data: values.data,
             row_stride: values.row_stride,
             transposed: false,
         },

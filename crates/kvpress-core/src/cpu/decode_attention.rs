@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::matvec::dot_generic;
+use super::view::CacheData;
 
 /// Most query rows per KV head (group size x new tokens) handled here.
 pub(super) const MAX_ROWS: usize = 16;
@@ -14,15 +15,64 @@ const MIN_KEYS_PER_CHUNK: usize = 256;
 /// One KV head's keys or values inside a cache view.
 #[derive(Clone, Copy)]
 pub(super) struct HeadRows<'a> {
-    pub data: &'a [f32],
+    pub data: CacheData<'a>,
     pub start: usize,
     pub row_stride: usize,
 }
 
-impl HeadRows<'_> {
+/// Rows of f32: `row j` is `data[j * row_stride..][..head_dim]`.
+pub(super) struct F32Rows<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+}
+
+impl F32Rows<'_> {
+    #[inline(always)]
     fn row(&self, j: usize, head_dim: usize) -> &[f32] {
-        let at = self.start + j * self.row_stride;
-        &self.data[at..at + head_dim]
+        &self.data[j * self.row_stride..j * self.row_stride + head_dim]
+    }
+}
+
+impl<'a> HeadRows<'a> {
+    /// Rows `first..first + n_rows` as f32: borrowed from an f32 cache, converted into `buffer`
+    /// (in one pass when the rows are adjacent) from a 16-bit one.
+    pub fn rows_f32<'b>(
+        &self,
+        first: usize,
+        n_rows: usize,
+        head_dim: usize,
+        buffer: &'b mut Vec<f32>,
+    ) -> F32Rows<'b>
+    where
+        'a: 'b,
+    {
+        let start = self.start + first * self.row_stride;
+        if let CacheData::F32(data) = self.data {
+            return F32Rows {
+                data: &data[start..],
+                row_stride: self.row_stride,
+            };
+        }
+        if self.row_stride == head_dim {
+            let mut converted = std::mem::take(buffer);
+            self.data
+                .f32_range(start, n_rows * head_dim, &mut converted);
+            *buffer = converted;
+        } else {
+            let mut row = Vec::with_capacity(head_dim);
+            buffer.clear();
+            for j in 0..n_rows {
+                buffer.extend_from_slice(self.data.f32_range(
+                    start + j * self.row_stride,
+                    head_dim,
+                    &mut row,
+                ));
+            }
+        }
+        F32Rows {
+            data: buffer,
+            row_stride: head_dim,
+        }
     }
 }
 
@@ -135,8 +185,10 @@ fn chunk_partials_generic(
     let rows = problem.positions.len();
     let len = end.saturating_sub(start);
     let mut scores = vec![f32::NEG_INFINITY; rows * len];
+    let mut buffer = Vec::new();
+    let keys = problem.keys.rows_f32(start, len, head_dim, &mut buffer);
     for j in start..end {
-        let key = problem.keys.row(j, head_dim);
+        let key = keys.row(j - start, head_dim);
         for row in 0..rows {
             if j <= problem.positions[row] {
                 let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
@@ -162,8 +214,9 @@ fn chunk_partials_generic(
             }
         })
         .collect();
+    let values = problem.values.rows_f32(start, len, head_dim, &mut buffer);
     for j in start..end {
-        let value = problem.values.row(j, head_dim);
+        let value = values.row(j - start, head_dim);
         for (row, partial) in partials.iter_mut().enumerate() {
             let p = scores[row * len + j - start];
             if p != 0.0 {

@@ -23,4 +23,4 @@ pub use blas::blas_backend;
 pub use matvec::{dot, for_each_output_row, matvec_f32};
 pub use sgemm::{sgemm, GemmDims, MatMut, MatRef};
 pub use softmax::{exp, masked_softmax};
-pub use view::{f32_slice, is_cpu_f32};
+pub use view::{cpu_slice, f32_slice, is_cpu_f32, with_cache_data, CacheData};

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use kvpress::models::{
     self, ChatMessage, GenerationConfig, LoadedModel, Sampling, StreamDecoder, WeightMode,
 };
-use kvpress::{bench, default_model, parse_weight_mode, trace};
+use kvpress::{bench, default_model, parse_cache_dtype, parse_weight_mode, trace};
 
 // Large activations are allocated and freed in every layer; glibc's allocator returns such blocks
 // to the kernel each time, so every forward pays for fresh zeroed pages. mimalloc keeps them.
@@ -35,6 +35,9 @@ struct ModelArgs {
     /// Weights in memory: quantized (GGUF only), f32, f16, bf16 [default: quantized for GGUF, f32 for folders].
     #[arg(long, value_parser = parse_weight_mode)]
     dtype: Option<WeightMode>,
+    /// KV-cache storage: f32, f16, bf16 [default: the activation dtype, f32 for GGUF].
+    #[arg(long, value_parser = parse_cache_dtype)]
+    kv_dtype: Option<candle_core::DType>,
 }
 
 impl ModelArgs {
@@ -43,8 +46,12 @@ impl ModelArgs {
             Some(path) => path.clone(),
             None => default_model::require()?,
         };
-        models::load_model(&path, self.dtype, &Device::Cpu)
-            .with_context(|| format!("cannot load {}", path.display()))
+        let mut loaded = models::load_model(&path, self.dtype, &Device::Cpu)
+            .with_context(|| format!("cannot load {}", path.display()))?;
+        if let Some(dtype) = self.kv_dtype {
+            loaded.model.set_cache_dtype(dtype)?;
+        }
+        Ok(loaded)
     }
 }
 
