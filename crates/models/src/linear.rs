@@ -10,7 +10,8 @@ use crate::Result;
 /// A weight as a file stores it: quantized GGML blocks or a dense tensor.
 #[derive(Debug, Clone)]
 pub enum Weight {
-    /// GGML blocks (any GGML type, including F32/F16 GGUF tensors).
+    /// GGML blocks of a quantized type (GGUF tensors stored as F32/F16/BF16 are loaded as
+    /// `Dense`).
     Quantized(Arc<QTensor>),
     /// A dense tensor in the model's dtype.
     Dense(Tensor),
@@ -38,29 +39,13 @@ impl Weight {
 #[derive(Debug, Clone)]
 pub struct Linear {
     weight: Weight,
-    kernel: Kernel,
     bias: Option<Tensor>,
 }
 
-/// How the product is computed for each kind of weight.
-#[derive(Debug, Clone)]
-enum Kernel {
-    Quantized(QMatMul),
-    Dense(Tensor),
-}
-
 impl Linear {
-    /// A linear layer; quantized weights run through candle's quantized matmul.
+    /// A linear layer over `weight` `(out, in)` and an optional bias `(out,)`.
     pub fn new(weight: Weight, bias: Option<Tensor>) -> Result<Self> {
-        let kernel = match &weight {
-            Weight::Quantized(q) => Kernel::Quantized(QMatMul::from_arc(q.clone())?),
-            Weight::Dense(w) => Kernel::Dense(w.t()?),
-        };
-        Ok(Self {
-            weight,
-            kernel,
-            bias,
-        })
+        Ok(Self { weight, bias })
     }
 
     /// Output features.
@@ -84,14 +69,12 @@ impl Linear {
         let (batch_dims, in_features) = dims.split_at(dims.len() - 1);
         let rows: usize = batch_dims.iter().product();
         let x2 = x.reshape((rows, in_features[0]))?;
-        let y = match (&self.kernel, &self.weight) {
-            (Kernel::Quantized(matmul), Weight::Quantized(q)) => quantized_matmul(&x2, q, matmul)?,
-            (Kernel::Dense(w_t), Weight::Dense(w)) => match dense_matmul_f32(&x2, w)? {
+        let y = match &self.weight {
+            Weight::Quantized(q) => quantized_matmul(&x2, q)?,
+            Weight::Dense(w) => match dense_matmul_f32(&x2, w)? {
                 Some(y) => y,
-                None => x2.matmul(w_t)?,
+                None => x2.matmul(&w.t()?)?,
             },
-            (Kernel::Quantized(matmul), _) => matmul.forward(&x2)?,
-            (Kernel::Dense(w_t), _) => x2.matmul(w_t)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -111,7 +94,7 @@ const MATVEC_MAX_ROWS: usize = 8;
 
 /// `x (m, in) @ W^T` for quantized `W`: fused f32 kernels for Q4_1/Q8_0 with few rows, a
 /// dequantized f32 product for many rows, candle's quantized matmul otherwise.
-fn quantized_matmul(x: &Tensor, q: &QTensor, matmul: &QMatMul) -> Result<Tensor> {
+fn quantized_matmul(x: &Tensor, q: &Arc<QTensor>) -> Result<Tensor> {
     let (rows, _) = x.dims2()?;
     if rows >= DEQUANTIZE_FROM_ROWS && kvpress_core::cpu::is_cpu_f32(x) {
         let w = q.dequantize(&q.device())?;
@@ -122,7 +105,8 @@ fn quantized_matmul(x: &Tensor, q: &QTensor, matmul: &QMatMul) -> Result<Tensor>
     if let Some(y) = crate::kernels::quantized_matvec(x, q)? {
         return Ok(y);
     }
-    Ok(matmul.forward(x)?)
+    // Other GGML types (or devices): candle's kernels. Wrapping the shared tensor copies nothing.
+    Ok(QMatMul::from_arc(q.clone())?.forward(x)?)
 }
 
 /// `x (m, in) @ W^T` with `W (out, in)` through the CPU sgemm; `None` unless both are f32 CPU

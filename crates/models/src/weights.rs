@@ -1,5 +1,6 @@
 //! Reading parameters from a weight file and turning them into layers.
 
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 
 use crate::linear::{Embedding, Linear, Weight};
@@ -23,6 +24,11 @@ impl WeightMode {
             Self::Dense(dtype) => dtype,
         }
     }
+}
+
+/// Whether `dtype` is a block-quantized GGML type (not plain F32/F16/BF16 storage).
+fn is_block_quantized(dtype: GgmlDType) -> bool {
+    !matches!(dtype, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 /// A weight file (GGUF or safetensors) seen as a map from [`Param`] to tensors.
@@ -67,9 +73,14 @@ impl<'a> WeightLoader<'a> {
         let Some(weight) = self.source.load(param)? else {
             return Ok(None);
         };
-        Ok(Some(match (self.mode, weight) {
-            (WeightMode::Quantized, w @ Weight::Quantized(_)) => w,
-            (_, w) => Weight::Dense(w.to_dense(self.dtype())?.to_device(&self.device)?),
+        let keep_quantized = match (&self.mode, &weight) {
+            (WeightMode::Quantized, Weight::Quantized(q)) => is_block_quantized(q.dtype()),
+            _ => false,
+        };
+        Ok(Some(if keep_quantized {
+            weight
+        } else {
+            Weight::Dense(weight.to_dense(self.dtype())?.to_device(&self.device)?)
         }))
     }
 
