@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use kvpress::candle::Device;
-use kvpress::models::{generate, load_model, ChatMessage, GenerationConfig, StreamDecoder};
+use kvpress::models::{generate, load_model, print_tokens, ChatMessage, GenerationConfig};
 
 fn main() -> Result<()> {
     let question = std::env::args()
@@ -18,7 +18,6 @@ fn main() -> Result<()> {
     let ids = loaded.tokenizer.encode(&prompt, false)?;
 
     let mut cache = loaded.model.new_cache();
-    let mut stream = StreamDecoder::default();
     let config = GenerationConfig {
         max_new_tokens: 64,
         ..Default::default()
@@ -30,12 +29,7 @@ fn main() -> Result<()> {
         loaded.tokenizer.eos_ids(),
         &config,
         None,
-        &mut |id| {
-            if let Some(text) = stream.push(&loaded.tokenizer, id)? {
-                print!("{text}");
-            }
-            Ok(())
-        },
+        &mut print_tokens(&loaded.tokenizer, std::io::stdout()),
     )?;
     println!();
     Ok(())

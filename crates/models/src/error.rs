@@ -53,6 +53,9 @@ pub enum Error {
     /// The chat template could not be parsed or rendered.
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// Generated text could not be written.
+    #[error("cannot write output: {0}")]
+    Output(std::io::Error),
     /// The input is not acceptable (empty, too long, unknown token ids).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -47,5 +47,5 @@ pub use generate::{
 pub use gguf::GgufFile;
 pub use loader::{load_gguf, load_model, LoadedModel};
 pub use model::{LogitsFor, Model};
-pub use tokenizer::{StreamDecoder, TextTokenizer};
+pub use tokenizer::{print_tokens, StreamDecoder, TextTokenizer};
 pub use weights::WeightMode;

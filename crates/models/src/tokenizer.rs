@@ -190,6 +190,23 @@ impl StreamDecoder {
     }
 }
 
+/// A token callback for [`crate::generate`] that writes the text of each token to `out` as soon
+/// as it is complete (flushing, so a terminal shows it at once).
+pub fn print_tokens<'a>(
+    tokenizer: &'a TextTokenizer,
+    mut out: impl std::io::Write + 'a,
+) -> impl FnMut(u32) -> Result<()> + 'a {
+    let mut stream = StreamDecoder::default();
+    move |id| {
+        if let Some(text) = stream.push(tokenizer, id)? {
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(Error::Output)?;
+        }
+        Ok(())
+    }
+}
+
 fn string_array(file: &GgufFile, key: &str) -> Result<Vec<String>> {
     let value = file
         .get(key)

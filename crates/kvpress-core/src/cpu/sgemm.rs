@@ -316,6 +316,28 @@ mod tests {
         [via_dispatch, via_gemm]
     }
 
+    fn assert_close(got: &[f32], want: impl IntoIterator<Item = f32>, tolerance: f32) {
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < tolerance, "{g} vs {w}");
+        }
+    }
+
+    fn row_major(data: &[f32], row_stride: usize) -> MatRef<'_> {
+        MatRef {
+            data,
+            row_stride,
+            transposed: false,
+        }
+    }
+
+    fn transposed(data: &[f32], row_stride: usize) -> MatRef<'_> {
+        MatRef {
+            data,
+            row_stride,
+            transposed: true,
+        }
+    }
+
     #[test]
     fn large_products_split_across_threads_match_naive() {
         let (m, n, k) = (70, 300, 40);
@@ -323,27 +345,16 @@ mod tests {
         let b_t: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(m, n, k, &a, &b_t);
         for rows in [m, 1] {
-            let a_ref = MatRef {
-                data: &a,
-                row_stride: k,
-                transposed: false,
-            };
-            let b_ref = MatRef {
-                data: &b_t,
-                row_stride: k,
-                transposed: true,
-            };
+            let dims = GemmDims { m: rows, n, k };
             for got in both_backends(
-                GemmDims { m: rows, n, k },
+                dims,
                 1.0,
-                a_ref,
-                b_ref,
+                row_major(&a, k),
+                transposed(&b_t, k),
                 0.0,
                 &vec![0.0; rows * n],
             ) {
-                for (g, w) in got.iter().zip(&want[..rows * n]) {
-                    assert!((g - w).abs() < 1e-4);
-                }
+                assert_close(&got, want[..rows * n].iter().copied(), 1e-4);
             }
         }
     }
@@ -351,55 +362,32 @@ mod tests {
     #[test]
     fn matches_naive_product_with_transposes_alpha_and_beta() {
         let (m, n, k) = (5, 7, 3);
+        let dims = GemmDims { m, n, k };
         let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
         let b_t: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
         let want = naive(m, n, k, &a, &b_t);
-        let a_ref = MatRef {
-            data: &a,
-            row_stride: k,
-            transposed: false,
-        };
-        let b_ref = MatRef {
-            data: &b_t,
-            row_stride: k,
-            transposed: true,
-        };
         for c in both_backends(
-            GemmDims { m, n, k },
+            dims,
             2.0,
-            a_ref,
-            b_ref,
+            row_major(&a, k),
+            transposed(&b_t, k),
             0.5,
             &vec![1.0; m * n],
         ) {
-            for (got, want) in c.iter().zip(&want) {
-                assert!((got - (2.0 * want + 0.5)).abs() < 1e-5);
-            }
+            assert_close(&c, want.iter().map(|w| 2.0 * w + 0.5), 1e-5);
         }
         // B given untransposed (k x n), A given transposed (stored k x m).
         let b: Vec<f32> = (0..k * n).map(|i| b_t[(i % n) * k + i / n]).collect();
         let a_t: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
-        let a_ref = MatRef {
-            data: &a_t,
-            row_stride: m,
-            transposed: true,
-        };
-        let b_ref = MatRef {
-            data: &b,
-            row_stride: n,
-            transposed: false,
-        };
         for c in both_backends(
-            GemmDims { m, n, k },
+            dims,
             1.0,
-            a_ref,
-            b_ref,
+            transposed(&a_t, m),
+            row_major(&b, n),
             0.0,
             &vec![0.0; m * n],
         ) {
-            for (got, want) in c.iter().zip(&want) {
-                assert!((got - want).abs() < 1e-5);
-            }
+            assert_close(&c, want.iter().copied(), 1e-5);
         }
     }
 }

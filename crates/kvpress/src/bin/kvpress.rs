@@ -1,14 +1,11 @@
 //! The `kvpress` command line.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
-use kvpress::models::{
-    self, ChatMessage, GenerationConfig, LoadedModel, Sampling, StreamDecoder, WeightMode,
-};
+use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling, WeightMode};
 use kvpress::{bench, default_model, parse_cache_dtype, parse_weight_mode, trace};
 
 // Large activations are allocated and freed in every layer; glibc's allocator returns such blocks
@@ -221,8 +218,6 @@ fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: b
     };
     let ids = loaded.tokenizer.encode(&text, raw)?;
     let mut cache = loaded.model.new_cache();
-    let mut stream = StreamDecoder::default();
-    let mut stdout = std::io::stdout();
     let output = models::generate(
         &loaded.model,
         &mut cache,
@@ -230,13 +225,7 @@ fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: b
         loaded.tokenizer.eos_ids(),
         &config,
         None,
-        &mut |id| {
-            if let Some(piece) = stream.push(&loaded.tokenizer, id)? {
-                print!("{piece}");
-                stdout.flush().ok();
-            }
-            Ok(())
-        },
+        &mut models::print_tokens(&loaded.tokenizer, std::io::stdout()),
     )?;
     println!();
     eprintln!(
