@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use rayon::prelude::*;
 
 use super::decode_attention::{
-    decode_attention, HeadProblem, HeadRows, MAX_ROWS as DECODE_MAX_ROWS,
+    decode_attention, F32Rows, HeadProblem, HeadRows, MAX_ROWS as DECODE_MAX_ROWS,
 };
 use super::sgemm::{sgemm, GemmDims, MatMut, MatRef};
 use super::softmax::masked_softmax;
@@ -185,9 +185,6 @@ struct BlockBuffers {
     queries: Vec<f32>,
     scores: Vec<f32>,
     output: Vec<f32>,
-    /// The current head's keys and values as f32 rows, for 16-bit caches.
-    keys: Vec<f32>,
-    values: Vec<f32>,
 }
 
 /// Many query rows: blocks of positions per (batch, KV head).
@@ -200,12 +197,29 @@ fn blocked_into(
     let block =
         (MAX_BLOCK_SCORES / (dims.group() * dims.n_keys).max(1)).clamp(1, MAX_BLOCK_POSITIONS);
     let mut buffers = BlockBuffers::default();
+    let (mut key_buffer, mut value_buffer) = (Vec::new(), Vec::new());
     for b in 0..dims.batch {
         for kv in 0..dims.n_kv_heads {
+            // A 16-bit cache is converted once per head, not once per block.
+            let keys =
+                inputs
+                    .key_rows(b, kv)
+                    .rows_f32(0, dims.n_keys, dims.head_dim, &mut key_buffer);
+            let values =
+                inputs
+                    .value_rows(b, kv)
+                    .rows_f32(0, dims.n_keys, dims.head_dim, &mut value_buffer);
             let mut first = 0;
             while first < dims.n_queries {
                 let len = block.min(dims.n_queries - first);
-                attend_block(inputs, dims, (b, kv), first..first + len, &mut buffers);
+                attend_block(
+                    dims,
+                    (b, kv),
+                    first..first + len,
+                    (&keys, &values),
+                    inputs,
+                    &mut buffers,
+                );
                 scatter_block(
                     dims,
                     (b, kv),
@@ -224,10 +238,11 @@ fn blocked_into(
 /// Scores, softmax and output of query positions `positions` of KV head `(b, kv)` into `buffers`
 /// (rows ordered `(g, position)`).
 fn attend_block(
-    inputs: &Inputs<'_>,
     dims: Dims,
     (b, kv): (usize, usize),
     positions: std::ops::Range<usize>,
+    (keys, values): (&F32Rows<'_>, &F32Rows<'_>),
+    inputs: &Inputs<'_>,
     buffers: &mut BlockBuffers,
 ) {
     let (group, head_dim) = (dims.group(), dims.head_dim);
@@ -242,9 +257,6 @@ fn attend_block(
             .extend_from_slice(&inputs.queries[start..start + len * head_dim]);
     }
     buffers.scores.resize(rows * visible, 0.0);
-    let keys = inputs
-        .key_rows(b, kv)
-        .rows_f32(0, visible, head_dim, &mut buffers.keys);
     sgemm(
         GemmDims {
             m: rows,
@@ -277,9 +289,6 @@ fn attend_block(
             masked_softmax(s, first_row_position + row % len + 1);
         });
     buffers.output.resize(rows * head_dim, 0.0);
-    let values = inputs
-        .value_rows(b, kv)
-        .rows_f32(0, visible, head_dim, &mut buffers.values);
     sgemm(
         GemmDims {
             m: rows,

@@ -11,6 +11,8 @@ use super::view::CacheData;
 pub(super) const MAX_ROWS: usize = 16;
 /// Fewest keys per parallel chunk.
 const MIN_KEYS_PER_CHUNK: usize = 256;
+/// Keys converted at a time from a 16-bit cache.
+const CONVERSION_BLOCK: usize = 128;
 
 /// One KV head's keys or values inside a cache view.
 #[derive(Clone, Copy)]
@@ -186,13 +188,20 @@ fn chunk_partials_generic(
     let len = end.saturating_sub(start);
     let mut scores = vec![f32::NEG_INFINITY; rows * len];
     let mut buffer = Vec::new();
-    let keys = problem.keys.rows_f32(start, len, head_dim, &mut buffer);
-    for j in start..end {
-        let key = keys.row(j - start, head_dim);
-        for row in 0..rows {
-            if j <= problem.positions[row] {
-                let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
-                scores[row * len + j - start] = dot_generic(q, key) * scale;
+    // Keys and values are read in sub-blocks, so that a 16-bit cache converts into a buffer
+    // that stays in the core's cache.
+    for block in (start..end).step_by(CONVERSION_BLOCK) {
+        let block_len = CONVERSION_BLOCK.min(end - block);
+        let keys = problem
+            .keys
+            .rows_f32(block, block_len, head_dim, &mut buffer);
+        for j in block..block + block_len {
+            let key = keys.row(j - block, head_dim);
+            for row in 0..rows {
+                if j <= problem.positions[row] {
+                    let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
+                    scores[row * len + j - start] = dot_generic(q, key) * scale;
+                }
             }
         }
     }
@@ -214,17 +223,22 @@ fn chunk_partials_generic(
             }
         })
         .collect();
-    let values = problem.values.rows_f32(start, len, head_dim, &mut buffer);
-    for j in start..end {
-        let value = values.row(j - start, head_dim);
-        for (row, partial) in partials.iter_mut().enumerate() {
-            let p = scores[row * len + j - start];
-            if p != 0.0 {
-                partial
-                    .out
-                    .iter_mut()
-                    .zip(value)
-                    .for_each(|(o, v)| *o += p * v);
+    for block in (start..end).step_by(CONVERSION_BLOCK) {
+        let block_len = CONVERSION_BLOCK.min(end - block);
+        let values = problem
+            .values
+            .rows_f32(block, block_len, head_dim, &mut buffer);
+        for j in block..block + block_len {
+            let value = values.row(j - block, head_dim);
+            for (row, partial) in partials.iter_mut().enumerate() {
+                let p = scores[row * len + j - start];
+                if p != 0.0 {
+                    partial
+                        .out
+                        .iter_mut()
+                        .zip(value)
+                        .for_each(|(o, v)| *o += p * v);
+                }
             }
         }
     }
