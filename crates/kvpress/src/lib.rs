@@ -2,7 +2,7 @@
 //!
 //! One dependency for users: re-exports the core traits ([`core`]), the models ([`models`]) and
 //! the runtime ([`hooks`]), plus what the `kvpress` command line is built from: the default
-//! model ([`default_model`]), the parity trace ([`trace`]) and the benchmark ([`bench`]).
+//! model ([`default_model`]), the parity trace ([`trace`]) and the benchmark ([`mod@bench`]).
 #![warn(missing_docs)]
 
 pub mod bench;

@@ -190,7 +190,7 @@ impl StreamDecoder {
     }
 }
 
-/// A token callback for [`crate::generate`] that writes the text of each token to `out` as soon
+/// A token callback for [`fn@crate::generate`] that writes the text of each token to `out` as soon
 /// as it is complete (flushing, so a terminal shows it at once).
 pub fn print_tokens<'a>(
     tokenizer: &'a TextTokenizer,
