@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<()> {
                 WeightMode::Quantized => "quantized".to_string(),
                 WeightMode::Dense(dtype) => format!("{dtype:?}").to_lowercase(),
             };
+            eprintln!("matrix products: {}", kvpress::core::cpu::blas_backend());
             let mut rows = Vec::new();
             for &n in &context {
                 let row = bench::measure(&loaded, &label, n, decode_tokens, repeats)?;
