@@ -59,17 +59,8 @@ impl ContextSession {
             None,
             on_token,
         );
-        self.rewind()?;
+        self.cache
+            .rewind(&self.context_lengths, self.context_seen)?;
         Ok(result?)
-    }
-
-    fn rewind(&mut self) -> Result<()> {
-        for (layer_idx, &len) in self.context_lengths.iter().enumerate() {
-            if let Some(layer) = self.cache.layer_mut(layer_idx) {
-                layer.truncate(len)?;
-            }
-        }
-        self.cache.set_seen_tokens(self.context_seen);
-        Ok(())
     }
 }

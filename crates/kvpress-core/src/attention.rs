@@ -60,10 +60,22 @@ pub fn grouped_query_attention(
             "{n_queries} new queries but only {n_keys} cached keys: append before attending"
         )));
     }
-    if let Some(output) = crate::cpu::attention_f32(queries, keys, values, want_weights)? {
-        return Ok(output);
+    match crate::cpu::attention_f32(queries, keys, values, want_weights)? {
+        Some(output) => Ok(output),
+        None => attention_with_candle_ops(queries, keys, values, want_weights),
     }
-    // Generic path: a cache stored in another dtype than the queries is converted first.
+}
+
+/// The generic path (any dtype or device), built from candle operations; a cache stored in
+/// another dtype than the queries is converted first.
+fn attention_with_candle_ops(
+    queries: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    want_weights: bool,
+) -> Result<AttentionOutput> {
+    let (batch, n_heads, n_queries, head_dim) = queries.dims4()?;
+    let (_, n_kv_heads, n_keys, _) = keys.dims4()?;
     let (keys, values) = if keys.dtype() == queries.dtype() {
         (keys.clone(), values.clone())
     } else {

@@ -189,9 +189,9 @@ impl LayerCache for DenseLayerCache {
     }
 
     fn bytes_used(&self) -> usize {
+        // Keys and values, each `elem_count / capacity` elements per token.
         self.storage.as_ref().map_or(0, |(k, _)| {
-            let (b, h, _, d) = k.dims4().unwrap_or((0, 0, 0, 0));
-            2 * b * h * self.len * d * k.dtype().size_in_bytes()
+            2 * k.elem_count() / self.capacity() * self.len * k.dtype().size_in_bytes()
         })
     }
 
@@ -280,6 +280,18 @@ impl ModelCache {
     /// Bytes allocated, all layers.
     pub fn bytes_reserved(&self) -> usize {
         self.layers.iter().map(|l| l.bytes_reserved()).sum()
+    }
+
+    /// Returns to a saved state: layers longer than `lengths` are truncated to them and the
+    /// position is set to `seen_tokens` (layers a press shortened since are left as they are).
+    pub fn rewind(&mut self, lengths: &[usize], seen_tokens: usize) -> Result<()> {
+        for (layer, &len) in self.layers.iter_mut().zip(lengths) {
+            if layer.len() > len {
+                layer.truncate(len)?;
+            }
+        }
+        self.seen_tokens = seen_tokens;
+        Ok(())
     }
 
     /// Empties every layer and resets the position to 0.

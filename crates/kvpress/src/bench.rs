@@ -44,15 +44,14 @@ pub fn prompt_of_length(model: &LoadedModel, n_tokens: usize) -> Result<Vec<u32>
 /// disturbed by other processes on the machine).
 pub fn measure(
     model: &LoadedModel,
-    weights: &str,
     n_tokens: usize,
     decode_tokens: usize,
     repeats: usize,
 ) -> Result<BenchRow> {
     ensure!(repeats > 0, "--repeats must be at least 1");
-    let mut best = measure_once(model, weights, n_tokens, decode_tokens)?;
+    let mut best = measure_once(model, n_tokens, decode_tokens)?;
     for _ in 1..repeats {
-        let row = measure_once(model, weights, n_tokens, decode_tokens)?;
+        let row = measure_once(model, n_tokens, decode_tokens)?;
         if row.prefill_seconds < best.prefill_seconds {
             best.prefill_seconds = row.prefill_seconds;
             best.prefill_tokens_per_second = row.prefill_tokens_per_second;
@@ -65,7 +64,6 @@ pub fn measure(
 /// Prefills `n_tokens` and decodes `decode_tokens` greedily (without stopping at EOS).
 pub fn measure_once(
     model: &LoadedModel,
-    weights: &str,
     n_tokens: usize,
     decode_tokens: usize,
 ) -> Result<BenchRow> {
@@ -86,8 +84,8 @@ pub fn measure_once(
     }
     let decode_ms_per_token = start.elapsed().as_secs_f64() * 1e3 / decode_tokens.max(1) as f64;
     Ok(BenchRow {
-        weights: weights.to_string(),
-        kv_dtype: format!("{:?}", m.cache_dtype()).to_lowercase(),
+        weights: m.weight_mode().to_string(),
+        kv_dtype: m.cache_dtype().as_str().to_string(),
         context_tokens: n_tokens,
         prefill_seconds,
         prefill_tokens_per_second: n_tokens as f64 / prefill_seconds,

@@ -10,7 +10,7 @@ use crate::layer::{DecoderLayer, Mlp};
 use crate::linear::{Embedding, Linear};
 use crate::param::{LayerParam, Param};
 use crate::projection_group::ProjectionGroup;
-use crate::weights::WeightLoader;
+use crate::weights::{WeightLoader, WeightMode};
 use crate::{Error, Result};
 
 /// Which positions the output projection is applied to.
@@ -31,6 +31,7 @@ pub struct Model {
     final_norm: Tensor,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+    weight_mode: WeightMode,
     dtype: DType,
     cache_dtype: DType,
     device: Device,
@@ -133,6 +134,7 @@ impl Model {
             final_norm,
             lm_head,
             rotary,
+            weight_mode: weights.mode(),
             dtype: weights.dtype(),
             cache_dtype: weights.dtype(),
             device: device.clone(),
@@ -143,6 +145,11 @@ impl Model {
     /// The model's hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// How the weights are held: quantized blocks or dense tensors of a dtype.
+    pub fn weight_mode(&self) -> WeightMode {
+        self.weight_mode
     }
 
     /// Dtype of activations and of the KV cache.
@@ -205,18 +212,18 @@ impl Model {
     ) -> Result<Tensor> {
         // The forward runs on a worker of rayon's pool, so that the kernels' parallel loops fork
         // and join among workers instead of parking and waking the calling thread for each one.
-        let lengths_before = cache.lengths();
-        let result = rayon::scope(|_| self.forward_on_worker(input_ids, cache, hook, logits_for));
+        let (lengths_before, seen_before) = (cache.lengths(), cache.seen_tokens());
+        let phase = if lengths_before.iter().all(|&l| l == 0) {
+            ForwardPhase::Prefill
+        } else {
+            ForwardPhase::Decode
+        };
+        let result =
+            rayon::scope(|_| self.forward_on_worker(input_ids, cache, hook, logits_for, phase));
         if result.is_err() {
             // Layers before the failure already stored the new tokens: drop them again so the
-            // cache stays as it was (positions were not advanced).
-            for (layer_idx, &len) in lengths_before.iter().enumerate() {
-                if let Some(layer) = cache.layer_mut(layer_idx) {
-                    if layer.len() > len {
-                        layer.truncate(len)?;
-                    }
-                }
-            }
+            // cache stays as it was.
+            cache.rewind(&lengths_before, seen_before)?;
         }
         result
     }
@@ -227,17 +234,13 @@ impl Model {
         cache: &mut ModelCache,
         mut hook: Option<&mut (dyn AttentionHook + '_)>,
         logits_for: LogitsFor,
+        phase: ForwardPhase,
     ) -> Result<Tensor> {
         let (_, n_new) = self.check_input(input_ids, cache)?;
         let position_offset = cache.seen_tokens();
         let (cos, sin) = self
             .rotary
             .tables_for_range(position_offset, n_new, self.dtype)?;
-        let phase = if cache.lengths().iter().all(|&l| l == 0) {
-            ForwardPhase::Prefill
-        } else {
-            ForwardPhase::Decode
-        };
         let step = ForwardStep {
             cos,
             sin,

@@ -118,30 +118,21 @@ fn fuse(parts: &[Linear]) -> Result<Option<Linear>> {
             Weight::Dense(Tensor::cat(&tensors, 0)?)
         }
     };
-    let bias = if parts.iter().any(|p| p.bias().is_some()) {
-        let biases = parts
-            .iter()
-            .map(|p| match p.bias() {
-                Some(b) => Ok(b.clone()),
-                None => Tensor::zeros(
-                    p.out_features(),
-                    first_bias_dtype(parts),
-                    &candle_core::Device::Cpu,
-                ),
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Some(Tensor::cat(&biases, 0)?)
-    } else {
-        None
+    // Parts without a bias get zeros of the dtype and device of one that has one.
+    let bias = match parts.iter().find_map(|p| p.bias()) {
+        Some(template) => {
+            let biases = parts
+                .iter()
+                .map(|p| match p.bias() {
+                    Some(b) => Ok(b.clone()),
+                    None => Tensor::zeros(p.out_features(), template.dtype(), template.device()),
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Some(Tensor::cat(&biases, 0)?)
+        }
+        None => None,
     };
     Ok(Some(Linear::new(weight, bias)?))
-}
-
-fn first_bias_dtype(parts: &[Linear]) -> candle_core::DType {
-    parts
-        .iter()
-        .find_map(|p| p.bias().map(|b| b.dtype()))
-        .unwrap_or(candle_core::DType::F32)
 }
 
 #[cfg(test)]

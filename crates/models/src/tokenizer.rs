@@ -166,26 +166,33 @@ impl TextTokenizer {
 }
 
 /// Incremental detokenizer for streaming: yields the new text after each token, holding back
-/// incomplete UTF-8 sequences.
+/// incomplete UTF-8 sequences. Only the tokens since the last emitted text (plus a few before
+/// them, for context-dependent decoding such as byte-level merges) are decoded at each step, so
+/// streaming a long answer costs time linear in its length.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Start of the tokens decoded for context.
+    prefix_offset: usize,
+    /// End of the tokens whose text was emitted.
+    read_offset: usize,
 }
 
 impl StreamDecoder {
     /// Adds a token; returns text that became complete.
     pub fn push(&mut self, tokenizer: &TextTokenizer, id: u32) -> Result<Option<String>> {
         self.ids.push(id);
-        let text = tokenizer.decode(&self.ids, true)?;
+        let emitted = tokenizer.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let text = tokenizer.decode(&self.ids[self.prefix_offset..], true)?;
         if text.ends_with('\u{FFFD}')
-            || text.len() <= self.emitted
-            || !text.is_char_boundary(self.emitted)
+            || text.len() <= emitted.len()
+            || !text.is_char_boundary(emitted.len())
         {
             return Ok(None);
         }
-        let new = text[self.emitted..].to_string();
-        self.emitted = text.len();
+        let new = text[emitted.len()..].to_string();
+        self.prefix_offset = self.read_offset;
+        self.read_offset = self.ids.len();
         Ok(Some(new))
     }
 }

@@ -16,6 +16,16 @@ pub enum WeightMode {
     Dense(DType),
 }
 
+impl std::fmt::Display for WeightMode {
+    /// `quantized`, `f32`, `f16` or `bf16`, as the command line spells them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Quantized => f.write_str("quantized"),
+            Self::Dense(dtype) => f.write_str(dtype.as_str()),
+        }
+    }
+}
+
 impl WeightMode {
     /// The dtype of activations and of the KV cache.
     pub fn activation_dtype(self) -> DType {
@@ -59,6 +69,10 @@ impl<'a> WeightLoader<'a> {
 
     pub fn dtype(&self) -> DType {
         self.mode.activation_dtype()
+    }
+
+    pub fn mode(&self) -> WeightMode {
+        self.mode
     }
 
     fn missing(&self, param: Param) -> Error {

@@ -5,6 +5,7 @@
 use rayon::prelude::*;
 
 use super::matvec::dot_generic;
+use super::softmax::exp_and_sum_generic;
 use super::view::CacheData;
 
 /// Most query rows per KV head (group size x new tokens) handled here.
@@ -56,10 +57,7 @@ impl<'a> HeadRows<'a> {
             };
         }
         if self.row_stride == head_dim {
-            let mut converted = std::mem::take(buffer);
-            self.data
-                .f32_range(start, n_rows * head_dim, &mut converted);
-            *buffer = converted;
+            self.data.f32_range(start, n_rows * head_dim, buffer);
         } else {
             let mut row = Vec::with_capacity(head_dim);
             buffer.clear();
@@ -186,36 +184,28 @@ fn chunk_partials_generic(
 ) -> Vec<Partial> {
     let rows = problem.positions.len();
     let len = end.saturating_sub(start);
-    let mut scores = vec![f32::NEG_INFINITY; rows * len];
+    let mut scores = vec![0f32; rows * len];
     let mut buffer = Vec::new();
     // Keys and values are read in sub-blocks, so that a 16-bit cache converts into a buffer
     // that stays in the core's cache.
-    for block in (start..end).step_by(CONVERSION_BLOCK) {
-        let block_len = CONVERSION_BLOCK.min(end - block);
+    for (block, block_len) in conversion_blocks(start, end) {
         let keys = problem
             .keys
             .rows_f32(block, block_len, head_dim, &mut buffer);
         for j in block..block + block_len {
             let key = keys.row(j - block, head_dim);
             for row in 0..rows {
-                if j <= problem.positions[row] {
-                    let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
-                    scores[row * len + j - start] = dot_generic(q, key) * scale;
-                }
+                let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
+                scores[row * len + j - start] = dot_generic(q, key) * scale;
             }
         }
     }
-    let mut partials: Vec<Partial> = (0..rows)
-        .map(|row| {
-            let s = &mut scores[row * len..(row + 1) * len];
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0;
-            if max > f32::NEG_INFINITY {
-                for x in s.iter_mut() {
-                    *x = super::softmax::exp(*x - max) * (*x > f32::NEG_INFINITY) as u8 as f32;
-                    sum += *x;
-                }
-            }
+    let mut partials: Vec<Partial> = scores
+        .chunks_mut(len.max(1))
+        .zip(&problem.positions)
+        .map(|(s, &position)| {
+            // Keys after the row's own position (when several tokens are new) are masked.
+            let (max, sum) = exp_and_sum_generic(s, (position + 1).saturating_sub(start));
             Partial {
                 max,
                 sum,
@@ -223,8 +213,7 @@ fn chunk_partials_generic(
             }
         })
         .collect();
-    for block in (start..end).step_by(CONVERSION_BLOCK) {
-        let block_len = CONVERSION_BLOCK.min(end - block);
+    for (block, block_len) in conversion_blocks(start, end) {
         let values = problem
             .values
             .rows_f32(block, block_len, head_dim, &mut buffer);
@@ -243,4 +232,11 @@ fn chunk_partials_generic(
         }
     }
     partials
+}
+
+/// `(first key, number of keys)` of the conversion blocks covering `start..end`.
+fn conversion_blocks(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> {
+    (start..end)
+        .step_by(CONVERSION_BLOCK)
+        .map(move |block| (block, CONVERSION_BLOCK.min(end - block)))
 }

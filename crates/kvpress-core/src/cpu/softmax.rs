@@ -20,6 +20,17 @@ unsafe fn masked_softmax_avx2(row: &mut [f32], visible: usize) {
 
 #[inline(always)]
 fn masked_softmax_generic(row: &mut [f32], visible: usize) {
+    let (_, sum) = exp_and_sum_generic(row, visible);
+    let inv = 1.0 / sum;
+    let visible = visible.min(row.len());
+    row[..visible].iter_mut().for_each(|x| *x *= inv);
+}
+
+/// The unnormalised half of [`masked_softmax`]: `row[..visible]` becomes `exp(x - max)` and the
+/// rest 0; returns `(max, sum)` (`-inf` and 0 when nothing is visible), from which partial
+/// softmaxes over chunks of keys are merged.
+#[inline(always)]
+pub(super) fn exp_and_sum_generic(row: &mut [f32], visible: usize) -> (f32, f32) {
     let (seen, future) = row.split_at_mut(visible.min(row.len()));
     let mut max_lanes = [f32::NEG_INFINITY; 8];
     let mut chunks = seen.chunks_exact(8);
@@ -46,9 +57,8 @@ fn masked_softmax_generic(row: &mut [f32], visible: usize) {
         *x = exp(*x - max);
         sum += *x;
     }
-    let inv = 1.0 / sum;
-    seen.iter_mut().for_each(|x| *x *= inv);
     future.fill(0.0);
+    (max, sum)
 }
 
 /// `e^x` for `x <= 0` (softmax inputs after subtracting the max); inputs below -87 give ~0.

@@ -178,18 +178,10 @@ fn run(cli: Cli) -> Result<()> {
             json,
         } => {
             let loaded = model.load()?;
-            let label = match model.dtype.unwrap_or(if loaded.path.is_dir() {
-                WeightMode::Dense(candle_core::DType::F32)
-            } else {
-                WeightMode::Quantized
-            }) {
-                WeightMode::Quantized => "quantized".to_string(),
-                WeightMode::Dense(dtype) => format!("{dtype:?}").to_lowercase(),
-            };
             eprintln!("matrix products: {}", kvpress::core::cpu::blas_backend());
             let mut rows = Vec::new();
             for &n in &context {
-                let row = bench::measure(&loaded, &label, n, decode_tokens, repeats)?;
+                let row = bench::measure(&loaded, n, decode_tokens, repeats)?;
                 eprintln!(
                     "{n} tokens: prefill {:.2} s, decode {:.1} ms/token",
                     row.prefill_seconds, row.decode_ms_per_token
