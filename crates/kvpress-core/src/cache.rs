@@ -8,6 +8,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::attention::{grouped_query_attention, AttentionOutput};
+use crate::press::Selection;
 use crate::{Error, Result};
 
 /// One attention layer's key/value store. Keys are stored post-RoPE, values as projected;
@@ -40,6 +41,13 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
 
     /// Drops every token from index `len` on.
     fn truncate(&mut self, len: usize) -> Result<()>;
+
+    /// Keeps only the tokens `selection` lists for each head (what a press decided), storing
+    /// `keys` for them instead of the cached keys when given (re-rotated keys).
+    fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()>;
+
+    /// Releases slack reserved for appends, so that what is allocated is what is stored.
+    fn shrink_to_fit(&mut self) -> Result<()>;
 
     /// Bytes holding stored tokens.
     fn bytes_used(&self) -> usize;
@@ -114,7 +122,13 @@ impl DenseLayerCache {
         if needed <= capacity {
             return Ok(());
         }
-        let new_capacity = needed.max(capacity + (capacity / 4).max(MIN_SLACK_TOKENS));
+        // The first allocation is exact (a prefilled or compressed context stores what it holds);
+        // later ones grow geometrically so that decoding copies each token once.
+        let new_capacity = if capacity == 0 {
+            needed
+        } else {
+            needed.max(capacity + (capacity / 4).max(MIN_SLACK_TOKENS))
+        };
         let (b, h, _, d) = template.dims4()?;
         let shape = (b, h, new_capacity, d);
         let new_keys = Tensor::zeros(shape, template.dtype(), template.device())?;
@@ -186,6 +200,52 @@ impl LayerCache for DenseLayerCache {
         }
         self.len = len;
         Ok(())
+    }
+
+    fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()> {
+        if selection.n_tokens() != self.len {
+            return Err(Error::Shape(format!(
+                "a selection over {} tokens cannot compact a cache of {} tokens",
+                selection.n_tokens(),
+                self.len
+            )));
+        }
+        if selection.keeps_everything() && keys.is_none() {
+            return Ok(());
+        }
+        let (cached_keys, cached_values) = match self.keys_values()? {
+            Some(kv) => kv,
+            None => return Ok(()),
+        };
+        let values = selection.gather(&cached_values)?;
+        let keys = match keys {
+            Some(keys) if keys.dims() == values.dims() => keys.to_dtype(values.dtype())?,
+            Some(keys) => {
+                return Err(Error::Shape(format!(
+                    "replacement keys {:?} do not match the kept values {:?}",
+                    keys.dims(),
+                    values.dims()
+                )))
+            }
+            None => selection.gather(&cached_keys)?,
+        };
+        self.replace(&keys, &values)
+    }
+
+    fn shrink_to_fit(&mut self) -> Result<()> {
+        if self.capacity() == self.len {
+            return Ok(());
+        }
+        match self.keys_values()? {
+            Some((keys, values)) => {
+                let (keys, values) = (keys.contiguous()?, values.contiguous()?);
+                self.replace(&keys, &values)
+            }
+            None => {
+                self.clear();
+                Ok(())
+            }
+        }
     }
 
     fn bytes_used(&self) -> usize {

@@ -24,6 +24,12 @@ pub enum Error {
     /// A value outside its valid range was given.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A press configuration names an unknown press or field, or has an invalid value.
+    #[error("invalid press configuration: {0}")]
+    Config(String),
+    /// The operation is not supported by this cache layout or press.
+    #[error("not supported: {0}")]
+    Unsupported(String),
 }
 
 /// Result alias of the core crate.

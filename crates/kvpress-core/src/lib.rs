@@ -4,6 +4,8 @@
 //!   over, the dense implementation ([`DenseLayerCache`]) and the whole-model [`ModelCache`].
 //! - [`hook`]: the hook point a model calls inside each attention layer ([`AttentionHook`]) and the
 //!   per-layer context it hands over ([`LayerContext`]).
+//! - [`press`]: the [`Press`], [`Scorer`] and [`BudgetAllocator`] traits, [`Selection`], the
+//!   press registry and configs.
 //! - [`rope`]: rotary position tables for arbitrary positions ([`RotaryEmbedding`]).
 //! - [`error`]: the crate's error type.
 //!
@@ -29,10 +31,17 @@ pub mod cache;
 pub mod cpu;
 pub mod error;
 pub mod hook;
+pub mod press;
 pub mod rope;
+
+/// Re-exported for [`register_press!`]: press crates need not depend on `inventory`.
+pub use inventory;
 
 pub use attention::{AttentionOutput, AttentionShape};
 pub use cache::{DenseLayerCache, LayerCache, ModelCache};
 pub use error::{Error, Result};
 pub use hook::{AttentionHook, AttentionProjections, ForwardPhase, LayerContext, NoOpHook};
+pub use press::{
+    BudgetAllocator, Compression, NoPress, Press, PressInput, Scorer, Selection, UniformAllocator,
+};
 pub use rope::RotaryEmbedding;

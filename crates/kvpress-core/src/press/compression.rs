@@ -1,0 +1,81 @@
+//! The [`Press`] trait: what runs at a layer's hook point and decides what the cache keeps.
+
+use candle_core::Tensor;
+
+use crate::press::{PressInput, Scorer, Selection};
+use crate::Result;
+
+/// What a press decided for one layer.
+#[derive(Debug, Clone)]
+pub struct Compression {
+    /// The tokens each KV head keeps.
+    pub selection: Selection,
+    /// The scores behind the selection, `(batch, n_kv_heads, n_tokens)`, for recorders (`None`
+    /// when the press did not score, e.g. at ratio 0).
+    pub scores: Option<Tensor>,
+    /// Keys to store for the kept tokens instead of the cached ones (key re-rotation), one
+    /// tensor `(batch, n_kv_heads, n_kept, head_dim)` when every head keeps the same number.
+    pub keys: Option<Tensor>,
+}
+
+impl Compression {
+    /// A compression that keeps `selection` with the cached keys.
+    pub fn select(selection: Selection, scores: Option<Tensor>) -> Self {
+        Self {
+            selection,
+            scores,
+            keys: None,
+        }
+    }
+
+    /// Keep everything (ratio 0).
+    pub fn keep_all(input: &PressInput<'_>) -> Result<Self> {
+        Ok(Self::select(
+            Selection::all(input.batch()?, input.shape.n_kv_heads, input.n_tokens()?),
+            None,
+        ))
+    }
+}
+
+/// A KV-cache compression method, run on each layer after its prefill attention.
+///
+/// The common press is a [`Scorer`] plus a [`crate::BudgetAllocator`]; wrappers (composed,
+/// per-layer ratios, key re-rotation, chunked, head-wise allocation) are presses around other
+/// presses. Presses are (de)serializable by name through `typetag` (the tag is `"press"`) and
+/// list themselves in the registry ([`crate::press::registry`]).
+#[typetag::serde(tag = "press")]
+pub trait Press: std::fmt::Debug + Send + Sync {
+    /// The fraction of tokens this press removes (nominal; head-wise and per-layer presses
+    /// report their average).
+    fn compression_ratio(&self) -> f64;
+
+    /// Checks the parameters, naming the invalid one and what is valid.
+    fn validate(&self) -> Result<()>;
+
+    /// Whether the model must compute attention weights for the press.
+    fn needs_attention_weights(&self) -> bool {
+        false
+    }
+
+    /// Whether tokens after the compressed context continue at the compressed length (key
+    /// re-rotation) instead of the original positions.
+    fn rerotates_keys(&self) -> bool {
+        false
+    }
+
+    /// The scorer inside, for wrappers that need scores rather than a selection (CriticalKV,
+    /// AdaKV); `None` for presses that do not score tokens.
+    fn scorer(&self) -> Option<&dyn Scorer> {
+        None
+    }
+
+    /// Decides what one layer keeps at this press's own ratio.
+    fn compress(&self, input: &PressInput<'_>) -> Result<Compression> {
+        self.compress_at_ratio(input, self.compression_ratio())
+    }
+
+    /// Decides what one layer keeps at `compression_ratio` (per-layer ratios and decode-time
+    /// compression set the ratio from outside).
+    fn compress_at_ratio(&self, input: &PressInput<'_>, compression_ratio: f64)
+        -> Result<Compression>;
+}

@@ -1,0 +1,169 @@
+//! [`PressInput`]: what a press sees of one layer when it compresses.
+
+use candle_core::{DType, Tensor};
+
+use crate::attention::AttentionShape;
+use crate::hook::{AttentionProjections, LayerContext};
+use crate::rope::RotaryEmbedding;
+use crate::{Error, Result};
+
+/// One layer's cache and the forward that filled it, as handed to [`crate::Press::compress`].
+///
+/// Keys and values are the whole layer cache in f32, `(batch, n_kv_heads, n_tokens, head_dim)`,
+/// keys post-RoPE. The queries and hidden states are those of the forward's tokens (the whole
+/// context during prefill), which are the last tokens of the cache.
+#[derive(Clone, Copy)]
+pub struct PressInput<'a> {
+    /// Index of the layer.
+    pub layer_idx: usize,
+    /// Number of layers in the model.
+    pub n_layers: usize,
+    /// Head layout.
+    pub shape: AttentionShape,
+    /// Attention input (normalised hidden states) of the forward's tokens, `(batch, n_q, hidden)`.
+    pub hidden_states: &'a Tensor,
+    /// Post-RoPE queries of the forward's tokens, `(batch, n_heads, n_q, head_dim)`.
+    pub queries: &'a Tensor,
+    /// RoPE position of the first query token.
+    pub query_position: usize,
+    /// Cached keys, post-RoPE, f32, `(batch, n_kv_heads, n_tokens, head_dim)`.
+    pub keys: &'a Tensor,
+    /// Cached values, f32, `(batch, n_kv_heads, n_tokens, head_dim)`.
+    pub values: &'a Tensor,
+    /// Attention weights of the forward's queries over the cache, `(batch, n_heads, n_q,
+    /// n_tokens)`, present only when the press asked for them.
+    pub attention_weights: Option<&'a Tensor>,
+    /// Rotary tables of the model.
+    pub rotary: &'a RotaryEmbedding,
+    /// The layer's projection weights.
+    pub projections: &'a dyn AttentionProjections,
+}
+
+impl std::fmt::Debug for PressInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PressInput")
+            .field("layer_idx", &self.layer_idx)
+            .field("shape", &self.shape)
+            .field("keys", &self.keys.dims())
+            .field("queries", &self.queries.dims())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys and values of a layer cache converted to f32, owned so that a [`PressInput`] can borrow
+/// them.
+#[derive(Debug, Clone)]
+pub struct CachedKeysValues {
+    /// Keys `(batch, n_kv_heads, n_tokens, head_dim)`.
+    pub keys: Tensor,
+    /// Values `(batch, n_kv_heads, n_tokens, head_dim)`.
+    pub values: Tensor,
+}
+
+impl CachedKeysValues {
+    /// Reads the cache of `context` as contiguous f32 tensors.
+    pub fn of(context: &LayerContext<'_>) -> Result<Self> {
+        let (keys, values) = context
+            .cache
+            .keys_values()?
+            .ok_or_else(|| Error::Shape("cannot compress an empty cache".to_string()))?;
+        Ok(Self {
+            keys: keys.to_dtype(DType::F32)?.contiguous()?,
+            values: values.to_dtype(DType::F32)?.contiguous()?,
+        })
+    }
+
+    /// The press input for `context` over these keys and values.
+    pub fn input<'a>(&'a self, context: &'a LayerContext<'_>) -> PressInput<'a> {
+        PressInput {
+            layer_idx: context.layer_idx,
+            n_layers: context.n_layers,
+            shape: context.shape,
+            hidden_states: context.hidden_states,
+            queries: context.queries,
+            query_position: context.position_offset,
+            keys: &self.keys,
+            values: &self.values,
+            attention_weights: context.attention_weights,
+            rotary: context.rotary,
+            projections: context.projections,
+        }
+    }
+}
+
+impl<'a> PressInput<'a> {
+    /// Batch size.
+    pub fn batch(&self) -> Result<usize> {
+        Ok(self.keys.dim(0)?)
+    }
+
+    /// Tokens in the layer cache.
+    pub fn n_tokens(&self) -> Result<usize> {
+        Ok(self.keys.dim(2)?)
+    }
+
+    /// Number of query tokens of the forward.
+    pub fn n_queries(&self) -> Result<usize> {
+        Ok(self.queries.dim(2)?)
+    }
+
+    /// Position after the last query token: where future tokens start.
+    pub fn next_position(&self) -> Result<usize> {
+        Ok(self.query_position + self.n_queries()?)
+    }
+
+    /// The same input over other keys and values (e.g. what a previous press kept).
+    pub fn with_keys_values(&self, keys: &'a Tensor, values: &'a Tensor) -> Self {
+        Self {
+            keys,
+            values,
+            attention_weights: None,
+            ..*self
+        }
+    }
+}
+
+/// Tensors of a chunk of the input (tokens `start..start + len`), owned so that a chunk's
+/// [`PressInput`] can borrow them.
+#[derive(Debug, Clone)]
+pub struct InputChunk {
+    hidden_states: Tensor,
+    queries: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    query_position: usize,
+}
+
+impl InputChunk {
+    /// Cuts tokens `start..start + len` out of `input`, whose queries must cover every cached
+    /// token (a prefill).
+    pub fn new(input: &PressInput<'_>, start: usize, len: usize) -> Result<Self> {
+        let n_tokens = input.n_tokens()?;
+        if input.n_queries()? != n_tokens {
+            return Err(Error::InvalidArgument(format!(
+                "chunked scoring needs the queries of every cached token ({n_tokens}), got {}",
+                input.n_queries()?
+            )));
+        }
+        Ok(Self {
+            hidden_states: input.hidden_states.narrow(1, start, len)?,
+            queries: input.queries.narrow(2, start, len)?,
+            keys: input.keys.narrow(2, start, len)?.contiguous()?,
+            values: input.values.narrow(2, start, len)?.contiguous()?,
+            query_position: input.query_position + start,
+        })
+    }
+
+    /// The chunk as a press input (no attention weights).
+    pub fn input<'a>(&'a self, whole: &PressInput<'a>) -> PressInput<'a> {
+        PressInput {
+            hidden_states: &self.hidden_states,
+            queries: &self.queries,
+            query_position: self.query_position,
+            keys: &self.keys,
+            values: &self.values,
+            attention_weights: None,
+            ..*whole
+        }
+    }
+}

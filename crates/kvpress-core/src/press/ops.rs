@@ -1,0 +1,157 @@
+//! Tensor operations several scoring methods share (window attention, grouped-query averaging,
+//! pooling, protecting tokens with a score above every other), written once so that every press
+//! computes them the way kvpress does.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::press::PressInput;
+use crate::{Error, Result};
+
+/// Averages per-query-head scores `(batch, n_heads, n)` over each KV head's group of query heads,
+/// giving `(batch, n_kv_heads, n)`.
+pub fn mean_over_query_groups(scores: &Tensor, n_kv_heads: usize) -> Result<Tensor> {
+    let (batch, n_heads, n) = scores.dims3()?;
+    if n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return Err(Error::Shape(format!(
+            "{n_heads} query heads cannot be grouped over {n_kv_heads} KV heads"
+        )));
+    }
+    Ok(scores
+        .reshape((batch, n_kv_heads, n_heads / n_kv_heads, n))?
+        .mean(2)?)
+}
+
+/// Pads the last dimension of `scores` with `left` and `right` entries equal to the largest score
+/// plus one, so those tokens survive any top-k (kvpress's protection of window and sink tokens).
+pub fn pad_with_max(scores: &Tensor, left: usize, right: usize) -> Result<Tensor> {
+    let max = scores.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    let value = (max + 1.0) as f64;
+    let mut dims = scores.dims().to_vec();
+    let last = dims.len() - 1;
+    let mut parts = Vec::with_capacity(3);
+    if left > 0 {
+        dims[last] = left;
+        parts.push((Tensor::ones(dims.as_slice(), scores.dtype(), scores.device())? * value)?);
+    }
+    parts.push(scores.clone());
+    if right > 0 {
+        dims[last] = right;
+        parts.push((Tensor::ones(dims.as_slice(), scores.dtype(), scores.device())? * value)?);
+    }
+    Ok(Tensor::cat(&parts, last)?)
+}
+
+/// One-dimensional average pooling over the last dimension with stride 1 and `kernel / 2` zero
+/// padding on each side, dividing by `kernel` everywhere (PyTorch's `avg_pool1d` with
+/// `count_include_pad=True`). `kernel` must be odd so the length is unchanged.
+pub fn average_pool(scores: &Tensor, kernel: usize) -> Result<Tensor> {
+    if kernel.is_multiple_of(2) {
+        return Err(Error::InvalidArgument(format!(
+            "kernel_size {kernel} must be odd so that pooling keeps the length"
+        )));
+    }
+    if kernel == 1 {
+        return Ok(scores.clone());
+    }
+    let dims = scores.dims().to_vec();
+    let n = *dims.last().unwrap_or(&0);
+    let rows = scores.to_dtype(DType::F32)?.flatten_to(dims.len() - 2)?;
+    let (n_rows, _) = rows.dims2()?;
+    let data = rows.to_vec2::<f32>()?;
+    let pad = kernel / 2;
+    let mut out = Vec::with_capacity(n_rows * n);
+    for row in &data {
+        for i in 0..n {
+            let start = i.saturating_sub(pad);
+            let end = (i + pad + 1).min(n);
+            let sum: f32 = row[start..end].iter().sum();
+            out.push(sum / kernel as f32);
+        }
+    }
+    Ok(Tensor::from_vec(out, dims.as_slice(), scores.device())?.to_dtype(scores.dtype())?)
+}
+
+/// Attention of the last `window` queries over the keys before the window, `(batch, n_heads,
+/// window, n_tokens - window)`: the softmax runs over every key a window query can see (causal),
+/// then the window's own columns are dropped without renormalising (kvpress's
+/// `compute_window_attention`). Uses the model's attention weights when they were computed.
+pub fn window_attention(input: &PressInput<'_>, window: usize) -> Result<Tensor> {
+    let n_tokens = input.n_tokens()?;
+    let n_queries = input.n_queries()?;
+    if window == 0 || window >= n_tokens || window > n_queries {
+        return Err(Error::InvalidArgument(format!(
+            "a window of {window} queries needs more than {window} cached tokens and at least \
+             {window} queries (have {n_tokens} tokens, {n_queries} queries)"
+        )));
+    }
+    if let Some(weights) = input.attention_weights {
+        return Ok(weights
+            .narrow(2, n_queries - window, window)?
+            .narrow(3, 0, n_tokens - window)?
+            .to_dtype(DType::F32)?);
+    }
+    let (batch, n_heads, _, head_dim) = input.queries.dims4()?;
+    let n_kv_heads = input.shape.n_kv_heads;
+    let group = n_heads / n_kv_heads;
+    let queries = input
+        .queries
+        .narrow(2, n_queries - window, window)?
+        .to_dtype(DType::F32)?
+        .reshape((batch, n_kv_heads, group * window, head_dim))?;
+    let logits = (queries.matmul(&input.keys.t()?)? / (head_dim as f64).sqrt())?
+        .reshape((batch, n_heads, window, n_tokens))?;
+    let mask: Vec<f32> = (0..window)
+        .flat_map(|i| {
+            (0..n_tokens).map(move |j| {
+                if j > n_tokens - window + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (window, n_tokens), input.keys.device())?;
+    let weights = candle_nn::ops::softmax_last_dim(&logits.broadcast_add(&mask)?)?;
+    Ok(weights.narrow(3, 0, n_tokens - window)?)
+}
+
+/// L2 norm of every cached vector, `(batch, n_kv_heads, n_tokens)`.
+pub fn vector_norms(vectors: &Tensor) -> Result<Tensor> {
+    Ok(vectors.sqr()?.sum(D::Minus1)?.sqrt()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn pooling_divides_edges_by_the_kernel() -> Result<()> {
+        let x = Tensor::new(&[[[5f32, 5.0, 5.0, 5.0]]], &Device::Cpu)?;
+        let pooled = average_pool(&x, 5)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(pooled, vec![3.0, 4.0, 4.0, 3.0]);
+        assert!(average_pool(&x, 4).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn padding_uses_the_global_maximum_plus_one() -> Result<()> {
+        let x = Tensor::new(&[[[1f32, 2.0], [0.5, 7.0]]], &Device::Cpu)?;
+        let padded = pad_with_max(&x, 1, 2)?;
+        assert_eq!(padded.dims(), &[1, 2, 5]);
+        assert_eq!(
+            padded.get(0)?.get(0)?.to_vec1::<f32>()?,
+            vec![8.0, 1.0, 2.0, 8.0, 8.0]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn group_mean_averages_consecutive_query_heads() -> Result<()> {
+        let x = Tensor::new(&[[[1f32], [3.0], [10.0], [20.0]]], &Device::Cpu)?;
+        let mean = mean_over_query_groups(&x, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(mean, vec![2.0, 15.0]);
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! The [`Scorer`] trait and the scorer-plus-allocator press built from it.
+
+use candle_core::Tensor;
+
+use crate::press::{BudgetAllocator, Compression, LayerPosition, PressInput};
+use crate::{Error, Result};
+
+/// Scores every cached token of every KV head: higher means keep.
+pub trait Scorer: std::fmt::Debug + Send + Sync {
+    /// Scores `(batch, n_kv_heads, n_tokens)` in f32 for the tokens of `input.keys`.
+    /// `compression_ratio` is the ratio the scores will be used at (a few methods, like
+    /// StreamingLLM, depend on it).
+    fn score(&self, input: &PressInput<'_>, compression_ratio: f64) -> Result<Tensor>;
+}
+
+/// The common press: score with `scorer`, then let `allocator` choose what each head keeps.
+/// At ratio 0 nothing is scored and everything is kept, as in kvpress.
+pub fn score_and_allocate(
+    scorer: &dyn Scorer,
+    allocator: &dyn BudgetAllocator,
+    input: &PressInput<'_>,
+    compression_ratio: f64,
+) -> Result<Compression> {
+    if compression_ratio == 0.0 {
+        return Compression::keep_all(input);
+    }
+    let scores = scorer.score(input, compression_ratio)?;
+    let expected = (input.batch()?, input.shape.n_kv_heads, input.n_tokens()?);
+    if scores.dims3().ok() != Some(expected) {
+        return Err(Error::Shape(format!(
+            "a scorer returned scores {:?}, expected (batch, n_kv_heads, n_tokens) = {expected:?}",
+            scores.dims()
+        )));
+    }
+    let layer = LayerPosition {
+        layer_idx: input.layer_idx,
+        n_layers: input.n_layers,
+    };
+    let selection = allocator.allocate(&scores, compression_ratio, layer)?;
+    Ok(Compression::select(selection, Some(scores)))
+}
+
+/// Checks the context is longer than a window a method needs.
+pub fn check_window(press: &str, field: &str, window: usize, n_tokens: usize) -> Result<()> {
+    if window < n_tokens {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "{press}: {field} = {window} must be smaller than the context ({n_tokens} tokens); \
+             use a smaller {field} or a longer context"
+        )))
+    }
+}
+
+/// Implements [`crate::Press`] for a scorer type with a `compression_ratio` field, registered
+/// under `$name` and allocating with `$allocator` (an expression of a type implementing
+/// [`BudgetAllocator`], evaluated with `self` in scope).
+///
+/// ```ignore
+/// kvpress_core::scorer_press!(Knorm, "knorm", kvpress_core::UniformAllocator);
+/// ```
+#[macro_export]
+macro_rules! scorer_press {
+    ($type:ty, $name:literal, |$this:ident| $allocator:expr) => {
+        #[typetag::serde(name = $name)]
+        impl $crate::press::Press for $type {
+            fn compression_ratio(&self) -> f64 {
+                self.compression_ratio
+            }
+
+            fn validate(&self) -> $crate::Result<()> {
+                $crate::press::check_compression_ratio($name, self.compression_ratio)?;
+                self.check_parameters()
+            }
+
+            fn scorer(&self) -> Option<&dyn $crate::press::Scorer> {
+                Some(self)
+            }
+
+            fn compress_at_ratio(
+                &self,
+                input: &$crate::press::PressInput<'_>,
+                compression_ratio: f64,
+            ) -> $crate::Result<$crate::press::Compression> {
+                let $this = self;
+                $crate::press::score_and_allocate(self, &$allocator, input, compression_ratio)
+            }
+        }
+    };
+    ($type:ty, $name:literal) => {
+        $crate::scorer_press!($type, $name, |_this| $crate::press::UniformAllocator);
+    };
+}
