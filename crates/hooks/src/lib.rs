@@ -18,9 +18,11 @@
 #![warn(missing_docs)]
 
 mod error;
+mod press_hook;
 mod prompt;
 mod session;
 
 pub use error::{Error, Result};
+pub use press_hook::{LayerRecord, PressHook};
 pub use prompt::PromptSplit;
-pub use session::ContextSession;
+pub use session::{CompressionReport, ContextSession};

@@ -1,9 +1,14 @@
-//! Compress once, answer many: a prefilled context and the questions asked of it.
+//! Compress once, answer many: a prefilled (and possibly compressed) context and the questions
+//! asked of it.
+
+use std::time::Instant;
 
 use candle_core::Tensor;
+use kvpress_core::press::Press;
 use kvpress_core::{AttentionHook, ModelCache};
 use models::{generate, GenerationConfig, GenerationOutput, Model};
 
+use crate::press_hook::{LayerRecord, PressHook};
 use crate::Result;
 
 /// A context prefilled into a cache (and compressed by whatever hook ran during prefill).
@@ -17,8 +22,49 @@ pub struct ContextSession {
     pub last_logits: Tensor,
 }
 
+/// What compressing a context did.
+#[derive(Debug, Clone)]
+pub struct CompressionReport {
+    /// Tokens of the context.
+    pub context_tokens: usize,
+    /// One record per layer.
+    pub layers: Vec<LayerRecord>,
+    /// Seconds of the whole prefill forward, compression included.
+    pub prefill_seconds: f64,
+    /// Seconds spent compressing (reading the cache, scoring, selecting, compacting).
+    pub compression_seconds: f64,
+    /// Bytes the uncompressed context cache allocated (K and V, all layers).
+    pub kv_bytes_full: usize,
+    /// Bytes the compressed context cache allocates (K and V, all layers).
+    pub kv_bytes: usize,
+}
+
+impl CompressionReport {
+    /// Fraction of `(layer, head, token)` entries kept.
+    pub fn kept_fraction(&self) -> f64 {
+        let (kept, total) = self.layers.iter().fold((0, 0), |(k, t), layer| {
+            let s = &layer.selection;
+            (
+                k + s.total_kept(),
+                t + s.batch() * s.n_kv_heads() * s.n_tokens(),
+            )
+        });
+        if total == 0 {
+            1.0
+        } else {
+            kept as f64 / total as f64
+        }
+    }
+
+    /// Cache length of every layer after compression.
+    pub fn cache_lengths(&self) -> Vec<usize> {
+        self.layers.iter().map(|l| l.cache_len).collect()
+    }
+}
+
 impl ContextSession {
-    /// Prefills `context_ids` in one forward, running `hook` in every layer.
+    /// Prefills `context_ids` in one forward, running `hook` in every layer; the cache is then
+    /// shrunk to what it stores.
     pub fn prefill(
         model: &Model,
         context_ids: &[u32],
@@ -27,6 +73,11 @@ impl ContextSession {
         let mut cache = model.new_cache();
         let input = Tensor::new(context_ids, model.device())?.unsqueeze(0)?;
         let last_logits = model.forward(&input, &mut cache, hook)?.squeeze(0)?;
+        for layer_idx in 0..cache.n_layers() {
+            if let Some(layer) = cache.layer_mut(layer_idx) {
+                layer.shrink_to_fit()?;
+            }
+        }
         Ok(Self {
             context_lengths: cache.lengths(),
             context_seen: cache.seen_tokens(),
@@ -35,13 +86,44 @@ impl ContextSession {
         })
     }
 
+    /// Prefills `context_ids` and compresses every layer with `press`, keeping the press's
+    /// scores of the layers in `score_layers` in the report. With a press that re-rotates keys,
+    /// later tokens continue from the compressed length instead of the original one.
+    pub fn compress(
+        model: &Model,
+        context_ids: &[u32],
+        press: &dyn Press,
+        score_layers: &[usize],
+    ) -> Result<(Self, CompressionReport)> {
+        let mut hook = PressHook::new(press, score_layers)?;
+        let start = Instant::now();
+        let mut session = Self::prefill(model, context_ids, Some(&mut hook))?;
+        let prefill_seconds = start.elapsed().as_secs_f64();
+        let layers = hook.into_records();
+        if press.rerotates_keys() {
+            let compressed = session.cache.lengths().into_iter().max().unwrap_or(0);
+            session.cache.set_seen_tokens(compressed);
+            session.context_seen = compressed;
+        }
+        let report = CompressionReport {
+            context_tokens: context_ids.len(),
+            prefill_seconds,
+            compression_seconds: layers.iter().map(|l| l.seconds).sum(),
+            kv_bytes_full: layers.iter().map(|l| l.bytes_before).sum(),
+            kv_bytes: session.cache.bytes_reserved(),
+            layers,
+        };
+        Ok((session, report))
+    }
+
     /// The cache holding the (possibly compressed) context.
     pub fn cache(&self) -> &ModelCache {
         &self.cache
     }
 
-    /// Answers `question_ids`: they take positions after the original context, then tokens are
-    /// generated; afterwards the cache is rewound to the context.
+    /// Answers `question_ids`: they take positions after the original context (or after the
+    /// compressed one, for presses that re-rotate keys), then tokens are generated; afterwards
+    /// the cache is rewound to the context.
     pub fn answer(
         &mut self,
         model: &Model,

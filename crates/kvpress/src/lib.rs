@@ -7,9 +7,22 @@
 
 pub mod bench;
 pub mod default_model;
+pub mod listing;
+pub mod run;
 pub mod trace;
 
 pub use candle_core as candle;
+
+/// The press crates, linked here once so that their presses are registered for every user of
+/// this crate (configs and the registry find them by name).
+pub mod presses {
+    pub use presses_baselines as baselines;
+    pub use presses_criticalkv as criticalkv;
+    pub use presses_expected_attention as expected_attention;
+    pub use presses_pyramidkv as pyramidkv;
+    pub use presses_snapkv as snapkv;
+    pub use presses_wrappers as wrappers;
+}
 pub use hooks;
 pub use kvpress_core as core;
 pub use models;

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use hooks::{ContextSession, PromptSplit};
+use kvpress_core::Press;
 use models::{GenerationConfig, LoadedModel, Sampling};
 use serde::{Deserialize, Serialize};
 
-/// Layers whose first keys/values are recorded (first, middle, last of the default model).
+/// Layers whose first keys/values and press scores are recorded (first, middle, last of the
+/// default model).
 pub const RECORDED_LAYERS: [usize; 3] = [0, 15, 29];
 /// Number of context tokens whose keys/values are recorded.
 pub const RECORDED_TOKENS: usize = 4;
@@ -40,6 +42,25 @@ pub struct FullTrace {
     pub answer_text: String,
 }
 
+/// What one press did to the prompt's context.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PressTrace {
+    /// `[layer][kv_head]` → sorted kept context token indices.
+    pub kept: Vec<Vec<Vec<u32>>>,
+    /// Layer → `[kv_head][token]` scores of the press, for the recorded layers.
+    pub scores: BTreeMap<String, Vec<Vec<f32>>>,
+    /// Cache length of every layer after compression.
+    pub cache_lengths: Vec<usize>,
+    /// Greedy answer ids from the compressed cache.
+    pub answer_ids: Vec<u32>,
+    /// Greedy answer text.
+    pub answer_text: String,
+    /// Bytes the compressed context cache allocates (K and V, all layers), before the question.
+    pub kv_bytes: usize,
+    /// Bytes the uncompressed context cache allocates.
+    pub kv_bytes_full: usize,
+}
+
 /// Output of `kvpress trace`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Trace {
@@ -53,10 +74,25 @@ pub struct Trace {
     pub question_ids: Vec<u32>,
     /// Full-cache results.
     pub full: FullTrace,
+    /// Press name → what the press did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub presses: BTreeMap<String, PressTrace>,
 }
 
-/// Traces `prompt` on `model`: split, prefill, record, answer greedily.
-pub fn trace(model: &LoadedModel, prompt: &PromptFile) -> Result<Trace> {
+fn greedy() -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens: MAX_NEW_TOKENS,
+        sampling: Sampling::Greedy,
+    }
+}
+
+/// Traces `prompt` on `model`: split, prefill, record, answer greedily; then the same with every
+/// press of `presses` (name, press).
+pub fn trace(
+    model: &LoadedModel,
+    prompt: &PromptFile,
+    presses: &[(String, Box<dyn Press>)],
+) -> Result<Trace> {
     let split = PromptSplit::new(model, &prompt.context, &prompt.question)?;
     let mut session = ContextSession::prefill(&model.model, &split.context_ids, None)?;
     let mut keys_first4 = BTreeMap::new();
@@ -74,17 +110,19 @@ pub fn trace(model: &LoadedModel, prompt: &PromptFile) -> Result<Trace> {
         keys_first4.insert(layer_idx.to_string(), first_tokens(&keys, n)?);
         values_first4.insert(layer_idx.to_string(), first_tokens(&values, n)?);
     }
-    let config = GenerationConfig {
-        max_new_tokens: MAX_NEW_TOKENS,
-        sampling: Sampling::Greedy,
-    };
     let answer = session.answer(
         &model.model,
         &split.question_ids,
         model.tokenizer.eos_ids(),
-        &config,
+        &greedy(),
         &mut |_| Ok(()),
     )?;
+    let mut press_traces = BTreeMap::new();
+    for (name, press) in presses {
+        let press_trace =
+            trace_press(model, &split, press.as_ref()).with_context(|| format!("press {name}"))?;
+        press_traces.insert(name.clone(), press_trace);
+    }
     Ok(Trace {
         full: FullTrace {
             last_logits: session.last_logits.to_vec1()?,
@@ -97,6 +135,48 @@ pub fn trace(model: &LoadedModel, prompt: &PromptFile) -> Result<Trace> {
         question_text: split.question_text,
         context_ids: split.context_ids,
         question_ids: split.question_ids,
+        presses: press_traces,
+    })
+}
+
+/// Compresses the split prompt's context with `press`, then answers greedily.
+pub fn trace_press(
+    model: &LoadedModel,
+    split: &PromptSplit,
+    press: &dyn Press,
+) -> Result<PressTrace> {
+    let (mut session, report) =
+        ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
+    let answer = session.answer(
+        &model.model,
+        &split.question_ids,
+        model.tokenizer.eos_ids(),
+        &greedy(),
+        &mut |_| Ok(()),
+    )?;
+    let mut scores = BTreeMap::new();
+    for layer in &report.layers {
+        if let Some(layer_scores) = &layer.scores {
+            scores.insert(layer.layer_idx.to_string(), layer_scores.get(0)?.to_vec2()?);
+        }
+    }
+    let n_kv_heads = model.model.config().n_kv_heads;
+    Ok(PressTrace {
+        kept: report
+            .layers
+            .iter()
+            .map(|l| {
+                (0..n_kv_heads)
+                    .map(|h| l.selection.head(0, h).to_vec())
+                    .collect()
+            })
+            .collect(),
+        scores,
+        cache_lengths: report.cache_lengths(),
+        answer_text: model.tokenizer.decode(&answer.tokens, true)?,
+        answer_ids: answer.tokens,
+        kv_bytes: report.kv_bytes,
+        kv_bytes_full: report.kv_bytes_full,
     })
 }
 

@@ -36,7 +36,7 @@ fn default_model(mode: WeightMode) -> LoadedModel {
 fn trace_fixture_prompt(model: &LoadedModel, fixture: &Value) -> Trace {
     let prompt: PromptFile =
         serde_json::from_value(fixture["prompt"].clone()).expect("fixture prompt");
-    trace(model, &prompt).expect("trace runs")
+    trace(model, &prompt, &[]).expect("trace runs")
 }
 
 fn ids(value: &Value) -> Vec<u32> {

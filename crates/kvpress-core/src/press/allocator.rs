@@ -132,7 +132,9 @@ mod tests {
     #[test]
     fn ratio_outside_the_unit_interval_is_an_error() {
         assert!(check_compression_ratio("knorm", 0.0).is_ok());
-        let err = check_compression_ratio("knorm", 1.0).unwrap_err().to_string();
+        let err = check_compression_ratio("knorm", 1.0)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("outside [0, 1)"), "{err}");
         assert!(check_compression_ratio("knorm", -0.1).is_err());
         assert!(check_compression_ratio("knorm", f64::NAN).is_err());

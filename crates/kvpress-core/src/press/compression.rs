@@ -76,6 +76,9 @@ pub trait Press: std::fmt::Debug + Send + Sync {
 
     /// Decides what one layer keeps at `compression_ratio` (per-layer ratios and decode-time
     /// compression set the ratio from outside).
-    fn compress_at_ratio(&self, input: &PressInput<'_>, compression_ratio: f64)
-        -> Result<Compression>;
+    fn compress_at_ratio(
+        &self,
+        input: &PressInput<'_>,
+        compression_ratio: f64,
+    ) -> Result<Compression>;
 }

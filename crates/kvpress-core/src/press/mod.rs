@@ -23,7 +23,9 @@ pub use allocator::{
     UniformAllocator,
 };
 pub use compression::{Compression, Press};
-pub use config::{press_from_file, press_from_json, press_from_toml, press_from_value, press_to_json};
+pub use config::{
+    press_from_file, press_from_json, press_from_toml, press_from_value, press_to_json,
+};
 pub use input::{CachedKeysValues, InputChunk, PressInput};
 pub use no_press::NoPress;
 pub use registry::{

@@ -150,7 +150,9 @@ mod tests {
     #[test]
     fn group_mean_averages_consecutive_query_heads() -> Result<()> {
         let x = Tensor::new(&[[[1f32], [3.0], [10.0], [20.0]]], &Device::Cpu)?;
-        let mean = mean_over_query_groups(&x, 2)?.flatten_all()?.to_vec1::<f32>()?;
+        let mean = mean_over_query_groups(&x, 2)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         assert_eq!(mean, vec![2.0, 15.0]);
         Ok(())
     }

@@ -90,10 +90,7 @@ impl Selection {
     /// The number of tokens every head keeps, or `None` when heads keep different numbers.
     pub fn uniform_len(&self) -> Option<usize> {
         let first = self.kept.first().map_or(0, Vec::len);
-        self.kept
-            .iter()
-            .all(|h| h.len() == first)
-            .then_some(first)
+        self.kept.iter().all(|h| h.len() == first).then_some(first)
     }
 
     /// Whether every head keeps every token.

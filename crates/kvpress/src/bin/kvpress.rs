@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
+use kvpress::core::press::{press_from_file, Press};
+use kvpress::core::NoPress;
 use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling, WeightMode};
-use kvpress::{bench, default_model, parse_cache_dtype, parse_weight_mode, trace};
+use kvpress::{bench, default_model, listing, parse_cache_dtype, parse_weight_mode, run, trace};
 
 // Large activations are allocated and freed in every layer; glibc's allocator returns such blocks
 // to the kernel each time, so every forward pays for fresh zeroed pages. mimalloc keeps them.
@@ -89,7 +91,30 @@ enum Command {
         /// Output JSON file.
         #[arg(long)]
         out: PathBuf,
+        /// Also compress the context with this press config (.json or .toml) and record what it
+        /// kept, under `presses.<file name>`; repeat for several presses.
+        #[arg(long)]
+        press: Vec<PathBuf>,
     },
+    /// Compress a context once with a press, then answer each question from the compressed cache.
+    Run {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file holding the context.
+        #[arg(long)]
+        context: PathBuf,
+        /// A question about the context; repeat to ask several.
+        #[arg(long, required = true)]
+        question: Vec<String>,
+        /// Press config (.json or .toml) [default: no compression].
+        #[arg(long)]
+        press: Option<PathBuf>,
+        /// Maximum number of generated tokens per answer.
+        #[arg(long, default_value_t = 64)]
+        max_new_tokens: usize,
+    },
+    /// List every registered press with its parameters and defaults.
+    Presses,
     /// Measure prefill tokens/s and decode ms/token at several context lengths.
     Bench {
         #[command(flatten)]
@@ -155,7 +180,32 @@ fn run(cli: Cli) -> Result<()> {
                 raw,
             )?;
         }
-        Command::Trace { model, prompt, out } => {
+        Command::Presses => print!("{}", listing::press_listing()?),
+        Command::Run {
+            model,
+            context,
+            question,
+            press,
+            max_new_tokens,
+        } => {
+            let press = load_press(press.as_deref())?;
+            let text = std::fs::read_to_string(&context)
+                .with_context(|| format!("cannot read {}", context.display()))?;
+            let output = run::run(
+                &model.load()?,
+                &text,
+                &question,
+                press.as_ref(),
+                max_new_tokens,
+            )?;
+            run::print(&output, std::io::stdout())?;
+        }
+        Command::Trace {
+            model,
+            prompt,
+            out,
+            press,
+        } => {
             let text = std::fs::read_to_string(&prompt)
                 .with_context(|| format!("cannot read {}", prompt.display()))?;
             let prompt_file: trace::PromptFile =
@@ -165,7 +215,20 @@ fn run(cli: Cli) -> Result<()> {
                         prompt.display()
                     )
                 })?;
-            let result = trace::trace(&model.load()?, &prompt_file)?;
+            let presses = press
+                .iter()
+                .map(|path| {
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    Ok((name, press_from_file(path)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let result = trace::trace(&model.load()?, &prompt_file, &presses)?;
+            for (name, press_trace) in &result.presses {
+                eprintln!("{name}: answer {:?}", press_trace.answer_text);
+            }
             std::fs::write(&out, serde_json::to_string(&result)?)
                 .with_context(|| format!("cannot write {}", out.display()))?;
             eprintln!("answer: {:?}", result.full.answer_text);
@@ -195,6 +258,13 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn load_press(path: Option<&std::path::Path>) -> Result<Box<dyn Press>> {
+    match path {
+        Some(path) => Ok(press_from_file(path)?),
+        None => Ok(Box::new(NoPress::default())),
+    }
 }
 
 fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: bool) -> Result<()> {

@@ -1,2 +1,35 @@
-//! Baseline presses for kvpress-rs: knorm, streaming_llm, random, tova, observed_attention, keydiff.
+//! Baseline presses for kvpress-rs, each computing its scores the way kvpress 0.5.5 does:
+//!
+//! - [`Knorm`] (`"knorm"`): keeps the keys of smallest L2 norm.
+//! - [`StreamingLlm`] (`"streaming_llm"`): keeps the first `n_sink` tokens and the most recent.
+//! - [`RandomPress`] (`"random"`): keeps random tokens (seedable).
+//! - [`Tova`] (`"tova"`): keeps the tokens the last query attends to most, averaged over heads.
+//! - [`ObservedAttention`] (`"observed_attention"`): keeps the tokens with the largest average
+//!   attention received from the queries that see them (needs the model's attention weights).
+//! - [`KeyDiff`] (`"keydiff"`): keeps the keys least similar to the mean normalised key.
+//!
+//! Every press here scores tokens and lets the uniform allocator keep each head's top
+//! `floor(T * (1 - ratio))` tokens.
+//!
+//! ```
+//! use kvpress_core::Press;
+//! use presses_baselines::StreamingLlm;
+//! let press = StreamingLlm { compression_ratio: 0.5, ..StreamingLlm::default() };
+//! assert_eq!(press.n_sink, 4);
+//! assert!(press.validate().is_ok());
+//! ```
 #![warn(missing_docs)]
+
+pub mod keydiff;
+pub mod knorm;
+pub mod observed_attention;
+pub mod random;
+pub mod streaming_llm;
+pub mod tova;
+
+pub use keydiff::{keydiff_scores, KeyDiff};
+pub use knorm::{knorm_scores, Knorm};
+pub use observed_attention::{observed_attention_scores, ObservedAttention};
+pub use random::{random_scores, RandomPress};
+pub use streaming_llm::{streaming_llm_scores, StreamingLlm};
+pub use tova::{tova_scores, Tova};

@@ -147,7 +147,9 @@ mod tests {
     #[test]
     fn budgets_match_the_kvpress_fixture() {
         // Cache lengths kvpress produced for 1175 tokens at ratio 0.5 (30 layers).
-        let budgets: Vec<usize> = (0..30).map(|l| layer_budget(1175, 0.5, 64, 20.0, l, 30)).collect();
+        let budgets: Vec<usize> = (0..30)
+            .map(|l| layer_budget(1175, 0.5, 64, 20.0, l, 30))
+            .collect();
         assert_eq!(&budgets[..3], &[1111, 1075, 1039]);
         let mean = budgets.iter().sum::<usize>() as f64 / 30.0;
         assert!((mean - 587.5).abs() < 1.0, "mean budget {mean}");

@@ -32,13 +32,23 @@ fn snapkv_kept_sets_on_a_fixed_input() {
 #[test]
 fn a_window_as_long_as_the_context_is_an_error() {
     let layer = SyntheticLayer::random(SyntheticShape::small(16), 1).unwrap();
-    let error = snapkv(0.5).compress(&layer.input()).unwrap_err().to_string();
-    assert!(error.contains("window_size = 16 must be smaller than the context (16 tokens)"), "{error}");
+    let error = snapkv(0.5)
+        .compress(&layer.input())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("window_size = 16 must be smaller than the context (16 tokens)"),
+        "{error}"
+    );
 }
 
 #[test]
 fn even_kernels_are_rejected() {
-    let press = SnapKv { compression_ratio: 0.5, window_size: 8, kernel_size: 4 };
+    let press = SnapKv {
+        compression_ratio: 0.5,
+        window_size: 8,
+        kernel_size: 4,
+    };
     let error = press.validate().unwrap_err().to_string();
     assert!(error.contains("kernel_size 4 must be odd"), "{error}");
 }

@@ -45,8 +45,17 @@ pub fn run_conformance(make: &dyn Fn(f64) -> Box<dyn Press>, promises: &Promises
     check_promised_tokens(&name, &main_layer, make, promises);
     let constant = constant_layer(make(0.5).as_ref(), SyntheticShape::small(N_TOKENS));
     check_finite(&name, "a constant input", &constant, make(0.5).as_ref());
-    let tiny = random_layer(make(0.5).as_ref(), SyntheticShape::small(promises.min_tokens), 3);
-    check_finite(&name, "the shortest accepted input", &tiny, make(0.5).as_ref());
+    let tiny = random_layer(
+        make(0.5).as_ref(),
+        SyntheticShape::small(promises.min_tokens),
+        3,
+    );
+    check_finite(
+        &name,
+        "the shortest accepted input",
+        &tiny,
+        make(0.5).as_ref(),
+    );
     let batch = random_layer(
         make(0.5).as_ref(),
         SyntheticShape {
@@ -199,7 +208,10 @@ fn check_promised_tokens(
 fn check_finite(name: &str, what: &str, layer: &SyntheticLayer, press: &dyn Press) {
     let compression = compress(name, layer, press);
     if let Some(scores) = &compression.scores {
-        let values = scores.flatten_all().and_then(|t| t.to_vec1::<f32>()).unwrap();
+        let values = scores
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .unwrap();
         assert!(
             values.iter().all(|v| !v.is_nan()),
             "{name}: NaN scores on {what}"

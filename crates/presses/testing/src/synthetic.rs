@@ -112,7 +112,11 @@ impl SyntheticLayer {
             ones(shape.n_kv_heads * shape.head_dim * shape.hidden),
             ones(shape.hidden * shape.n_heads * shape.head_dim),
         ];
-        Self::from_parts(shape, ones(shape.batch * shape.n_tokens * shape.hidden), weights)
+        Self::from_parts(
+            shape,
+            ones(shape.batch * shape.n_tokens * shape.hidden),
+            weights,
+        )
     }
 
     fn from_parts(

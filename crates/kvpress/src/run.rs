@@ -1,0 +1,105 @@
+//! `kvpress run`: compress a context once with a press, then answer questions from it.
+
+use std::io::Write;
+
+use anyhow::{bail, Result};
+use hooks::{CompressionReport, ContextSession, PromptSplit};
+use kvpress_core::Press;
+use models::{GenerationConfig, LoadedModel, Sampling};
+
+/// One answered question.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The question asked.
+    pub question: String,
+    /// The generated text.
+    pub text: String,
+    /// Seconds to answer (question prefill plus decoding).
+    pub seconds: f64,
+    /// Generated tokens.
+    pub n_tokens: usize,
+}
+
+/// What `kvpress run` did.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The compression of the context.
+    pub report: CompressionReport,
+    /// One answer per question, in order.
+    pub answers: Vec<Answer>,
+}
+
+/// Compresses `context` with `press` (or keeps the full cache) and answers every question
+/// greedily with at most `max_new_tokens` tokens.
+pub fn run(
+    model: &LoadedModel,
+    context: &str,
+    questions: &[String],
+    press: &dyn Press,
+    max_new_tokens: usize,
+) -> Result<RunOutput> {
+    if questions.is_empty() {
+        bail!("no question: pass --question at least once");
+    }
+    if context.trim().is_empty() {
+        bail!("the context is empty");
+    }
+    // The context part of the prompt does not depend on the question.
+    let context_ids = PromptSplit::new(model, context, &questions[0])?.context_ids;
+    let (mut session, report) = ContextSession::compress(&model.model, &context_ids, press, &[])?;
+    let config = GenerationConfig {
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+    };
+    let mut answers = Vec::with_capacity(questions.len());
+    for question in questions {
+        let split = PromptSplit::new(model, context, question)?;
+        let start = std::time::Instant::now();
+        let output = session.answer(
+            &model.model,
+            &split.question_ids,
+            model.tokenizer.eos_ids(),
+            &config,
+            &mut |_| Ok(()),
+        )?;
+        answers.push(Answer {
+            question: question.clone(),
+            text: model.tokenizer.decode(&output.tokens, true)?,
+            seconds: start.elapsed().as_secs_f64(),
+            n_tokens: output.tokens.len(),
+        });
+    }
+    Ok(RunOutput { report, answers })
+}
+
+/// Prints the answers and a summary of the compression.
+pub fn print(output: &RunOutput, mut out: impl Write) -> std::io::Result<()> {
+    for answer in &output.answers {
+        writeln!(out, "Q: {}", answer.question)?;
+        writeln!(out, "A: {}", answer.text.trim())?;
+        writeln!(
+            out,
+            "   ({} tokens in {:.2} s)",
+            answer.n_tokens, answer.seconds
+        )?;
+    }
+    let report = &output.report;
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    writeln!(
+        out,
+        "context: {} tokens | kept {:.1}% | KV cache {:.2} MiB -> {:.2} MiB ({} -> {} bytes)",
+        report.context_tokens,
+        100.0 * report.kept_fraction(),
+        mib(report.kv_bytes_full),
+        mib(report.kv_bytes),
+        report.kv_bytes_full,
+        report.kv_bytes
+    )?;
+    writeln!(
+        out,
+        "prefill {:.2} s, of which compression {:.3} s ({:.1}%)",
+        report.prefill_seconds,
+        report.compression_seconds,
+        100.0 * report.compression_seconds / report.prefill_seconds.max(1e-9)
+    )
+}

@@ -1,0 +1,96 @@
+//! [`Composed`]: presses applied in sequence.
+
+use kvpress_core::press::{Compression, Press, PressInput, Selection};
+use kvpress_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Applies its presses one after another: each sees the cache as the previous one left it (the
+/// hidden states and queries stay those of the forward). The ratio is `1 - Π(1 - r_i)`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Composed {
+    /// The presses, in the order they run.
+    pub presses: Vec<Box<dyn Press>>,
+}
+
+#[typetag::serde(name = "composed")]
+impl Press for Composed {
+    fn compression_ratio(&self) -> f64 {
+        1.0 - self
+            .presses
+            .iter()
+            .map(|p| 1.0 - p.compression_ratio())
+            .product::<f64>()
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.presses.is_empty() {
+            return Err(Error::InvalidArgument(
+                "composed: `presses` is empty; list at least one press".to_string(),
+            ));
+        }
+        for (i, press) in self.presses.iter().enumerate() {
+            press.validate()?;
+            if i > 0 && press.needs_attention_weights() {
+                return Err(Error::InvalidArgument(format!(
+                    "composed: press {i} needs attention weights, which only the first press \
+                     gets (they no longer match the cache after the first press)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn needs_attention_weights(&self) -> bool {
+        self.presses
+            .first()
+            .is_some_and(|p| p.needs_attention_weights())
+    }
+
+    fn rerotates_keys(&self) -> bool {
+        self.presses.iter().any(|p| p.rerotates_keys())
+    }
+
+    fn compress(&self, input: &PressInput<'_>) -> Result<Compression> {
+        let mut selection =
+            Selection::all(input.batch()?, input.shape.n_kv_heads, input.n_tokens()?);
+        let mut keys = input.keys.clone();
+        let mut values = input.values.clone();
+        let mut replaced_keys = false;
+        for (i, press) in self.presses.iter().enumerate() {
+            let step = if i == 0 {
+                press.compress(input)?
+            } else {
+                press.compress(&input.with_keys_values(&keys, &values))?
+            };
+            selection = selection.then(&step.selection)?;
+            values = step.selection.gather(&values)?;
+            keys = match step.keys {
+                Some(new_keys) => {
+                    replaced_keys = true;
+                    new_keys
+                }
+                None => step.selection.gather(&keys)?,
+            };
+        }
+        Ok(Compression {
+            selection,
+            scores: None,
+            keys: replaced_keys.then_some(keys),
+        })
+    }
+
+    fn compress_at_ratio(&self, _input: &PressInput<'_>, _ratio: f64) -> Result<Compression> {
+        Err(Error::Unsupported(
+            "a composed press has no single compression ratio to set; set the ratios of the \
+             presses inside"
+                .to_string(),
+        ))
+    }
+}
+
+kvpress_core::register_press!("composed", "applies its presses one after another", || {
+    Box::new(Composed {
+        presses: vec![Box::new(kvpress_core::NoPress::default())],
+    })
+});
