@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod default_model;
 pub mod listing;
+pub mod press_bench;
 pub mod run;
 pub mod trace;
 

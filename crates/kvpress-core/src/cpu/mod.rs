@@ -14,7 +14,7 @@ mod blas;
 mod decode_attention;
 mod matvec;
 mod sgemm;
-mod softmax;
+pub(crate) mod softmax;
 mod view;
 
 pub use activation::silu_mul;

@@ -77,6 +77,70 @@ pub fn average_pool(scores: &Tensor, kernel: usize) -> Result<Tensor> {
 /// `compute_window_attention`). Uses the model's attention weights when they were computed.
 pub fn window_attention(input: &PressInput<'_>, window: usize) -> Result<Tensor> {
     let n_tokens = input.n_tokens()?;
+    if let Some(weights) = eager_window(input, window)? {
+        return Ok(weights);
+    }
+    let (batch, n_heads) = (input.batch()?, input.shape.n_heads);
+    let mut rows = window_softmax_rows(input, window)?;
+    let kept = n_tokens - window;
+    let mut out = Vec::with_capacity(rows.len() / n_tokens * kept);
+    for row in rows.chunks_exact_mut(n_tokens) {
+        out.extend_from_slice(&row[..kept]);
+    }
+    Ok(Tensor::from_vec(
+        out,
+        (batch, n_heads, window, kept),
+        input.keys.device(),
+    )?)
+}
+
+/// The mean over the window's queries of [`window_attention`], `(batch, n_heads, n_tokens -
+/// window)`: how much attention each earlier token receives from the last `window` queries.
+pub fn window_attention_mean(input: &PressInput<'_>, window: usize) -> Result<Tensor> {
+    let n_tokens = input.n_tokens()?;
+    if let Some(weights) = eager_window(input, window)? {
+        return Ok(weights.mean(2)?);
+    }
+    let (batch, n_heads) = (input.batch()?, input.shape.n_heads);
+    let rows = window_softmax_rows(input, window)?;
+    let kept = n_tokens - window;
+    let mut mean = vec![0f32; batch * n_heads * kept];
+    for (head_rows, head_mean) in rows
+        .chunks_exact(window * n_tokens)
+        .zip(mean.chunks_exact_mut(kept))
+    {
+        for row in head_rows.chunks_exact(n_tokens) {
+            head_mean
+                .iter_mut()
+                .zip(&row[..kept])
+                .for_each(|(m, &p)| *m += p);
+        }
+        head_mean.iter_mut().for_each(|m| *m /= window as f32);
+    }
+    Ok(Tensor::from_vec(
+        mean,
+        (batch, n_heads, kept),
+        input.keys.device(),
+    )?)
+}
+
+/// The window rows of the model's own attention weights, when it computed them.
+fn eager_window(input: &PressInput<'_>, window: usize) -> Result<Option<Tensor>> {
+    check_window_fits(input, window)?;
+    let Some(weights) = input.attention_weights else {
+        return Ok(None);
+    };
+    let (n_tokens, n_queries) = (input.n_tokens()?, input.n_queries()?);
+    Ok(Some(
+        weights
+            .narrow(2, n_queries - window, window)?
+            .narrow(3, 0, n_tokens - window)?
+            .to_dtype(DType::F32)?,
+    ))
+}
+
+fn check_window_fits(input: &PressInput<'_>, window: usize) -> Result<()> {
+    let n_tokens = input.n_tokens()?;
     let n_queries = input.n_queries()?;
     if window == 0 || window >= n_tokens || window > n_queries {
         return Err(Error::InvalidArgument(format!(
@@ -84,12 +148,15 @@ pub fn window_attention(input: &PressInput<'_>, window: usize) -> Result<Tensor>
              {window} queries (have {n_tokens} tokens, {n_queries} queries)"
         )));
     }
-    if let Some(weights) = input.attention_weights {
-        return Ok(weights
-            .narrow(2, n_queries - window, window)?
-            .narrow(3, 0, n_tokens - window)?
-            .to_dtype(DType::F32)?);
-    }
+    Ok(())
+}
+
+/// Softmax rows of the last `window` queries over all keys, causal, laid out as `(batch, n_heads,
+/// window, n_tokens)`: one matrix product per KV head for its whole query group, then an in-place
+/// masked softmax per row.
+fn window_softmax_rows(input: &PressInput<'_>, window: usize) -> Result<Vec<f32>> {
+    let n_tokens = input.n_tokens()?;
+    let n_queries = input.n_queries()?;
     let (batch, n_heads, _, head_dim) = input.queries.dims4()?;
     let n_kv_heads = input.shape.n_kv_heads;
     let group = n_heads / n_kv_heads;
@@ -98,22 +165,16 @@ pub fn window_attention(input: &PressInput<'_>, window: usize) -> Result<Tensor>
         .narrow(2, n_queries - window, window)?
         .to_dtype(DType::F32)?
         .reshape((batch, n_kv_heads, group * window, head_dim))?;
-    let logits = (queries.matmul(&input.keys.t()?)? / (head_dim as f64).sqrt())?
-        .reshape((batch, n_heads, window, n_tokens))?;
-    let mask: Vec<f32> = (0..window)
-        .flat_map(|i| {
-            (0..n_tokens).map(move |j| {
-                if j > n_tokens - window + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (window, n_tokens), input.keys.device())?;
-    let weights = candle_nn::ops::softmax_last_dim(&logits.broadcast_add(&mask)?)?;
-    Ok(weights.narrow(3, 0, n_tokens - window)?)
+    let logits = queries.matmul(&input.keys.t()?)?;
+    let mut rows = logits.flatten_all()?.to_vec1::<f32>()?;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    for (r, row) in rows.chunks_exact_mut(n_tokens).enumerate() {
+        // Window query i sits at position n_tokens - window + i and sees keys up to it.
+        let visible = n_tokens - window + r % window + 1;
+        row[..visible].iter_mut().for_each(|x| *x *= scale);
+        crate::cpu::softmax::masked_softmax(row, visible);
+    }
+    Ok(rows)
 }
 
 /// L2 norm of every cached vector, `(batch, n_kv_heads, n_tokens)`.

@@ -131,6 +131,9 @@ enum Command {
         /// Also write the rows as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Measure the compression overhead of these press configs instead (repeatable).
+        #[arg(long)]
+        press: Vec<PathBuf>,
     },
 }
 
@@ -239,9 +242,13 @@ fn run(cli: Cli) -> Result<()> {
             decode_tokens,
             repeats,
             json,
+            press,
         } => {
             let loaded = model.load()?;
             eprintln!("matrix products: {}", kvpress::core::cpu::blas_backend());
+            if !press.is_empty() {
+                return bench_presses(&loaded, &press, &context, repeats, json.as_deref());
+            }
             let mut rows = Vec::new();
             for &n in &context {
                 let row = bench::measure(&loaded, n, decode_tokens, repeats)?;
@@ -256,6 +263,37 @@ fn run(cli: Cli) -> Result<()> {
                 std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
             }
         }
+    }
+    Ok(())
+}
+
+fn bench_presses(
+    loaded: &LoadedModel,
+    paths: &[PathBuf],
+    context: &[usize],
+    repeats: usize,
+    json: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut rows = Vec::new();
+    for path in paths {
+        let press = press_from_file(path)?;
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for &n in context {
+            let row =
+                kvpress::press_bench::measure_press(loaded, &name, press.as_ref(), n, repeats)?;
+            eprintln!(
+                "{name} at {n} tokens: compression {:.3} s = {:.1}% of prefill",
+                row.compression_seconds, row.overhead_percent
+            );
+            rows.push(row);
+        }
+    }
+    print!("{}", kvpress::press_bench::press_table(&rows));
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
     }
     Ok(())
 }

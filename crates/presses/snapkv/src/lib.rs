@@ -68,8 +68,8 @@ pub fn snapkv_scores(
     kernel_size: usize,
 ) -> Result<Tensor> {
     check_window(press, "window_size", window_size, input.n_tokens()?)?;
-    let weights = ops::window_attention(input, window_size)?;
-    let per_query_head = ops::average_pool(&weights.mean(2)?, kernel_size)?;
+    let mean_weights = ops::window_attention_mean(input, window_size)?;
+    let per_query_head = ops::average_pool(&mean_weights, kernel_size)?;
     let per_kv_head = ops::mean_over_query_groups(&per_query_head, input.shape.n_kv_heads)?;
     ops::pad_with_max(&per_kv_head, 0, window_size)
 }
