@@ -1,6 +1,5 @@
 use example_press::ValueNorm;
 use kvpress_core::press::{find_press, press_from_toml};
-use kvpress_core::Press;
 use presses_testing::{run_conformance, Promises, SyntheticLayer, SyntheticShape};
 
 #[test]

@@ -153,3 +153,151 @@ fn bad_input_fails_with_a_message_naming_the_problem() {
         );
     }
 }
+
+fn repository_file(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn run_compresses_once_and_answers_each_question() {
+    let output = kvpress(&[
+        "run",
+        "--context",
+        &repository_file("data/needle-haystack.txt"),
+        "--press",
+        &repository_file("configs/presses/snapkv.toml"),
+        "--question",
+        "What is the special magic number for ocean mentioned in the provided text?",
+        "--question",
+        "What is the special magic number for ocean mentioned in the provided text?",
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // The same question twice gives the same answer: the cache is rewound after each.
+    let answers: Vec<&str> = stdout.lines().filter(|l| l.starts_with("A: ")).collect();
+    assert_eq!(answers.len(), 2, "{stdout}");
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0].contains("734"), "{stdout}");
+    for needle in [
+        "context: 1175 tokens",
+        "kept 50.0%",
+        "KV cache",
+        "MiB ->",
+        "compression",
+    ] {
+        assert!(stdout.contains(needle), "missing `{needle}` in {stdout}");
+    }
+}
+
+#[test]
+fn presses_lists_every_press_with_defaults() {
+    let output = kvpress(&["presses"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let listing = String::from_utf8_lossy(&output.stdout);
+    for name in [
+        "snapkv:",
+        "pyramidkv:",
+        "expected_attention:",
+        "criticalkv:",
+        "knorm:",
+        "streaming_llm:",
+        "random:",
+        "tova:",
+        "observed_attention:",
+        "keydiff:",
+        "composed:",
+        "per_layer:",
+        "key_rerotation:",
+        "chunk:",
+        "no_press:",
+    ] {
+        assert!(listing.contains(name), "missing {name} in {listing}");
+    }
+    assert!(listing.contains("window_size = 64"), "{listing}");
+}
+
+#[test]
+fn trace_records_what_a_press_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("trace.json");
+    let prompt = dir.path().join("prompt.json");
+    let context = std::fs::read_to_string(repository_file("data/needle-haystack.txt")).unwrap();
+    std::fs::write(
+        &prompt,
+        serde_json::json!({"context": context, "question": "What is the number?"}).to_string(),
+    )
+    .unwrap();
+    let output = kvpress(&[
+        "trace",
+        "--prompt",
+        prompt.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--press",
+        &repository_file("configs/presses/knorm.toml"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let trace: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let knorm = &trace["presses"]["knorm"];
+    assert_eq!(
+        knorm["kept"].as_array().unwrap().len(),
+        30,
+        "one entry per layer"
+    );
+    assert_eq!(knorm["kept"][0][0].as_array().unwrap().len(), 587);
+    assert_eq!(knorm["scores"]["15"][2].as_array().unwrap().len(), 1175);
+    assert_eq!(knorm["cache_lengths"][29], 587);
+    let (kept, full) = (
+        knorm["kv_bytes"].as_u64().unwrap(),
+        knorm["kv_bytes_full"].as_u64().unwrap(),
+    );
+    assert_eq!(full, 30 * 2 * 3 * 64 * 4 * 1175, "K and V, all layers, f32");
+    assert_eq!(kept, 30 * 2 * 3 * 64 * 4 * 587);
+}
+
+#[test]
+fn bad_press_configs_fail_with_a_message_naming_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = dir.path().join("short.txt");
+    std::fs::write(&short, "The launch code is 2718.").unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let unknown = write(
+        "unknown.json",
+        r#"{"press": "adakv", "inner": {"press": "snapkv"}}"#,
+    );
+    let ratio = write("ratio.toml", "press = \"knorm\"\ncompression_ratio = 1.5\n");
+    let field = write("field.toml", "press = \"snapkv\"\nwindow = 8\n");
+    let snapkv = repository_file("configs/presses/snapkv.toml");
+    let cases: [(&str, &str); 4] = [
+        (&unknown, "unknown press `adakv`; registered presses are:"),
+        (&ratio, "compression_ratio 1.5 is outside [0, 1)"),
+        (&field, "unknown field `window`"),
+        (&snapkv, "window_size = 64 must be smaller than the context"),
+    ];
+    for (press, message) in cases {
+        let output = kvpress(&[
+            "run",
+            "--context",
+            short.to_str().unwrap(),
+            "--press",
+            press,
+            "--question",
+            "What is the code?",
+        ]);
+        assert!(!output.status.success(), "{press} should fail");
+        let err = stderr(&output);
+        assert!(err.contains(message), "{press}: {err}");
+        assert!(!err.contains("panicked"), "{press}: {err}");
+    }
+}

@@ -20,13 +20,9 @@ pub struct PressRegistration {
 
 inventory::collect!(PressRegistration);
 
-/// Registers a press by name. Use it once per press type, in the crate that defines it:
-///
-/// ```ignore
-/// kvpress_core::register_press!("knorm", "keeps keys with the largest norm", || {
-///     Box::new(Knorm::default())
-/// });
-/// ```
+/// Registers a press by name (its config name, a one-line description, and a function building
+/// it with default parameters). Use it once per press type, in the crate that defines it; see
+/// [`crate::scorer_press!`] for a complete example.
 #[macro_export]
 macro_rules! register_press {
     ($name:literal, $description:literal, $example:expr) => {

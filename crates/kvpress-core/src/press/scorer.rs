@@ -56,8 +56,40 @@ pub fn check_window(press: &str, field: &str, window: usize, n_tokens: usize) ->
 /// under `$name` and allocating with `$allocator` (an expression of a type implementing
 /// [`BudgetAllocator`], evaluated with `self` in scope).
 ///
-/// ```ignore
-/// kvpress_core::scorer_press!(Knorm, "knorm", kvpress_core::UniformAllocator);
+/// The type needs an inherent `fn check_parameters(&self) -> Result<()>` for its other
+/// parameters. A whole press, registered and buildable by name:
+///
+/// ```
+/// use kvpress_core::press::{ops, press_from_json, PressInput, Scorer};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Keeps the tokens whose values have the largest norm.
+/// #[derive(Debug, Default, Serialize, Deserialize)]
+/// #[serde(deny_unknown_fields, default)]
+/// struct ValueNorm {
+///     compression_ratio: f64,
+/// }
+///
+/// impl ValueNorm {
+///     fn check_parameters(&self) -> kvpress_core::Result<()> {
+///         Ok(())
+///     }
+/// }
+///
+/// impl Scorer for ValueNorm {
+///     fn score(&self, input: &PressInput<'_>, _ratio: f64) -> kvpress_core::Result<candle_core::Tensor> {
+///         ops::vector_norms(input.values)
+///     }
+/// }
+///
+/// kvpress_core::scorer_press!(ValueNorm, "doc_value_norm");
+/// kvpress_core::register_press!("doc_value_norm", "largest value norms", || {
+///     Box::new(ValueNorm::default())
+/// });
+///
+/// let press = press_from_json(r#"{"press": "doc_value_norm", "compression_ratio": 0.5}"#)?;
+/// assert_eq!(press.compression_ratio(), 0.5);
+/// # Ok::<(), kvpress_core::Error>(())
 /// ```
 #[macro_export]
 macro_rules! scorer_press {

@@ -30,10 +30,27 @@ pub fn observed_attention_scores(weights: &Tensor, n_kv_heads: usize) -> Result<
             weights.dims()
         ))
     })?;
-    let received = weights.to_dtype(DType::F32)?.sum(2)?; // (batch, n_heads, T)
-    let seen_by: Vec<f32> = (0..n_tokens).map(|j| (n_tokens - j) as f32).collect();
-    let seen_by = Tensor::from_vec(seen_by, (1, 1, n_tokens), weights.device())?;
-    ops::mean_over_query_groups(&received.broadcast_div(&seen_by)?, n_kv_heads)
+    let (batch, n_heads, n_queries, _) = weights.dims4()?;
+    let weights = weights.to_dtype(DType::F32)?.contiguous()?;
+    // Column sums of every head's (n_queries, T) block, read in place (the weights of a long
+    // prefill are large; reducing the middle dimension with tensor ops is slow).
+    let received = kvpress_core::cpu::f32_slice(&weights, |data, start, _| {
+        let data = &data[start..start + batch * n_heads * n_queries * n_tokens];
+        let mut received = vec![0f32; batch * n_heads * n_tokens];
+        for (head, sums) in received.chunks_exact_mut(n_tokens).enumerate() {
+            let block = &data[head * n_queries * n_tokens..(head + 1) * n_queries * n_tokens];
+            for row in block.chunks_exact(n_tokens) {
+                sums.iter_mut().zip(row).for_each(|(s, &w)| *s += w);
+            }
+            for (j, s) in sums.iter_mut().enumerate() {
+                *s /= (n_tokens - j) as f32;
+            }
+        }
+        received
+    })
+    .ok_or_else(|| Error::Unsupported("observed_attention runs on CPU tensors".to_string()))?;
+    let received = Tensor::from_vec(received, (batch, n_heads, n_tokens), weights.device())?;
+    ops::mean_over_query_groups(&received, n_kv_heads)
 }
 
 impl Scorer for ObservedAttention {

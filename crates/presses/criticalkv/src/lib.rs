@@ -20,6 +20,7 @@ use kvpress_core::press::{
     PressInput, Scorer, UniformAllocator,
 };
 use kvpress_core::{Error, Press, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Upper bound on the elements of the projected values materialised at once.
@@ -161,13 +162,10 @@ pub fn projected_value_norms(input: &PressInput<'_>) -> Result<Tensor> {
                         row_stride: group * hidden,
                     },
                 );
-                for (t, row) in out.chunks_exact(group * hidden).enumerate() {
-                    let l1_sum: f32 = row
-                        .chunks_exact(hidden)
-                        .map(|h| h.iter().map(|x| x.abs()).sum::<f32>())
-                        .sum();
-                    norms[head + start + t] = l1_sum / group as f32;
-                }
+                norms[head + start..head + start + len]
+                    .par_iter_mut()
+                    .zip(out.par_chunks_exact(group * hidden))
+                    .for_each(|(norm, row)| *norm = l1_norm(row) / group as f32);
             }
         }
     }
@@ -176,6 +174,16 @@ pub fn projected_value_norms(input: &PressInput<'_>) -> Result<Tensor> {
         (batch, n_kv_heads, n_tokens),
         input.values.device(),
     )?)
+}
+
+/// `sum |x|`, accumulated in 16 lanes so that it vectorises.
+fn l1_norm(xs: &[f32]) -> f32 {
+    let mut lanes = [0f32; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        lanes.iter_mut().zip(chunk).for_each(|(l, x)| *l += x.abs());
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|x| x.abs()).sum::<f32>()
 }
 
 impl Scorer for CriticalKv {

@@ -43,7 +43,7 @@ impl Default for PyramidKv {
 impl PyramidKv {
     fn check_parameters(&self) -> Result<()> {
         check_snapkv_parameters("pyramidkv", self.window_size, self.kernel_size)?;
-        if !(self.beta >= 1.0) {
+        if self.beta.is_nan() || self.beta < 1.0 {
             return Err(Error::InvalidArgument(format!(
                 "pyramidkv: beta {} must be at least 1",
                 self.beta
