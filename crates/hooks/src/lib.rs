@@ -25,4 +25,4 @@ mod session;
 pub use error::{Error, Result};
 pub use press_hook::{LayerRecord, PressHook};
 pub use prompt::PromptSplit;
-pub use session::{CompressionReport, ContextSession};
+pub use session::{new_cache_for, CompressionReport, ContextSession};

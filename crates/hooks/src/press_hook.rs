@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use kvpress_core::press::{CachedKeysValues, Press, Selection};
+use kvpress_core::press::{CachedKeysValues, Press, PressInput, Selection};
 use kvpress_core::{AttentionHook, ForwardPhase, LayerContext};
 
 /// What a press did to one layer.
@@ -26,13 +26,27 @@ pub struct LayerRecord {
     pub seconds: f64,
 }
 
-/// An [`AttentionHook`] that compresses each layer's cache with a press during the prefill
-/// (later forwards — questions, decoding — are left alone, as in kvpress).
+/// An [`AttentionHook`] that compresses each layer's cache with a press after the prefill, and,
+/// for presses with a decode-time schedule ([`Press::decoding`]), every `compression_interval`
+/// generated tokens. Other forwards (questions, decoding without a schedule) are left alone, as
+/// in kvpress.
 #[derive(Debug)]
 pub struct PressHook<'p> {
     press: &'p dyn Press,
     score_layers: Vec<usize>,
     records: Vec<LayerRecord>,
+    decoding: Vec<DecodingState>,
+    peak_cache_len: usize,
+}
+
+/// Per-layer state of decode-time compression: tokens since the last compression and the recent
+/// tokens' hidden states and queries.
+#[derive(Debug, Default)]
+struct DecodingState {
+    steps: usize,
+    hidden_states: Option<Tensor>,
+    queries: Option<Tensor>,
+    first_position: usize,
 }
 
 impl<'p> PressHook<'p> {
@@ -43,7 +57,69 @@ impl<'p> PressHook<'p> {
             press,
             score_layers: score_layers.to_vec(),
             records: Vec::new(),
+            decoding: Vec::new(),
+            peak_cache_len: 0,
         })
+    }
+
+    /// The longest any layer's cache has been when the hook ran (after each forward's tokens
+    /// were appended, before compression).
+    pub fn peak_cache_len(&self) -> usize {
+        self.peak_cache_len
+    }
+
+    /// Decode-time compression of one layer, when the press has a schedule.
+    fn decode_step(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+        let Some(schedule) = self.press.decoding() else {
+            return Ok(());
+        };
+        if self.decoding.len() <= context.layer_idx {
+            self.decoding
+                .resize_with(context.layer_idx + 1, DecodingState::default);
+        }
+        let state = &mut self.decoding[context.layer_idx];
+        let n_new = context.hidden_states.dim(1)?;
+        let keep_recent =
+            |buffer: Option<&Tensor>, new: &Tensor, dim: usize| -> kvpress_core::Result<Tensor> {
+                let joined = match buffer {
+                    Some(old) => Tensor::cat(&[old, new], dim)?,
+                    None => new.clone(),
+                };
+                let len = joined.dim(dim)?;
+                let keep = len.min(schedule.buffer_size);
+                Ok(joined.narrow(dim, len - keep, keep)?)
+            };
+        let hidden = keep_recent(state.hidden_states.as_ref(), context.hidden_states, 1)?;
+        let queries = keep_recent(state.queries.as_ref(), context.queries, 2)?;
+        let seen = context.position_offset + n_new;
+        state.first_position = seen - hidden.dim(1)?;
+        state.hidden_states = Some(hidden);
+        state.queries = Some(queries);
+        state.steps += n_new;
+        let len = context.cache.len();
+        let target = schedule.target.tokens(seen);
+        if state.steps < schedule.compression_interval || len <= target {
+            return Ok(());
+        }
+        // The ratio whose kept count floor(len * (1 - ratio)) is exactly the target.
+        let ratio = 1.0 - (target as f64 + 0.5) / len as f64;
+        let cached = CachedKeysValues::of(context)?;
+        let input = PressInput {
+            hidden_states: state.hidden_states.as_ref().expect("buffered"),
+            queries: state.queries.as_ref().expect("buffered"),
+            query_position: state.first_position,
+            attention_weights: None,
+            ..cached.input(context)
+        };
+        let compression = schedule.press.compress_at_ratio(&input, ratio)?;
+        drop(cached);
+        context
+            .cache
+            .compact(&compression.selection, compression.keys.as_ref())?;
+        state.steps = 0;
+        state.hidden_states = None;
+        state.queries = None;
+        Ok(())
     }
 
     /// What the press did, one record per layer in layer order.
@@ -58,8 +134,9 @@ impl AttentionHook for PressHook<'_> {
     }
 
     fn after_attention(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+        self.peak_cache_len = self.peak_cache_len.max(context.cache.len());
         if context.phase != ForwardPhase::Prefill {
-            return Ok(());
+            return self.decode_step(context);
         }
         let start = Instant::now();
         let bytes_before = context.cache.bytes_reserved();

@@ -62,6 +62,25 @@ impl CompressionReport {
     }
 }
 
+/// An empty cache with the layout `press` needs ([`Press::new_layer_cache`], e.g. the flattened
+/// per-head cache of head-wise presses), else the model's dense cache.
+pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
+    if press.new_layer_cache().is_none() {
+        return Ok(model.new_cache());
+    }
+    if model.cache_dtype() != candle_core::DType::F32 {
+        return Err(crate::Error::InvalidInput(format!(
+            "head-wise presses store their per-head cache in f32; a {:?} KV cache (--kv-dtype) \
+             is not supported with them yet",
+            model.cache_dtype()
+        )));
+    }
+    let layers = (0..model.config().n_layers)
+        .filter_map(|_| press.new_layer_cache())
+        .collect();
+    Ok(ModelCache::from_layers(layers))
+}
+
 impl ContextSession {
     /// Prefills `context_ids` in one forward, running `hook` in every layer; the cache is then
     /// shrunk to what it stores.
@@ -70,7 +89,16 @@ impl ContextSession {
         context_ids: &[u32],
         hook: Option<&mut (dyn AttentionHook + '_)>,
     ) -> Result<Self> {
-        let mut cache = model.new_cache();
+        Self::prefill_into(model, model.new_cache(), context_ids, hook)
+    }
+
+    /// [`Self::prefill`] into a given (empty) cache, e.g. one of another layout.
+    pub fn prefill_into(
+        model: &Model,
+        mut cache: ModelCache,
+        context_ids: &[u32],
+        hook: Option<&mut (dyn AttentionHook + '_)>,
+    ) -> Result<Self> {
         let input = Tensor::new(context_ids, model.device())?.unsqueeze(0)?;
         let last_logits = model.forward(&input, &mut cache, hook)?.squeeze(0)?;
         for layer_idx in 0..cache.n_layers() {
@@ -87,8 +115,10 @@ impl ContextSession {
     }
 
     /// Prefills `context_ids` and compresses every layer with `press`, keeping the press's
-    /// scores of the layers in `score_layers` in the report. With a press that re-rotates keys,
-    /// later tokens continue from the compressed length instead of the original one.
+    /// scores of the layers in `score_layers` in the report. The cache has the layout the press
+    /// asks for ([`Press::new_layer_cache`]: the flattened per-head cache for head-wise presses),
+    /// else the model's dense cache. With a press that re-rotates keys, later tokens continue
+    /// from the compressed length instead of the original one.
     pub fn compress(
         model: &Model,
         context_ids: &[u32],
@@ -97,7 +127,8 @@ impl ContextSession {
     ) -> Result<(Self, CompressionReport)> {
         let mut hook = PressHook::new(press, score_layers)?;
         let start = Instant::now();
-        let mut session = Self::prefill(model, context_ids, Some(&mut hook))?;
+        let cache = new_cache_for(model, press)?;
+        let mut session = Self::prefill_into(model, cache, context_ids, Some(&mut hook))?;
         let prefill_seconds = start.elapsed().as_secs_f64();
         let layers = hook.into_records();
         if press.rerotates_keys() {
@@ -116,9 +147,25 @@ impl ContextSession {
         Ok((session, report))
     }
 
+    /// A session over a cache that already holds a context (e.g. loaded from a file); answers
+    /// rewind to it.
+    pub fn from_cache(cache: ModelCache, last_logits: Tensor) -> Self {
+        Self {
+            context_lengths: cache.lengths(),
+            context_seen: cache.seen_tokens(),
+            cache,
+            last_logits,
+        }
+    }
+
     /// The cache holding the (possibly compressed) context.
     pub fn cache(&self) -> &ModelCache {
         &self.cache
+    }
+
+    /// The cache, to continue from the context directly (e.g. decoding without a question).
+    pub fn into_cache(self) -> ModelCache {
+        self.cache
     }
 
     /// Answers `question_ids`: they take positions after the original context (or after the

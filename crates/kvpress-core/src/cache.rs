@@ -57,6 +57,31 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
 
     /// Empties the cache and frees its storage.
     fn clear(&mut self);
+
+    /// The stored tokens in a layout-independent form, for saving a compressed context.
+    fn snapshot(&self) -> Result<LayerSnapshot>;
+}
+
+/// What one layer cache stores, independent of its buffers: enough to rebuild it exactly.
+#[derive(Debug, Clone)]
+pub enum LayerSnapshot {
+    /// Every head holds the same tokens count: keys and values `(batch, n_kv_heads, len,
+    /// head_dim)` (`None` when empty).
+    Dense(Option<(Tensor, Tensor)>),
+    /// Heads of different lengths: each head's rows back to back, `(total_rows, head_dim)`,
+    /// with the length of every head (`batch * n_kv_heads` of them).
+    PerHead {
+        /// Key rows.
+        keys: Tensor,
+        /// Value rows.
+        values: Tensor,
+        /// Rows of each head, in order.
+        head_lengths: Vec<usize>,
+        /// Batch size.
+        batch: usize,
+        /// KV heads per sequence.
+        n_kv_heads: usize,
+    },
 }
 
 /// Dense layer cache: all heads have the same length, stored in preallocated buffers of shape
@@ -264,6 +289,13 @@ impl LayerCache for DenseLayerCache {
     fn clear(&mut self) {
         self.storage = None;
         self.len = 0;
+    }
+
+    fn snapshot(&self) -> Result<LayerSnapshot> {
+        Ok(LayerSnapshot::Dense(match self.keys_values()? {
+            Some((k, v)) => Some((k.contiguous()?, v.contiguous()?)),
+            None => None,
+        }))
     }
 }
 

@@ -38,7 +38,7 @@ pub mod rope;
 pub use inventory;
 
 pub use attention::{AttentionOutput, AttentionShape};
-pub use cache::{DenseLayerCache, LayerCache, ModelCache};
+pub use cache::{DenseLayerCache, LayerCache, LayerSnapshot, ModelCache};
 pub use error::{Error, Result};
 pub use hook::{AttentionHook, AttentionProjections, ForwardPhase, LayerContext, NoOpHook};
 pub use press::{

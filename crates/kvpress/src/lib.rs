@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod bench;
+pub mod context_file;
 pub mod default_model;
 pub mod listing;
 pub mod press_bench;
@@ -17,6 +18,7 @@ pub use candle_core as candle;
 /// The press crates, linked here once so that their presses are registered for every user of
 /// this crate (configs and the registry find them by name).
 pub mod presses {
+    pub use adakv;
     pub use presses_baselines as baselines;
     pub use presses_criticalkv as criticalkv;
     pub use presses_expected_attention as expected_attention;

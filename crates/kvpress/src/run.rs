@@ -47,17 +47,30 @@ pub fn run(
     // The context part of the prompt does not depend on the question.
     let context_ids = PromptSplit::new(model, context, &questions[0])?.context_ids;
     let (mut session, report) = ContextSession::compress(&model.model, &context_ids, press, &[])?;
+    let answers = answer_all(model, &mut session, questions, max_new_tokens)?;
+    Ok(RunOutput { report, answers })
+}
+
+/// Answers every question greedily from `session`'s context (rewound after each).
+pub fn answer_all(
+    model: &LoadedModel,
+    session: &mut ContextSession,
+    questions: &[String],
+    max_new_tokens: usize,
+) -> Result<Vec<Answer>> {
     let config = GenerationConfig {
         max_new_tokens,
         sampling: Sampling::Greedy,
     };
     let mut answers = Vec::with_capacity(questions.len());
     for question in questions {
-        let split = PromptSplit::new(model, context, question)?;
+        // The question part (question, end of the user turn, assistant header) does not depend
+        // on the context.
+        let question_ids = PromptSplit::new(model, "context", question)?.question_ids;
         let start = std::time::Instant::now();
         let output = session.answer(
             &model.model,
-            &split.question_ids,
+            &question_ids,
             model.tokenizer.eos_ids(),
             &config,
             &mut |_| Ok(()),
@@ -69,7 +82,48 @@ pub fn run(
             n_tokens: output.tokens.len(),
         });
     }
-    Ok(RunOutput { report, answers })
+    Ok(answers)
+}
+
+/// Prints the answers of the full cache and of the compressed one side by side, with the memory
+/// each cache takes and the answering speed.
+pub fn print_comparison(
+    full: &RunOutput,
+    compressed: &RunOutput,
+    press_name: &str,
+    mut out: impl Write,
+) -> std::io::Result<()> {
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    let ms_per_token = |a: &Answer| 1e3 * a.seconds / a.n_tokens.max(1) as f64;
+    for (f, c) in full.answers.iter().zip(&compressed.answers) {
+        writeln!(out, "Q: {}", f.question)?;
+        writeln!(
+            out,
+            "  full cache   ({:7.2} MiB, {:5.1} ms/token): {}",
+            mib(full.report.kv_bytes),
+            ms_per_token(f),
+            f.text.trim()
+        )?;
+        writeln!(
+            out,
+            "  {press_name:<12} ({:7.2} MiB, {:5.1} ms/token): {}",
+            mib(compressed.report.kv_bytes),
+            ms_per_token(c),
+            c.text.trim()
+        )?;
+    }
+    let saved = 1.0 - compressed.report.kv_bytes as f64 / full.report.kv_bytes.max(1) as f64;
+    writeln!(
+        out,
+        "context: {} tokens | {press_name} keeps {:.1}% of the cache: {:.2} MiB -> {:.2} MiB ({:.1}% saved) | compression {:.3} s after a {:.2} s prefill",
+        compressed.report.context_tokens,
+        100.0 * compressed.report.kept_fraction(),
+        mib(full.report.kv_bytes),
+        mib(compressed.report.kv_bytes),
+        100.0 * saved,
+        compressed.report.compression_seconds,
+        compressed.report.prefill_seconds - compressed.report.compression_seconds,
+    )
 }
 
 /// Prints the answers and a summary of the compression.

@@ -274,13 +274,13 @@ fn bad_press_configs_fail_with_a_message_naming_the_problem() {
     };
     let unknown = write(
         "unknown.json",
-        r#"{"press": "adakv", "inner": {"press": "snapkv"}}"#,
+        r#"{"press": "snap_kv", "compression_ratio": 0.5}"#,
     );
     let ratio = write("ratio.toml", "press = \"knorm\"\ncompression_ratio = 1.5\n");
     let field = write("field.toml", "press = \"snapkv\"\nwindow = 8\n");
     let snapkv = repository_file("configs/presses/snapkv.toml");
     let cases: [(&str, &str); 4] = [
-        (&unknown, "unknown press `adakv`; registered presses are:"),
+        (&unknown, "unknown press `snap_kv`; registered presses are:"),
         (&ratio, "compression_ratio 1.5 is outside [0, 1)"),
         (&field, "unknown field `window`"),
         (&snapkv, "window_size = 64 must be smaller than the context"),

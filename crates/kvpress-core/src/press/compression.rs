@@ -2,6 +2,7 @@
 
 use candle_core::Tensor;
 
+use crate::cache::LayerCache;
 use crate::press::{PressInput, Scorer, Selection};
 use crate::Result;
 
@@ -37,6 +38,40 @@ impl Compression {
     }
 }
 
+/// How many tokens a decode-time compression keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecodingTarget {
+    /// A fixed number of tokens per head.
+    Tokens(usize),
+    /// A fraction of the tokens seen so far: `max(1, floor(seen * (1 - ratio)))`.
+    CompressionRatio(f64),
+}
+
+impl DecodingTarget {
+    /// Tokens to keep after `seen` tokens.
+    pub fn tokens(&self, seen: usize) -> usize {
+        match *self {
+            Self::Tokens(n) => n,
+            Self::CompressionRatio(r) => ((seen as f64 * (1.0 - r)) as usize).max(1),
+        }
+    }
+}
+
+/// When and how a press compresses while tokens are generated (kvpress's `DecodingPress`):
+/// every `compression_interval` new tokens, each layer's cache is compressed back to the target
+/// by `press`, scoring with the last `buffer_size` tokens' queries and hidden states.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodingSchedule<'a> {
+    /// The press that chooses what to keep (its ratio is set to reach the target).
+    pub press: &'a dyn Press,
+    /// New tokens between compressions.
+    pub compression_interval: usize,
+    /// What to keep.
+    pub target: DecodingTarget,
+    /// Recent tokens whose queries and hidden states the scorer sees.
+    pub buffer_size: usize,
+}
+
 /// A KV-cache compression method, run on each layer after its prefill attention.
 ///
 /// The common press is a [`Scorer`] plus a [`crate::BudgetAllocator`]; wrappers (composed,
@@ -61,6 +96,18 @@ pub trait Press: std::fmt::Debug + Send + Sync {
     /// re-rotation) instead of the original positions.
     fn rerotates_keys(&self) -> bool {
         false
+    }
+
+    /// Decode-time compression, for presses that compress while generating.
+    fn decoding(&self) -> Option<DecodingSchedule<'_>> {
+        None
+    }
+
+    /// The cache layout this press needs, when it is not the dense one: head-wise presses give
+    /// heads different budgets and return a layer cache that stores ragged heads. The runtime
+    /// calls it once per layer before the prefill.
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        None
     }
 
     /// The scorer inside, for wrappers that need scores rather than a selection (CriticalKV,

@@ -14,6 +14,7 @@ pub mod config;
 mod input;
 mod no_press;
 pub mod ops;
+mod pyramid;
 pub mod registry;
 mod scorer;
 mod selection;
@@ -22,12 +23,13 @@ pub use allocator::{
     check_compression_ratio, n_kept, score_rows, top_k_indices, BudgetAllocator, LayerPosition,
     UniformAllocator,
 };
-pub use compression::{Compression, Press};
+pub use compression::{Compression, DecodingSchedule, DecodingTarget, Press};
 pub use config::{
     press_from_file, press_from_json, press_from_toml, press_from_value, press_to_json,
 };
 pub use input::{CachedKeysValues, InputChunk, PressInput};
 pub use no_press::NoPress;
+pub use pyramid::{layer_budget, PyramidAllocator};
 pub use registry::{
     default_parameters, find_press, registered_names, registered_presses, PressRegistration,
 };

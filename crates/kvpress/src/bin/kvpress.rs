@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use kvpress::core::press::{press_from_file, Press};
 use kvpress::core::NoPress;
 use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling, WeightMode};
-use kvpress::{bench, default_model, listing, parse_cache_dtype, parse_weight_mode, run, trace};
+use kvpress::{
+    bench, context_file, default_model, listing, parse_cache_dtype, parse_weight_mode, run, trace,
+};
 
 // Large activations are allocated and freed in every layer; glibc's allocator returns such blocks
 // to the kernel each time, so every forward pays for fresh zeroed pages. mimalloc keeps them.
@@ -80,6 +82,9 @@ enum Command {
         /// Feed the prompt as it is, without the chat template.
         #[arg(long)]
         raw: bool,
+        /// Press config run during generation (e.g. a `decoding` press: decode-time compression).
+        #[arg(long)]
+        press: Option<PathBuf>,
     },
     /// Write what the model computes on a prompt file, in the reference fixtures' field names.
     Trace {
@@ -101,8 +106,11 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
         /// Text file holding the context.
-        #[arg(long)]
-        context: PathBuf,
+        #[arg(long, required_unless_present = "load", conflicts_with = "load")]
+        context: Option<PathBuf>,
+        /// A compressed context saved by `kvpress compress` (instead of --context and --press).
+        #[arg(long, conflicts_with_all = ["press", "compare"])]
+        load: Option<PathBuf>,
         /// A question about the context; repeat to ask several.
         #[arg(long, required = true)]
         question: Vec<String>,
@@ -112,6 +120,24 @@ enum Command {
         /// Maximum number of generated tokens per answer.
         #[arg(long, default_value_t = 64)]
         max_new_tokens: usize,
+        /// Also answer from the full cache and print both answers side by side.
+        #[arg(long)]
+        compare: bool,
+    },
+    /// Compress a context once and save the compressed cache to a file (`run --load` answers
+    /// from it without the context).
+    Compress {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file holding the context.
+        #[arg(long)]
+        context: PathBuf,
+        /// Press config (.json or .toml).
+        #[arg(long)]
+        press: PathBuf,
+        /// Output file (safetensors), e.g. CTX.kvp.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// List every registered press with its parameters and defaults.
     Presses,
@@ -134,6 +160,14 @@ enum Command {
         /// Measure the compression overhead of these press configs instead (repeatable).
         #[arg(long)]
         press: Vec<PathBuf>,
+        /// Measure the cost of appending a token to a layer's cache (dense and flattened) at the
+        /// --context lengths instead.
+        #[arg(long)]
+        append_cost: bool,
+        /// Measure a generation of this many tokens with each --press (decode-time compression)
+        /// instead: ms/token over the last 1000 tokens and peak cache bytes.
+        #[arg(long)]
+        generate: Option<usize>,
     },
 }
 
@@ -162,7 +196,9 @@ fn run(cli: Cli) -> Result<()> {
             top_p,
             seed,
             raw,
+            press,
         } => {
+            let press = press.as_deref().map(press_from_file).transpose()?;
             let sampling = match temperature {
                 // Temperature 0 means the most likely token, as in most LLM tools.
                 Some(0.0) => Sampling::Greedy,
@@ -181,27 +217,85 @@ fn run(cli: Cli) -> Result<()> {
                     sampling,
                 },
                 raw,
+                press.as_deref(),
             )?;
         }
         Command::Presses => print!("{}", listing::press_listing()?),
         Command::Run {
             model,
             context,
+            load,
             question,
             press,
             max_new_tokens,
+            compare,
         } => {
+            let loaded = model.load()?;
+            if let Some(path) = load {
+                let (mut session, header) = context_file::load(&path, &loaded)?;
+                let answers = run::answer_all(&loaded, &mut session, &question, max_new_tokens)?;
+                for answer in &answers {
+                    println!("Q: {}\nA: {}", answer.question, answer.text.trim());
+                }
+                println!(
+                    "loaded {}: {} context tokens compressed by {} | KV cache {} bytes",
+                    path.display(),
+                    header.context_ids.len(),
+                    header.press,
+                    session.cache().bytes_reserved()
+                );
+                return Ok(());
+            }
+            let context = context.context("--context or --load is required")?;
+            let press_name = press
+                .as_deref()
+                .and_then(|p| p.file_stem())
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "no_press".to_string());
             let press = load_press(press.as_deref())?;
             let text = std::fs::read_to_string(&context)
                 .with_context(|| format!("cannot read {}", context.display()))?;
-            let output = run::run(
-                &model.load()?,
-                &text,
-                &question,
+            let output = run::run(&loaded, &text, &question, press.as_ref(), max_new_tokens)?;
+            if compare {
+                let full = run::run(
+                    &loaded,
+                    &text,
+                    &question,
+                    &NoPress::default(),
+                    max_new_tokens,
+                )?;
+                run::print_comparison(&full, &output, &press_name, std::io::stdout())?;
+            } else {
+                run::print(&output, std::io::stdout())?;
+            }
+        }
+        Command::Compress {
+            model,
+            context,
+            press,
+            out,
+        } => {
+            let loaded = model.load()?;
+            let press = press_from_file(&press)?;
+            let text = std::fs::read_to_string(&context)
+                .with_context(|| format!("cannot read {}", context.display()))?;
+            let context_ids = kvpress::hooks::PromptSplit::new(&loaded, &text, "?")?.context_ids;
+            let (session, report) = kvpress::hooks::ContextSession::compress(
+                &loaded.model,
+                &context_ids,
                 press.as_ref(),
-                max_new_tokens,
+                &[],
             )?;
-            run::print(&output, std::io::stdout())?;
+            let size = context_file::save(&out, &loaded, &session, &context_ids, press.as_ref())?;
+            println!(
+                "{}: {} bytes ({:.1}% of the {} bytes of the full cache) | {} context tokens, kept {:.1}%",
+                out.display(),
+                size,
+                100.0 * size as f64 / report.kv_bytes_full as f64,
+                report.kv_bytes_full,
+                report.context_tokens,
+                100.0 * report.kept_fraction()
+            );
         }
         Command::Trace {
             model,
@@ -243,11 +337,59 @@ fn run(cli: Cli) -> Result<()> {
             repeats,
             json,
             press,
+            append_cost,
+            generate,
         } => {
+            if let Some(n_tokens) = generate {
+                let loaded = model.load()?;
+                println!("| press | generated tokens | ms/token (last 1000) | peak KV MiB | final KV MiB |");
+                println!("|---|---:|---:|---:|---:|");
+                for path in &press {
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let row = kvpress::press_bench::measure_generation(
+                        &loaded,
+                        &name,
+                        press_from_file(path)?.as_ref(),
+                        n_tokens,
+                    )?;
+                    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+                    println!(
+                        "| {} | {} | {:.1} | {:.1} | {:.1} |",
+                        row.press,
+                        row.generated_tokens,
+                        row.ms_per_token_last_1000,
+                        mib(row.peak_cache_bytes),
+                        mib(row.final_cache_bytes)
+                    );
+                }
+                return Ok(());
+            }
+            if append_cost {
+                println!("| cached tokens per head | dense ns/token | flattened ns/token |");
+                println!("|---:|---:|---:|");
+                for &n in &context {
+                    let cost = kvpress::press_bench::append_cost(n, 20_000)?;
+                    println!(
+                        "| {} | {:.0} | {:.0} |",
+                        cost.cached_tokens, cost.dense_ns, cost.flat_ns
+                    );
+                }
+                return Ok(());
+            }
             let loaded = model.load()?;
             eprintln!("matrix products: {}", kvpress::core::cpu::blas_backend());
             if !press.is_empty() {
-                return bench_presses(&loaded, &press, &context, repeats, json.as_deref());
+                return bench_presses(
+                    &loaded,
+                    &press,
+                    &context,
+                    decode_tokens,
+                    repeats,
+                    json.as_deref(),
+                );
             }
             let mut rows = Vec::new();
             for &n in &context {
@@ -271,6 +413,7 @@ fn bench_presses(
     loaded: &LoadedModel,
     paths: &[PathBuf],
     context: &[usize],
+    decode_tokens: usize,
     repeats: usize,
     json: Option<&std::path::Path>,
 ) -> Result<()> {
@@ -282,8 +425,14 @@ fn bench_presses(
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         for &n in context {
-            let row =
-                kvpress::press_bench::measure_press(loaded, &name, press.as_ref(), n, repeats)?;
+            let row = kvpress::press_bench::measure_press(
+                loaded,
+                &name,
+                press.as_ref(),
+                n,
+                decode_tokens,
+                repeats,
+            )?;
             eprintln!(
                 "{name} at {n} tokens: compression {:.3} s = {:.1}% of prefill",
                 row.compression_seconds, row.overhead_percent
@@ -305,7 +454,13 @@ fn load_press(path: Option<&std::path::Path>) -> Result<Box<dyn Press>> {
     }
 }
 
-fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: bool) -> Result<()> {
+fn generate(
+    loaded: &LoadedModel,
+    prompt: &str,
+    config: GenerationConfig,
+    raw: bool,
+    press: Option<&dyn Press>,
+) -> Result<()> {
     if prompt.trim().is_empty() {
         bail!("--prompt is empty: give the text to answer");
     }
@@ -318,14 +473,21 @@ fn generate(loaded: &LoadedModel, prompt: &str, config: GenerationConfig, raw: b
         (_, true) => prompt.to_string(),
     };
     let ids = loaded.tokenizer.encode(&text, raw)?;
-    let mut cache = loaded.model.new_cache();
+    let mut hook = press
+        .map(|p| kvpress::hooks::PressHook::new(p, &[]))
+        .transpose()?;
+    let mut cache = match press {
+        Some(press) => kvpress::hooks::new_cache_for(&loaded.model, press)?,
+        None => loaded.model.new_cache(),
+    };
     let output = models::generate(
         &loaded.model,
         &mut cache,
         &ids,
         loaded.tokenizer.eos_ids(),
         &config,
-        None,
+        hook.as_mut()
+            .map(|h| h as &mut dyn kvpress::core::AttentionHook),
         &mut models::print_tokens(&loaded.tokenizer, std::io::stdout()),
     )?;
     println!();

@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 use kvpress_core::press::{Compression, InputChunk, Press, PressInput, Scorer, Selection};
-use kvpress_core::{Error, Result};
+use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
 /// Splits the context into chunks of `chunk_length` tokens and lets `inner` compress each chunk
@@ -47,6 +47,10 @@ impl Press for Chunked {
 
     fn rerotates_keys(&self) -> bool {
         self.inner.rerotates_keys()
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.inner.new_layer_cache()
     }
 
     fn scorer(&self) -> Option<&dyn Scorer> {

@@ -1,7 +1,7 @@
 //! [`Composed`]: presses applied in sequence.
 
 use kvpress_core::press::{Compression, Press, PressInput, Selection};
-use kvpress_core::{Error, Result};
+use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
 /// Applies its presses one after another: each sees the cache as the previous one left it (the
@@ -49,6 +49,10 @@ impl Press for Composed {
 
     fn rerotates_keys(&self) -> bool {
         self.presses.iter().any(|p| p.rerotates_keys())
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.presses.iter().find_map(|p| p.new_layer_cache())
     }
 
     fn compress(&self, input: &PressInput<'_>) -> Result<Compression> {

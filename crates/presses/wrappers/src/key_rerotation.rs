@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{Compression, Press, PressInput, Scorer, Selection};
-use kvpress_core::{Error, Result};
+use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
 /// Runs `inner`, then rotates each kept key from its original position to its rank among the
@@ -31,6 +31,10 @@ impl Press for KeyRerotation {
 
     fn rerotates_keys(&self) -> bool {
         true
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.inner.new_layer_cache()
     }
 
     fn scorer(&self) -> Option<&dyn Scorer> {

@@ -4,7 +4,9 @@
 //! - [`PerLayer`] (`per_layer`): one compression ratio per layer;
 //! - [`KeyRerotation`] (`key_rerotation`): kept keys rotated to consecutive positions, and later
 //!   tokens continue from the compressed length;
-//! - [`Chunked`] (`chunk`): the context scored and compressed in independent chunks.
+//! - [`Chunked`] (`chunk`): the context scored and compressed in independent chunks;
+//! - [`Decoding`] (`decoding`), [`CompressionRatioDecoding`] (`compression_ratio_decoding`) and
+//!   [`PrefillDecoding`] (`prefill_decoding`): compression while tokens are generated.
 //!
 //! ```
 //! use kvpress_core::press::press_from_json;
@@ -19,10 +21,12 @@
 
 mod chunked;
 mod composed;
+mod decoding;
 mod key_rerotation;
 mod per_layer;
 
 pub use chunked::Chunked;
 pub use composed::Composed;
+pub use decoding::{CompressionRatioDecoding, Decoding, PrefillDecoding};
 pub use key_rerotation::{rerotate_keys, KeyRerotation};
 pub use per_layer::PerLayer;

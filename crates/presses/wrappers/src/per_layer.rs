@@ -1,7 +1,7 @@
 //! [`PerLayer`]: a compression ratio for each layer.
 
 use kvpress_core::press::{check_compression_ratio, Compression, Press, PressInput, Scorer};
-use kvpress_core::{Error, Result};
+use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
 /// Runs `inner` with the ratio of each layer taken from `compression_ratios` (one per layer).
@@ -41,6 +41,10 @@ impl Press for PerLayer {
 
     fn rerotates_keys(&self) -> bool {
         self.inner.rerotates_keys()
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.inner.new_layer_cache()
     }
 
     fn scorer(&self) -> Option<&dyn Scorer> {

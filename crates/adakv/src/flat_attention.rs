@@ -1,0 +1,244 @@
+//! Attention over a flattened cache: every KV head attends with its own length.
+
+use candle_core::{DType, Tensor};
+use kvpress_core::cpu::{dot, exp, masked_softmax};
+use kvpress_core::{Error, Result};
+use rayon::prelude::*;
+
+/// Borrowed view of a flattened layer: heads `batch_idx * n_kv_heads + kv_head`, head `i`'s rows
+/// at `offsets[i]..offsets[i] + lengths[i]` of `keys`/`values` (row-major, `head_dim` wide).
+#[derive(Debug, Clone, Copy)]
+pub struct RaggedHeads<'a> {
+    /// Key rows of every head.
+    pub keys: &'a [f32],
+    /// Value rows of every head.
+    pub values: &'a [f32],
+    /// First row of each head.
+    pub offsets: &'a [usize],
+    /// Rows of each head.
+    pub lengths: &'a [usize],
+    /// Batch size.
+    pub batch: usize,
+    /// KV heads per sequence.
+    pub n_kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+}
+
+/// Causal attention of `queries` `(batch, n_heads, n_new, head_dim)` — the queries of the last
+/// `n_new` tokens appended to every head — over each KV head's own tokens: query head `h` attends
+/// with KV head `h / (n_heads / n_kv_heads)`, and query row `i` sees that head's first
+/// `len - n_new + i + 1` tokens. K/V are never repeated; each KV head's keys and values are read
+/// once for its whole query group. KV heads run in parallel.
+pub fn ragged_attention(heads: &RaggedHeads<'_>, queries: &Tensor) -> Result<Tensor> {
+    let (batch, n_heads, n_new, head_dim) = queries.dims4()?;
+    let n_kv_heads = heads.n_kv_heads;
+    if batch != heads.batch
+        || head_dim != heads.head_dim
+        || n_kv_heads == 0
+        || n_heads % n_kv_heads != 0
+    {
+        return Err(Error::Shape(format!(
+            "queries {:?} cannot attend over a flattened cache of batch {}, {} KV heads, head \
+             dim {}",
+            queries.dims(),
+            heads.batch,
+            n_kv_heads,
+            heads.head_dim
+        )));
+    }
+    if let Some(&shortest) = heads.lengths.iter().min() {
+        if shortest < n_new {
+            return Err(Error::Shape(format!(
+                "{n_new} new queries but a head stores only {shortest} tokens"
+            )));
+        }
+    }
+    let group = n_heads / n_kv_heads;
+    let queries = queries
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    // Query rows of one KV head's group are contiguous: (group, n_new, head_dim).
+    let group_rows = group * n_new * head_dim;
+    let mut output = vec![0f32; queries.len()];
+    if n_new == 1 {
+        decode_split_k(heads, &queries, &mut output, group, scale);
+    } else {
+        output
+            .par_chunks_mut(group_rows)
+            .zip(queries.par_chunks(group_rows))
+            .enumerate()
+            .for_each(|(kv_head, (out, q))| {
+                attend_one_kv_head(heads, kv_head, q, out, group, n_new, scale);
+            });
+    }
+    Ok(Tensor::from_vec(
+        output,
+        (batch, n_heads, n_new, head_dim),
+        &candle_core::Device::Cpu,
+    )?)
+}
+
+/// Attention of one KV head's query group; `q` and `out` are `(group, n_new, head_dim)`.
+fn attend_one_kv_head(
+    heads: &RaggedHeads<'_>,
+    kv_head: usize,
+    q: &[f32],
+    out: &mut [f32],
+    group: usize,
+    n_new: usize,
+    scale: f32,
+) {
+    let d = heads.head_dim;
+    let len = heads.lengths[kv_head];
+    let start = heads.offsets[kv_head] * d;
+    let keys = &heads.keys[start..start + len * d];
+    let values = &heads.values[start..start + len * d];
+    let mut scores = vec![0f32; group * len];
+    for i in 0..n_new {
+        let visible = len - n_new + i + 1;
+        // Scores of every query head of the group, reading each key row once.
+        for (t, key) in keys.chunks_exact(d).take(visible).enumerate() {
+            for j in 0..group {
+                let query = &q[(j * n_new + i) * d..(j * n_new + i + 1) * d];
+                scores[j * len + t] = dot(query, key) * scale;
+            }
+        }
+        for j in 0..group {
+            masked_softmax(&mut scores[j * len..j * len + visible], visible);
+        }
+        for j in 0..group {
+            out[(j * n_new + i) * d..(j * n_new + i + 1) * d].fill(0.0);
+        }
+        for (t, value) in values.chunks_exact(d).take(visible).enumerate() {
+            for j in 0..group {
+                let p = scores[j * len + t];
+                let row = &mut out[(j * n_new + i) * d..(j * n_new + i + 1) * d];
+                row.iter_mut().zip(value).for_each(|(o, &v)| *o += p * v);
+            }
+        }
+    }
+}
+
+/// Keys per work item of the decode kernel: small enough to balance heads of different lengths
+/// across threads, large enough to amortise the merge.
+const DECODE_CHUNK: usize = 512;
+
+/// A chunk's partial softmax for one query head: the chunk's maximum score, the sum of
+/// `exp(score - max)`, and the value rows weighted by those exponentials (not normalised).
+struct Partial {
+    max: f32,
+    sum: f32,
+    weighted: Vec<f32>,
+}
+
+/// One query token (decoding): every KV head's keys are split into chunks processed in parallel
+/// (split-K), each producing partial softmaxes for the head's query group, merged exactly.
+fn decode_split_k(
+    heads: &RaggedHeads<'_>,
+    queries: &[f32],
+    output: &mut [f32],
+    group: usize,
+    scale: f32,
+) {
+    let d = heads.head_dim;
+    let items: Vec<(usize, usize, usize)> = heads
+        .lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(head, &len)| {
+            (0..len)
+                .step_by(DECODE_CHUNK)
+                .map(move |start| (head, start, DECODE_CHUNK.min(len - start)))
+        })
+        .collect();
+    let partials: Vec<(usize, Vec<Partial>)> = items
+        .par_iter()
+        .map(|&(head, start, len)| {
+            let q = &queries[head * group * d..(head + 1) * group * d];
+            (
+                head,
+                chunk_partials(heads, head, start, len, q, group, scale),
+            )
+        })
+        .collect();
+    let mut merged: Vec<Option<Vec<Partial>>> = (0..heads.lengths.len()).map(|_| None).collect();
+    for (head, parts) in partials {
+        match &mut merged[head] {
+            None => merged[head] = Some(parts),
+            Some(acc) => acc.iter_mut().zip(parts).for_each(|(a, p)| merge(a, p)),
+        }
+    }
+    for (head, parts) in merged.into_iter().enumerate() {
+        for (j, part) in parts.into_iter().flatten().enumerate() {
+            let out = &mut output[(head * group + j) * d..(head * group + j + 1) * d];
+            let inv = 1.0 / part.sum;
+            out.iter_mut()
+                .zip(&part.weighted)
+                .for_each(|(o, &w)| *o = w * inv);
+        }
+    }
+}
+
+/// Partial softmaxes of the `group` query rows `q` over keys `start..start + len` of `head`.
+fn chunk_partials(
+    heads: &RaggedHeads<'_>,
+    head: usize,
+    start: usize,
+    len: usize,
+    q: &[f32],
+    group: usize,
+    scale: f32,
+) -> Vec<Partial> {
+    let d = heads.head_dim;
+    let base = (heads.offsets[head] + start) * d;
+    let keys = &heads.keys[base..base + len * d];
+    let values = &heads.values[base..base + len * d];
+    let mut scores = vec![0f32; group * len];
+    for (t, key) in keys.chunks_exact(d).enumerate() {
+        for j in 0..group {
+            scores[j * len + t] = dot(&q[j * d..(j + 1) * d], key) * scale;
+        }
+    }
+    let mut partials: Vec<Partial> = scores
+        .chunks_exact_mut(len)
+        .map(|row| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for x in row.iter_mut() {
+                *x = exp(*x - max);
+                sum += *x;
+            }
+            Partial {
+                max,
+                sum,
+                weighted: vec![0f32; d],
+            }
+        })
+        .collect();
+    for (t, value) in values.chunks_exact(d).enumerate() {
+        for (j, partial) in partials.iter_mut().enumerate() {
+            let p = scores[j * len + t];
+            partial
+                .weighted
+                .iter_mut()
+                .zip(value)
+                .for_each(|(o, &v)| *o += p * v);
+        }
+    }
+    partials
+}
+
+/// Folds `other` into `acc`: both are partial softmaxes of the same query over disjoint keys.
+fn merge(acc: &mut Partial, other: Partial) {
+    let max = acc.max.max(other.max);
+    let (a, b) = ((acc.max - max).exp(), (other.max - max).exp());
+    acc.sum = acc.sum * a + other.sum * b;
+    acc.weighted
+        .iter_mut()
+        .zip(&other.weighted)
+        .for_each(|(x, &y)| *x = *x * a + y * b);
+    acc.max = max;
+}

@@ -1,0 +1,83 @@
+//! Decode-time compression on the default model: a long generation keeps every layer's cache
+//! within `target + interval` tokens, and a schedule that never removes anything generates
+//! exactly what plain generation does.
+
+use kvpress::candle::Device;
+use kvpress::core::press::{press_from_toml, Press};
+use kvpress::hooks::PressHook;
+use kvpress::models::{generate, load_model, ChatMessage, GenerationConfig, LoadedModel, Sampling};
+
+fn model() -> LoadedModel {
+    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
+    load_model(&path, None, &Device::Cpu).expect("the default model loads")
+}
+
+fn prompt(model: &LoadedModel) -> Vec<u32> {
+    let template = model.chat_template.as_ref().unwrap();
+    let text = template
+        .render(
+            &[ChatMessage::user("Write a very long story about the sea.")],
+            true,
+        )
+        .unwrap();
+    model.tokenizer.encode(&text, false).unwrap()
+}
+
+fn run(model: &LoadedModel, press: Option<&dyn Press>, n: usize) -> (Vec<u32>, usize, Vec<usize>) {
+    let ids = prompt(model);
+    let mut cache = model.model.new_cache();
+    let config = GenerationConfig {
+        max_new_tokens: n,
+        sampling: Sampling::Greedy,
+    };
+    let mut hook = press.map(|p| PressHook::new(p, &[]).unwrap());
+    // No end-of-sequence token: generate exactly `n` tokens.
+    let output = generate(
+        &model.model,
+        &mut cache,
+        &ids,
+        &[],
+        &config,
+        hook.as_mut()
+            .map(|h| h as &mut dyn kvpress::core::AttentionHook),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    // The last generated token is not fed back.
+    assert_eq!(
+        cache.seen_tokens(),
+        ids.len() + n - 1,
+        "positions count every token"
+    );
+    let peak = hook.map_or(0, |h| h.peak_cache_len());
+    (output.tokens, peak, cache.lengths())
+}
+
+#[test]
+fn a_3000_token_generation_stays_within_target_plus_interval() {
+    let model = model();
+    let press = press_from_toml(
+        "press = \"decoding\"\ncompression_interval = 256\ntarget_size = 1024\n\
+         hidden_states_buffer_size = 256\n[inner]\npress = \"snapkv\"\n",
+    )
+    .unwrap();
+    let (tokens, peak, lengths) = run(&model, Some(press.as_ref()), 3000);
+    assert_eq!(tokens.len(), 3000);
+    assert!(peak <= 1024 + 256, "peak cache length {peak}");
+    assert!(peak > 1024, "compression happened after growth ({peak})");
+    assert!(lengths.iter().all(|&l| l <= 1024 + 256), "{lengths:?}");
+}
+
+#[test]
+fn a_schedule_that_keeps_everything_generates_like_plain_generation() {
+    let model = model();
+    let press = press_from_toml(
+        "press = \"compression_ratio_decoding\"\ntarget_compression_ratio = 0.0\n\
+         compression_interval = 16\nhidden_states_buffer_size = 64\n[inner]\npress = \"snapkv\"\n\
+         window_size = 16\n",
+    )
+    .unwrap();
+    let (plain, _, _) = run(&model, None, 160);
+    let (with_hook, _, _) = run(&model, Some(press.as_ref()), 160);
+    assert_eq!(plain, with_hook);
+}

@@ -1,0 +1,242 @@
+//! Decode-time compression: [`Decoding`], [`CompressionRatioDecoding`] and [`PrefillDecoding`].
+
+use kvpress_core::press::{Compression, DecodingSchedule, DecodingTarget, Press, PressInput};
+use kvpress_core::{Error, LayerCache, Result};
+use serde::{Deserialize, Serialize};
+
+fn default_interval() -> usize {
+    512
+}
+
+fn default_target_size() -> usize {
+    2048
+}
+
+fn default_buffer_size() -> usize {
+    256
+}
+
+fn check_schedule(press: &str, interval: usize, buffer: usize) -> Result<()> {
+    if interval == 0 || buffer == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{press}: compression_interval and hidden_states_buffer_size must be at least 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Compresses while generating (kvpress's `DecodingPress`): every `compression_interval`
+/// generated tokens, each layer's cache goes back to `target_size` tokens with `inner` (any
+/// press: uniform or head-wise), which scores with the last `hidden_states_buffer_size` tokens.
+/// The context's prefill is not compressed. Positions keep counting tokens seen.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decoding {
+    /// The press that chooses what to keep; its own ratio is replaced by the one reaching the
+    /// target.
+    pub inner: Box<dyn Press>,
+    /// Generated tokens between compressions.
+    #[serde(default = "default_interval")]
+    pub compression_interval: usize,
+    /// Tokens each head keeps after a compression.
+    #[serde(default = "default_target_size")]
+    pub target_size: usize,
+    /// Recent tokens whose queries and hidden states the scorer sees.
+    #[serde(default = "default_buffer_size")]
+    pub hidden_states_buffer_size: usize,
+}
+
+#[typetag::serde(name = "decoding")]
+impl Press for Decoding {
+    fn compression_ratio(&self) -> f64 {
+        0.0
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.inner.validate()?;
+        check_schedule(
+            "decoding",
+            self.compression_interval,
+            self.hidden_states_buffer_size,
+        )?;
+        if self.target_size == 0 {
+            return Err(Error::InvalidArgument(
+                "decoding: target_size must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn decoding(&self) -> Option<DecodingSchedule<'_>> {
+        Some(DecodingSchedule {
+            press: self.inner.as_ref(),
+            compression_interval: self.compression_interval,
+            target: DecodingTarget::Tokens(self.target_size),
+            buffer_size: self.hidden_states_buffer_size,
+        })
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.inner.new_layer_cache()
+    }
+
+    fn compress_at_ratio(&self, input: &PressInput<'_>, _ratio: f64) -> Result<Compression> {
+        Compression::keep_all(input)
+    }
+}
+
+fn default_target_ratio() -> f64 {
+    0.5
+}
+
+/// Like [`Decoding`], with a target that follows the tokens seen: each compression keeps
+/// `floor(seen * (1 - target_compression_ratio))` tokens (kvpress's
+/// `CompressionRatioDecodingPress`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressionRatioDecoding {
+    /// The press that chooses what to keep.
+    pub inner: Box<dyn Press>,
+    /// Fraction of the tokens seen that is removed, in `[0, 1)`.
+    #[serde(default = "default_target_ratio")]
+    pub target_compression_ratio: f64,
+    /// Generated tokens between compressions.
+    #[serde(default = "default_interval")]
+    pub compression_interval: usize,
+    /// Recent tokens whose queries and hidden states the scorer sees.
+    #[serde(default = "default_buffer_size")]
+    pub hidden_states_buffer_size: usize,
+}
+
+#[typetag::serde(name = "compression_ratio_decoding")]
+impl Press for CompressionRatioDecoding {
+    fn compression_ratio(&self) -> f64 {
+        0.0
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.inner.validate()?;
+        kvpress_core::press::check_compression_ratio(
+            "compression_ratio_decoding (target_compression_ratio)",
+            self.target_compression_ratio,
+        )?;
+        check_schedule(
+            "compression_ratio_decoding",
+            self.compression_interval,
+            self.hidden_states_buffer_size,
+        )
+    }
+
+    fn decoding(&self) -> Option<DecodingSchedule<'_>> {
+        Some(DecodingSchedule {
+            press: self.inner.as_ref(),
+            compression_interval: self.compression_interval,
+            target: DecodingTarget::CompressionRatio(self.target_compression_ratio),
+            buffer_size: self.hidden_states_buffer_size,
+        })
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.inner.new_layer_cache()
+    }
+
+    fn compress_at_ratio(&self, input: &PressInput<'_>, _ratio: f64) -> Result<Compression> {
+        Compression::keep_all(input)
+    }
+}
+
+/// One press for the context's prefill and another while generating (kvpress's
+/// `PrefillDecodingPress`); either may be absent.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefillDecoding {
+    /// Compresses the context after its prefill.
+    #[serde(default)]
+    pub prefilling: Option<Box<dyn Press>>,
+    /// A decode-time press (`decoding` or `compression_ratio_decoding`).
+    #[serde(default)]
+    pub decoding: Option<Box<dyn Press>>,
+}
+
+#[typetag::serde(name = "prefill_decoding")]
+impl Press for PrefillDecoding {
+    fn compression_ratio(&self) -> f64 {
+        self.prefilling
+            .as_ref()
+            .map_or(0.0, |p| p.compression_ratio())
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(press) = &self.prefilling {
+            press.validate()?;
+        }
+        if let Some(press) = &self.decoding {
+            press.validate()?;
+            if press.decoding().is_none() {
+                return Err(Error::InvalidArgument(
+                    "prefill_decoding: `decoding` must be a decode-time press (decoding or \
+                     compression_ratio_decoding)"
+                        .to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn needs_attention_weights(&self) -> bool {
+        self.prefilling
+            .as_ref()
+            .is_some_and(|p| p.needs_attention_weights())
+    }
+
+    fn decoding(&self) -> Option<DecodingSchedule<'_>> {
+        self.decoding.as_ref().and_then(|p| p.decoding())
+    }
+
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        self.prefilling
+            .as_ref()
+            .and_then(|p| p.new_layer_cache())
+            .or_else(|| self.decoding.as_ref().and_then(|p| p.new_layer_cache()))
+    }
+
+    fn compress(&self, input: &PressInput<'_>) -> Result<Compression> {
+        match &self.prefilling {
+            Some(press) => press.compress(input),
+            None => Compression::keep_all(input),
+        }
+    }
+
+    fn compress_at_ratio(&self, input: &PressInput<'_>, ratio: f64) -> Result<Compression> {
+        match &self.prefilling {
+            Some(press) => press.compress_at_ratio(input, ratio),
+            None => Compression::keep_all(input),
+        }
+    }
+}
+
+kvpress_core::register_press!(
+    "decoding",
+    "compresses each layer back to target_size tokens every compression_interval generated tokens",
+    || Box::new(Decoding {
+        inner: Box::new(kvpress_core::NoPress::default()),
+        compression_interval: default_interval(),
+        target_size: default_target_size(),
+        hidden_states_buffer_size: default_buffer_size(),
+    })
+);
+kvpress_core::register_press!(
+    "compression_ratio_decoding",
+    "decode-time compression to a fraction of the tokens seen",
+    || Box::new(CompressionRatioDecoding {
+        inner: Box::new(kvpress_core::NoPress::default()),
+        target_compression_ratio: default_target_ratio(),
+        compression_interval: default_interval(),
+        hidden_states_buffer_size: default_buffer_size(),
+    })
+);
+kvpress_core::register_press!(
+    "prefill_decoding",
+    "one press for the context's prefill, another while generating",
+    || Box::new(PrefillDecoding::default())
+);
