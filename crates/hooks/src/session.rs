@@ -163,6 +163,18 @@ impl ContextSession {
         &self.cache
     }
 
+    /// The cache, mutably (a question forward on it must be followed by [`Self::rewind`]).
+    pub fn cache_mut(&mut self) -> &mut ModelCache {
+        &mut self.cache
+    }
+
+    /// Returns the cache to the context alone (drops questions and answers).
+    pub fn rewind(&mut self) -> Result<()> {
+        Ok(self
+            .cache
+            .rewind(&self.context_lengths, self.context_seen)?)
+    }
+
     /// The cache, to continue from the context directly (e.g. decoding without a question).
     pub fn into_cache(self) -> ModelCache {
         self.cache

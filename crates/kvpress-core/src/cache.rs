@@ -305,6 +305,7 @@ impl LayerCache for DenseLayerCache {
 pub struct ModelCache {
     layers: Vec<Box<dyn LayerCache>>,
     seen_tokens: usize,
+    sequence_positions: Option<Vec<usize>>,
 }
 
 impl ModelCache {
@@ -331,6 +332,7 @@ impl ModelCache {
         Self {
             layers,
             seen_tokens: 0,
+            sequence_positions: None,
         }
     }
 
@@ -347,6 +349,26 @@ impl ModelCache {
     /// Sets the number of tokens seen (after a forward, or when rewinding to a saved state).
     pub fn set_seen_tokens(&mut self, seen_tokens: usize) {
         self.seen_tokens = seen_tokens;
+    }
+
+    /// For a batch of sequences at different positions (contexts of different lengths decoded
+    /// together): the position of each sequence's next token. `seen_tokens` is then the largest.
+    pub fn set_sequence_positions(&mut self, positions: Vec<usize>) {
+        self.seen_tokens = positions.iter().copied().max().unwrap_or(0);
+        self.sequence_positions = Some(positions);
+    }
+
+    /// Per-sequence positions, when set ([`Self::set_sequence_positions`]).
+    pub fn sequence_positions(&self) -> Option<&[usize]> {
+        self.sequence_positions.as_deref()
+    }
+
+    /// Moves every position forward by `n` tokens (after a forward).
+    pub fn advance(&mut self, n: usize) {
+        self.seen_tokens += n;
+        if let Some(positions) = &mut self.sequence_positions {
+            positions.iter_mut().for_each(|p| *p += n);
+        }
     }
 
     /// One layer's cache.

@@ -5,6 +5,7 @@
 //! model ([`default_model`]), the parity trace ([`trace`]) and the benchmark ([`mod@bench`]).
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod bench;
 pub mod context_file;
 pub mod default_model;

@@ -236,11 +236,30 @@ impl Model {
         logits_for: LogitsFor,
         phase: ForwardPhase,
     ) -> Result<Tensor> {
-        let (_, n_new) = self.check_input(input_ids, cache)?;
+        let (batch, n_new) = self.check_input(input_ids, cache)?;
         let position_offset = cache.seen_tokens();
-        let (cos, sin) = self
-            .rotary
-            .tables_for_range(position_offset, n_new, self.dtype)?;
+        let (cos, sin) = match cache.sequence_positions() {
+            // Sequences at different positions: one table per sequence, `(batch, n_new, d/2)`.
+            Some(positions) => {
+                if positions.len() != batch {
+                    return Err(Error::InvalidInput(format!(
+                        "the cache tracks {} sequence positions but the input has {batch} sequences",
+                        positions.len()
+                    )));
+                }
+                let mut cos = Vec::with_capacity(batch);
+                let mut sin = Vec::with_capacity(batch);
+                for &start in positions {
+                    let (c, s) = self.rotary.tables_for_range(start, n_new, self.dtype)?;
+                    cos.push(c);
+                    sin.push(s);
+                }
+                (Tensor::stack(&cos, 0)?, Tensor::stack(&sin, 0)?)
+            }
+            None => self
+                .rotary
+                .tables_for_range(position_offset, n_new, self.dtype)?,
+        };
         let step = ForwardStep {
             cos,
             sin,
@@ -256,7 +275,7 @@ impl Model {
                 .expect("check_input verified the number of cache layers");
             hidden = layer.forward(&hidden, &step, layer_idx, layer_cache, hook.as_deref_mut())?;
         }
-        cache.set_seen_tokens(position_offset + n_new);
+        cache.advance(n_new);
         let hidden = match logits_for {
             LogitsFor::LastToken => hidden.narrow(1, n_new - 1, 1)?,
             LogitsFor::AllTokens => hidden,

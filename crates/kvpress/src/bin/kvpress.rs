@@ -168,6 +168,10 @@ enum Command {
         /// instead: ms/token over the last 1000 tokens and peak cache bytes.
         #[arg(long)]
         generate: Option<usize>,
+        /// Measure answering this many compressed contexts one at a time vs in one batch, with
+        /// each --press, at the first --context length (--decode-tokens per answer).
+        #[arg(long)]
+        batch: Option<usize>,
     },
 }
 
@@ -339,7 +343,38 @@ fn run(cli: Cli) -> Result<()> {
             press,
             append_cost,
             generate,
+            batch,
         } => {
+            if let Some(batch) = batch {
+                let loaded = model.load()?;
+                let n = context.first().copied().unwrap_or(1024);
+                println!("| press | contexts | longest context | tokens | one at a time tok/s | batched tok/s |");
+                println!("|---|---:|---:|---:|---:|---:|");
+                for path in &press {
+                    let name = path
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let row = kvpress::press_bench::measure_batch(
+                        &loaded,
+                        &name,
+                        press_from_file(path)?.as_ref(),
+                        n,
+                        batch,
+                        decode_tokens,
+                    )?;
+                    println!(
+                        "| {} | {} | {} | {} | {:.1} | {:.1} |",
+                        row.press,
+                        row.batch,
+                        row.context_tokens,
+                        row.generated_tokens,
+                        row.one_at_a_time_tokens_per_second,
+                        row.batched_tokens_per_second
+                    );
+                }
+                return Ok(());
+            }
             if let Some(n_tokens) = generate {
                 let loaded = model.load()?;
                 println!("| press | generated tokens | ms/token (last 1000) | peak KV MiB | final KV MiB |");

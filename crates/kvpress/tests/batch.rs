@@ -1,0 +1,70 @@
+//! Several contexts of different lengths, each compressed with its own (per-head) budgets,
+//! answered in one batch: the answers equal one-at-a-time answers.
+
+use kvpress::batch::answer_batch;
+use kvpress::candle::Device;
+use kvpress::core::press::press_from_toml;
+use kvpress::hooks::{ContextSession, PromptSplit};
+use kvpress::models::{load_model, GenerationConfig, Sampling};
+
+#[test]
+fn a_batch_of_four_contexts_answers_like_one_at_a_time() {
+    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
+    let model = load_model(&path, None, &Device::Cpu).expect("the default model loads");
+    let haystack = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/needle-haystack.txt"),
+    )
+    .unwrap();
+    let question = "What is the special magic number for ocean mentioned in the provided text?";
+    let cases = [
+        (1.0, "press = \"adakv\"\n[inner]\npress = \"snapkv\"\ncompression_ratio = 0.5\n"),
+        (0.8, "press = \"adakv\"\n[inner]\npress = \"expected_attention\"\ncompression_ratio = 0.75\n"),
+        (0.6, "press = \"snapkv\"\ncompression_ratio = 0.5\n"),
+        (0.45, "press = \"no_press\"\n"),
+    ];
+    let mut sessions = Vec::new();
+    let mut questions = Vec::new();
+    let mut lengths = Vec::new();
+    for (fraction, config) in cases {
+        let end = haystack.floor_char_boundary((haystack.len() as f64 * fraction) as usize);
+        let split = PromptSplit::new(&model, &haystack[..end], question).unwrap();
+        let press = press_from_toml(config).unwrap();
+        let (session, _) =
+            ContextSession::compress(&model.model, &split.context_ids, press.as_ref(), &[])
+                .unwrap();
+        lengths.push(split.context_ids.len());
+        sessions.push(session);
+        questions.push(split.question_ids);
+    }
+    assert!(
+        lengths.windows(2).all(|w| w[0] > w[1]),
+        "different lengths: {lengths:?}"
+    );
+
+    let batched = answer_batch(&model, &mut sessions, &questions, 24).unwrap();
+    let config = GenerationConfig {
+        max_new_tokens: 24,
+        sampling: Sampling::Greedy,
+    };
+    for (i, (session, question)) in sessions.iter_mut().zip(&questions).enumerate() {
+        let alone = session
+            .answer(
+                &model.model,
+                question,
+                model.tokenizer.eos_ids(),
+                &config,
+                &mut |_| Ok(()),
+            )
+            .unwrap();
+        eprintln!(
+            "{i}: {:?}",
+            model.tokenizer.decode(&alone.tokens, true).unwrap()
+        );
+        assert_eq!(batched[i], alone.tokens, "context {i}");
+    }
+    // The sessions were rewound: a second batch gives the same answers.
+    assert_eq!(
+        answer_batch(&model, &mut sessions, &questions, 24).unwrap(),
+        batched
+    );
+}
