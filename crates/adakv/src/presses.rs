@@ -138,7 +138,9 @@ impl Press for AdaKv {
             layer_idx: input.layer_idx,
             n_layers: input.n_layers,
         };
-        let selection = self.allocator().allocate(&scores, ratio, layer)?;
+        let selection =
+            self.allocator()
+                .allocate(&input.mask_padding(scores.clone())?, ratio, layer)?;
         Ok(Compression::select(selection, Some(scores)))
     }
 }
@@ -222,7 +224,7 @@ impl Press for CriticalAdaKv {
             return Compression::keep_all(input);
         }
         let scores = inner_scorer("critical_adakv", self.inner.as_ref())?.score(input, ratio)?;
-        let (rows, batch, n_kv_heads) = score_rows(&scores)?;
+        let (rows, batch, n_kv_heads) = score_rows(&input.mask_padding(scores.clone())?)?;
         let n_tokens = rows.first().map_or(0, Vec::len);
         let allocator = AdaKvAllocator::kvpress(self.alpha_safeguard);
         let budget = kvpress_core::press::n_kept(n_tokens, ratio);

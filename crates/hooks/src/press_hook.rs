@@ -3,9 +3,10 @@
 
 use std::time::Instant;
 
+use candle_core::DType;
 use candle_core::Tensor;
 use kvpress_core::press::{CachedKeysValues, Press, PressInput, Selection};
-use kvpress_core::{AttentionHook, ForwardPhase, LayerContext};
+use kvpress_core::{AttentionHook, ForwardPhase, LayerCache, LayerContext, LayerSnapshot};
 
 /// What a press did to one layer.
 #[derive(Debug, Clone)]
@@ -103,19 +104,24 @@ impl<'p> PressHook<'p> {
         }
         // The ratio whose kept count floor(len * (1 - ratio)) is exactly the target.
         let ratio = 1.0 - (target as f64 + 0.5) / len as f64;
-        let cached = CachedKeysValues::of(context)?;
+        let (cached, padding) = padded_keys_values(context.cache)?;
         let input = PressInput {
             hidden_states: state.hidden_states.as_ref().expect("buffered"),
             queries: state.queries.as_ref().expect("buffered"),
             query_position: state.first_position,
             attention_weights: None,
+            front_padding: padding.as_deref(),
             ..cached.input(context)
         };
         let compression = schedule.press.compress_at_ratio(&input, ratio)?;
         drop(cached);
+        let selection = match &padding {
+            Some(padding) => unpad(&compression.selection, padding, len)?,
+            None => compression.selection,
+        };
         context
             .cache
-            .compact(&compression.selection, compression.keys.as_ref())?;
+            .compact(&selection, compression.keys.as_ref())?;
         state.steps = 0;
         state.hidden_states = None;
         state.queries = None;
@@ -126,6 +132,83 @@ impl<'p> PressHook<'p> {
     pub fn into_records(self) -> Vec<LayerRecord> {
         self.records
     }
+}
+
+/// The cache's keys and values as f32 `(batch, kv_heads, len, head_dim)` tensors; a cache whose
+/// heads have different lengths is padded at the front of the shorter heads (with zeros), and
+/// the padding of each head is returned too.
+fn padded_keys_values(
+    cache: &dyn LayerCache,
+) -> kvpress_core::Result<(CachedKeysValues, Option<Vec<usize>>)> {
+    match cache.snapshot()? {
+        LayerSnapshot::Dense(Some((keys, values))) => Ok((
+            CachedKeysValues {
+                keys: keys.to_dtype(DType::F32)?.contiguous()?,
+                values: values.to_dtype(DType::F32)?.contiguous()?,
+            },
+            None,
+        )),
+        LayerSnapshot::Dense(None) => Err(kvpress_core::Error::Shape(
+            "cannot compress an empty cache".to_string(),
+        )),
+        LayerSnapshot::PerHead {
+            keys,
+            values,
+            head_lengths,
+            batch,
+            n_kv_heads,
+        } => {
+            let (_, d) = keys.dims2()?;
+            let len = head_lengths.iter().copied().max().unwrap_or(0);
+            let padding: Vec<usize> = head_lengths.iter().map(|&l| len - l).collect();
+            let pad = |rows: &Tensor| -> kvpress_core::Result<Tensor> {
+                let rows = rows.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; head_lengths.len() * len * d];
+                let mut from = 0;
+                for (head, (&l, &p)) in head_lengths.iter().zip(&padding).enumerate() {
+                    let at = (head * len + p) * d;
+                    out[at..at + l * d].copy_from_slice(&rows[from..from + l * d]);
+                    from += l * d;
+                }
+                Ok(Tensor::from_vec(
+                    out,
+                    (batch, n_kv_heads, len, d),
+                    keys.device(),
+                )?)
+            };
+            Ok((
+                CachedKeysValues {
+                    keys: pad(&keys)?,
+                    values: pad(&values)?,
+                },
+                Some(padding),
+            ))
+        }
+    }
+}
+
+/// A selection made over front-padded heads, in each head's own token indices.
+fn unpad(selection: &Selection, padding: &[usize], len: usize) -> kvpress_core::Result<Selection> {
+    let kept = selection
+        .heads()
+        .iter()
+        .zip(padding)
+        .map(|(kept, &pad)| {
+            kept.iter()
+                .map(|&i| {
+                    (i as usize)
+                        .checked_sub(pad)
+                        .map(|i| i as u32)
+                        .ok_or_else(|| {
+                            kvpress_core::Error::InvalidArgument(
+                                "a press kept a padding position".to_string(),
+                            )
+                        })
+                })
+                .collect::<kvpress_core::Result<Vec<u32>>>()
+        })
+        .collect::<kvpress_core::Result<Vec<_>>>()?;
+    Selection::new(kept, selection.batch(), selection.n_kv_heads(), len)
 }
 
 impl AttentionHook for PressHook<'_> {

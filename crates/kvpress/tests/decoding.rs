@@ -81,3 +81,40 @@ fn a_schedule_that_keeps_everything_generates_like_plain_generation() {
     let (with_hook, _, _) = run(&model, Some(press.as_ref()), 160);
     assert_eq!(plain, with_hook);
 }
+
+#[test]
+fn decode_time_compression_works_with_head_wise_budgets() {
+    let model = model();
+    let press = press_from_toml(
+        "press = \"decoding\"\ncompression_interval = 128\ntarget_size = 256\n\
+         hidden_states_buffer_size = 128\n[inner]\npress = \"adakv\"\n[inner.inner]\n\
+         press = \"snapkv\"\nwindow_size = 32\n",
+    )
+    .unwrap();
+    let ids = prompt(&model);
+    let mut cache = kvpress::hooks::new_cache_for(&model.model, press.as_ref()).unwrap();
+    let mut hook = PressHook::new(press.as_ref(), &[]).unwrap();
+    let config = GenerationConfig {
+        max_new_tokens: 600,
+        sampling: Sampling::Greedy,
+    };
+    generate(
+        &model.model,
+        &mut cache,
+        &ids,
+        &[],
+        &config,
+        Some(&mut hook),
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    // Heads share each layer's budget (one head may keep more than 256, others less): the
+    // per-head cache stores 256 * 3 tokens per layer right after a compression, and at most
+    // `interval` more per head since.
+    assert!(
+        hook.peak_cache_len() > 256 + 128,
+        "some head keeps more than the uniform share"
+    );
+    let bytes_per_token = 2 * 64 * 4;
+    assert!(cache.bytes_used() <= 30 * 3 * (256 + 128) * bytes_per_token + 30 * 72);
+}

@@ -37,6 +37,11 @@ pub struct PressInput<'a> {
     pub rotary: &'a RotaryEmbedding,
     /// The layer's projection weights.
     pub projections: &'a dyn AttentionProjections,
+    /// When heads of different lengths are presented as one tensor (a per-head cache compressed
+    /// again while decoding): the leading padding tokens of each head (`batch * n_kv_heads`
+    /// entries). Padding is not context: scorers give it no attention and allocators never keep
+    /// it ([`Self::mask_padding`]).
+    pub front_padding: Option<&'a [usize]>,
 }
 
 impl std::fmt::Debug for PressInput<'_> {
@@ -87,6 +92,7 @@ impl CachedKeysValues {
             attention_weights: context.attention_weights,
             rotary: context.rotary,
             projections: context.projections,
+            front_padding: None,
         }
     }
 }
@@ -112,12 +118,38 @@ impl<'a> PressInput<'a> {
         Ok(self.query_position + self.n_queries()?)
     }
 
+    /// Leading padding tokens of head `head` (`batch_idx * n_kv_heads + kv_head`); 0 without
+    /// padding.
+    pub fn padding_of(&self, head: usize) -> usize {
+        self.front_padding
+            .and_then(|p| p.get(head).copied())
+            .unwrap_or(0)
+    }
+
+    /// `scores` `(batch, n_kv_heads, n_tokens)` with every padding position set to minus
+    /// infinity, so that no allocator keeps it.
+    pub fn mask_padding(&self, scores: Tensor) -> Result<Tensor> {
+        let Some(padding) = self.front_padding else {
+            return Ok(scores);
+        };
+        let (batch, heads, n) = scores.dims3()?;
+        let mut data = scores
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        for (row, &pad) in data.chunks_exact_mut(n).zip(padding) {
+            row[..pad.min(n)].fill(f32::NEG_INFINITY);
+        }
+        Ok(Tensor::from_vec(data, (batch, heads, n), scores.device())?)
+    }
+
     /// The same input over other keys and values (e.g. what a previous press kept).
     pub fn with_keys_values(&self, keys: &'a Tensor, values: &'a Tensor) -> Self {
         Self {
             keys,
             values,
             attention_weights: None,
+            front_padding: None,
             ..*self
         }
     }
@@ -139,6 +171,11 @@ impl InputChunk {
     /// token (a prefill).
     pub fn new(input: &PressInput<'_>, start: usize, len: usize) -> Result<Self> {
         let n_tokens = input.n_tokens()?;
+        if input.front_padding.is_some() {
+            return Err(Error::Unsupported(
+                "chunked scoring of heads of different lengths".to_string(),
+            ));
+        }
         if input.n_queries()? != n_tokens {
             return Err(Error::InvalidArgument(format!(
                 "chunked scoring needs the queries of every cached token ({n_tokens}), got {}",
@@ -163,6 +200,7 @@ impl InputChunk {
             keys: &self.keys,
             values: &self.values,
             attention_weights: None,
+            front_padding: None,
             ..*whole
         }
     }

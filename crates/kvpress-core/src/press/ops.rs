@@ -172,6 +172,9 @@ fn window_softmax_rows(input: &PressInput<'_>, window: usize) -> Result<Vec<f32>
         // Window query i sits at position n_tokens - window + i and sees keys up to it.
         let visible = n_tokens - window + r % window + 1;
         row[..visible].iter_mut().for_each(|x| *x *= scale);
+        // Rows are (batch, kv_head, group, window): padding of that KV head is no key.
+        let pad = input.padding_of(r / (group * window));
+        row[..pad.min(visible)].fill(f32::NEG_INFINITY);
         crate::cpu::softmax::masked_softmax(row, visible);
     }
     Ok(rows)

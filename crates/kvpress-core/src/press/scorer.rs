@@ -36,7 +36,11 @@ pub fn score_and_allocate(
         layer_idx: input.layer_idx,
         n_layers: input.n_layers,
     };
-    let selection = allocator.allocate(&scores, compression_ratio, layer)?;
+    let selection = allocator.allocate(
+        &input.mask_padding(scores.clone())?,
+        compression_ratio,
+        layer,
+    )?;
     Ok(Compression::select(selection, Some(scores)))
 }
 

@@ -45,9 +45,15 @@ pub(crate) fn quantized_matvec(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>
     let blocks_per_row = k / 32;
     let row_bytes = data.len() / n;
     let dot = select_dot(kind);
+    let rows_kernel = select_rows_kernel(kind).filter(|_| rows > 1);
     let mut out = vec![0f32; rows * n];
     for_each_output_row(n, rows, &mut out, |j, outputs| {
         let w_row = &data[j * row_bytes..(j + 1) * row_bytes];
+        if let Some(kernel) = rows_kernel {
+            // SAFETY: `select_rows_kernel` only returns a kernel this CPU supports.
+            unsafe { kernel(w_row, &xs, &block_sums, k, outputs) };
+            return;
+        }
         for (r, d) in outputs.iter_mut().enumerate() {
             let x = &xs[r * k..(r + 1) * k];
             let sums = &block_sums[r * blocks_per_row..(r + 1) * blocks_per_row];
@@ -66,6 +72,32 @@ enum BlockKind {
 
 /// A row kernel: `(weight row bytes, input, input block sums) -> dot product`.
 type DotKernel = unsafe fn(&[u8], &[f32], &[f32]) -> f32;
+
+/// A kernel multiplying one weight row with several input rows: `(weight row bytes, inputs
+/// (rows x k), their block sums, k, outputs)`.
+type RowsKernel = unsafe fn(&[u8], &[f32], &[f32], usize, &mut [f32]);
+
+/// The multi-row kernel for `kind` on this CPU, when there is one (AVX2 or AVX-512; the portable
+/// kernels multiply one row at a time).
+fn select_rows_kernel(kind: BlockKind) -> Option<RowsKernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if x86_512::is_supported() {
+            return Some(match kind {
+                BlockKind::Q4_1 => x86_512::dot_q4_1_rows,
+                BlockKind::Q8_0 => x86_512::dot_q8_0_rows,
+            });
+        }
+        if x86::is_supported() {
+            return Some(match kind {
+                BlockKind::Q4_1 => x86::dot_q4_1_rows,
+                BlockKind::Q8_0 => x86::dot_q8_0_rows,
+            });
+        }
+    }
+    let _ = kind;
+    None
+}
 
 /// The fastest kernel this CPU runs for `kind`.
 fn select_dot(kind: BlockKind) -> DotKernel {
@@ -158,6 +190,18 @@ mod tests {
                     (got - want).abs() < 1e-4,
                     "{dtype:?} {name}: {got} vs {want}"
                 );
+            }
+        }
+        // Several rows at once give exactly what one row at a time gives.
+        for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let q = QTensor::quantize(&w, dtype)?;
+            let x = Tensor::randn(0f32, 1.0, (7, 96), &Device::Cpu)?;
+            let together = quantized_matvec(&x, &q)?
+                .expect("handled")
+                .to_vec2::<f32>()?;
+            for r in 0..7 {
+                let alone = quantized_matvec(&x.narrow(0, r, 1)?, &q)?.expect("handled");
+                assert_eq!(together[r], alone.to_vec2::<f32>()?[0], "{dtype:?} row {r}");
             }
         }
         let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;

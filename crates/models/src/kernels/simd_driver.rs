@@ -11,10 +11,19 @@ pub(super) trait BlockLanes: Copy {
     unsafe fn add(self, other: Self) -> Self;
     /// Sum of all lanes.
     unsafe fn reduce(self) -> f32;
-    /// `acc + d * sum(q * x)` for the Q4_1 block at `w` (without the `m * sum(x)` term).
-    unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: Self) -> Self;
-    /// `acc + d * sum(q * x)` for the Q8_0 block at `w`.
-    unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: Self) -> Self;
+    /// A Q4_1 block's quantized weights unpacked to floats, with its scale `d`: the work every
+    /// input row multiplying the block shares.
+    type Q4Block: Copy;
+    /// Unpacks the Q4_1 block at `w`.
+    unsafe fn q4_1_unpack(w: *const u8) -> Self::Q4Block;
+    /// `acc + d * sum(q * x)` for an unpacked Q4_1 block (without the `m * sum(x)` term).
+    unsafe fn q4_1_apply(block: Self::Q4Block, x: *const f32, acc: Self) -> Self;
+    /// A Q8_0 block's weights as floats, with its scale.
+    type Q8Block: Copy;
+    /// Unpacks the Q8_0 block at `w`.
+    unsafe fn q8_0_unpack(w: *const u8) -> Self::Q8Block;
+    /// `acc + d * sum(q * x)` for an unpacked Q8_0 block.
+    unsafe fn q8_0_apply(block: Self::Q8Block, x: *const f32, acc: Self) -> Self;
     /// The f16 at `ptr` (unaligned), as f32.
     unsafe fn f16_at(ptr: *const u8) -> f32;
 }
@@ -31,18 +40,90 @@ pub(super) unsafe fn dot_q4_1<L: BlockLanes>(w_row: &[u8], x: &[f32], x_block_su
     let mut b = 0;
     while b + 2 <= n_blocks {
         let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
-        acc0 = L::q4_1_block(w0, x.add(b * 32), acc0);
-        acc1 = L::q4_1_block(w1, x.add((b + 1) * 32), acc1);
+        acc0 = L::q4_1_apply(L::q4_1_unpack(w0), x.add(b * 32), acc0);
+        acc1 = L::q4_1_apply(L::q4_1_unpack(w1), x.add((b + 1) * 32), acc1);
         offset0 += L::f16_at(w0.add(2)) * x_block_sums[b];
         offset1 += L::f16_at(w1.add(2)) * x_block_sums[b + 1];
         b += 2;
     }
     if b < n_blocks {
         let w0 = w.add(b * Q4_1_BYTES);
-        acc0 = L::q4_1_block(w0, x.add(b * 32), acc0);
+        acc0 = L::q4_1_apply(L::q4_1_unpack(w0), x.add(b * 32), acc0);
         offset0 += L::f16_at(w0.add(2)) * x_block_sums[b];
     }
     acc0.add(acc1).reduce() + offset0 + offset1
+}
+
+/// Input rows multiplied together by [`dot_q4_1_rows`] (each unpacked block serves them all).
+pub(super) const ROWS_PER_PASS: usize = 4;
+
+/// Q4_1 weight row times several input rows: `out[r] = dot(w_row, xs[r])` for the rows of `xs`
+/// (`out.len()` rows of `k` values, with their block sums). Each block is unpacked once per
+/// [`ROWS_PER_PASS`] rows; every row sees exactly the operations of [`dot_q4_1`], so the results
+/// are bit-identical to one row at a time.
+#[inline(always)]
+pub(super) unsafe fn dot_q4_1_rows<L: BlockLanes>(
+    w_row: &[u8],
+    xs: &[f32],
+    x_block_sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    for first in (0..out.len()).step_by(ROWS_PER_PASS) {
+        let rows = ROWS_PER_PASS.min(out.len() - first);
+        let bpr = k / 32;
+        let xs = &xs[first * k..];
+        let sums = &x_block_sums[first * bpr..];
+        let out = &mut out[first..first + rows];
+        match rows {
+            4 => q4_1_pass::<L, 4>(w_row, xs, sums, k, out),
+            3 => q4_1_pass::<L, 3>(w_row, xs, sums, k, out),
+            2 => q4_1_pass::<L, 2>(w_row, xs, sums, k, out),
+            _ => q4_1_pass::<L, 1>(w_row, xs, sums, k, out),
+        }
+    }
+}
+
+/// `R` rows of [`dot_q4_1_rows`], with the accumulators in registers.
+#[inline(always)]
+unsafe fn q4_1_pass<L: BlockLanes, const R: usize>(
+    w_row: &[u8],
+    xs: &[f32],
+    sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    let n_blocks = (w_row.len() / Q4_1_BYTES).min(k / 32);
+    let bpr = k / 32;
+    let (w, x) = (w_row.as_ptr(), xs.as_ptr());
+    let mut acc0 = [L::zero(); R];
+    let mut acc1 = [L::zero(); R];
+    let mut offset0 = [0f32; R];
+    let mut offset1 = [0f32; R];
+    let mut b = 0;
+    while b + 2 <= n_blocks {
+        let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
+        let (u0, u1) = (L::q4_1_unpack(w0), L::q4_1_unpack(w1));
+        let (m0, m1) = (L::f16_at(w0.add(2)), L::f16_at(w1.add(2)));
+        for r in 0..R {
+            acc0[r] = L::q4_1_apply(u0, x.add(r * k + b * 32), acc0[r]);
+            acc1[r] = L::q4_1_apply(u1, x.add(r * k + (b + 1) * 32), acc1[r]);
+            offset0[r] += m0 * sums[r * bpr + b];
+            offset1[r] += m1 * sums[r * bpr + b + 1];
+        }
+        b += 2;
+    }
+    if b < n_blocks {
+        let w0 = w.add(b * Q4_1_BYTES);
+        let (u0, m0) = (L::q4_1_unpack(w0), L::f16_at(w0.add(2)));
+        for r in 0..R {
+            acc0[r] = L::q4_1_apply(u0, x.add(r * k + b * 32), acc0[r]);
+            offset0[r] += m0 * sums[r * bpr + b];
+        }
+    }
+    for r in 0..R {
+        out[r] = acc0[r].add(acc1[r]).reduce() + offset0[r] + offset1[r];
+    }
 }
 
 /// Q8_0 row dot product with two independent accumulator chains.
@@ -53,12 +134,71 @@ pub(super) unsafe fn dot_q8_0<L: BlockLanes>(w_row: &[u8], x: &[f32]) -> f32 {
     let (mut acc0, mut acc1) = (L::zero(), L::zero());
     let mut b = 0;
     while b + 2 <= n_blocks {
-        acc0 = L::q8_0_block(w.add(b * Q8_0_BYTES), x.add(b * 32), acc0);
-        acc1 = L::q8_0_block(w.add((b + 1) * Q8_0_BYTES), x.add((b + 1) * 32), acc1);
+        acc0 = L::q8_0_apply(L::q8_0_unpack(w.add(b * Q8_0_BYTES)), x.add(b * 32), acc0);
+        acc1 = L::q8_0_apply(
+            L::q8_0_unpack(w.add((b + 1) * Q8_0_BYTES)),
+            x.add((b + 1) * 32),
+            acc1,
+        );
         b += 2;
     }
     if b < n_blocks {
-        acc0 = L::q8_0_block(w.add(b * Q8_0_BYTES), x.add(b * 32), acc0);
+        acc0 = L::q8_0_apply(L::q8_0_unpack(w.add(b * Q8_0_BYTES)), x.add(b * 32), acc0);
     }
     acc0.add(acc1).reduce()
+}
+
+/// Q8_0 weight row times several input rows, bit-identical to [`dot_q8_0`] per row.
+#[inline(always)]
+pub(super) unsafe fn dot_q8_0_rows<L: BlockLanes>(
+    w_row: &[u8],
+    xs: &[f32],
+    _x_block_sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    for first in (0..out.len()).step_by(ROWS_PER_PASS) {
+        let rows = ROWS_PER_PASS.min(out.len() - first);
+        let xs = &xs[first * k..];
+        let out = &mut out[first..first + rows];
+        match rows {
+            4 => q8_0_pass::<L, 4>(w_row, xs, k, out),
+            3 => q8_0_pass::<L, 3>(w_row, xs, k, out),
+            2 => q8_0_pass::<L, 2>(w_row, xs, k, out),
+            _ => q8_0_pass::<L, 1>(w_row, xs, k, out),
+        }
+    }
+}
+
+/// `R` rows of [`dot_q8_0_rows`], with the accumulators in registers.
+#[inline(always)]
+unsafe fn q8_0_pass<L: BlockLanes, const R: usize>(
+    w_row: &[u8],
+    xs: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    let n_blocks = (w_row.len() / Q8_0_BYTES).min(k / 32);
+    let (w, x) = (w_row.as_ptr(), xs.as_ptr());
+    let mut acc0 = [L::zero(); R];
+    let mut acc1 = [L::zero(); R];
+    let mut b = 0;
+    while b + 2 <= n_blocks {
+        let u0 = L::q8_0_unpack(w.add(b * Q8_0_BYTES));
+        let u1 = L::q8_0_unpack(w.add((b + 1) * Q8_0_BYTES));
+        for r in 0..R {
+            acc0[r] = L::q8_0_apply(u0, x.add(r * k + b * 32), acc0[r]);
+            acc1[r] = L::q8_0_apply(u1, x.add(r * k + (b + 1) * 32), acc1[r]);
+        }
+        b += 2;
+    }
+    if b < n_blocks {
+        let u0 = L::q8_0_unpack(w.add(b * Q8_0_BYTES));
+        for r in 0..R {
+            acc0[r] = L::q8_0_apply(u0, x.add(r * k + b * 32), acc0[r]);
+        }
+    }
+    for r in 0..R {
+        out[r] = acc0[r].add(acc1[r]).reduce();
+    }
 }

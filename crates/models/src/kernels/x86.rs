@@ -14,13 +14,13 @@ pub(super) fn is_supported() -> bool {
 #[derive(Clone, Copy)]
 struct Avx2(__m256);
 
-/// `sum(q[i] * x[i])` over 32 elements given as four vectors of 8 integers.
+/// `sum(q[i] * x[i])` over 32 elements given as four vectors of 8 floats.
 #[inline(always)]
-unsafe fn block_product(q: [__m256i; 4], x: *const f32) -> __m256 {
-    let mut t = _mm256_mul_ps(_mm256_cvtepi32_ps(q[0]), _mm256_loadu_ps(x));
-    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[1]), _mm256_loadu_ps(x.add(8)), t);
-    t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[2]), _mm256_loadu_ps(x.add(16)), t);
-    _mm256_fmadd_ps(_mm256_cvtepi32_ps(q[3]), _mm256_loadu_ps(x.add(24)), t)
+unsafe fn float_block_product(q: [__m256; 4], x: *const f32) -> __m256 {
+    let mut t = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
+    t = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x.add(8)), t);
+    t = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x.add(16)), t);
+    _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x.add(24)), t)
 }
 
 impl BlockLanes for Avx2 {
@@ -42,34 +42,49 @@ impl BlockLanes for Avx2 {
         _mm_cvtss_f32(_mm_add_ss(sum64, _mm_shuffle_ps(sum64, sum64, 1)))
     }
 
+    type Q4Block = ([__m256; 4], f32);
+
     #[inline(always)]
-    unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+    unsafe fn q4_1_unpack(w: *const u8) -> Self::Q4Block {
         let low_nibbles = _mm_set1_epi8(0x0F);
         let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
         let lo = _mm_and_si128(qs, low_nibbles);
         let hi = _mm_and_si128(_mm_srli_epi16(qs, 4), low_nibbles);
         let q = [
-            _mm256_cvtepu8_epi32(lo),
-            _mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)),
-            _mm256_cvtepu8_epi32(hi),
-            _mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
+            _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))),
         ];
+        (q, Self::f16_at(w))
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_apply((q, d): Self::Q4Block, x: *const f32, acc: Self) -> Self {
         Self(_mm256_fmadd_ps(
-            _mm256_set1_ps(Self::f16_at(w)),
-            block_product(q, x),
+            _mm256_set1_ps(d),
+            float_block_product(q, x),
             acc.0,
         ))
     }
 
+    type Q8Block = ([__m256; 4], f32);
+
     #[inline(always)]
-    unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+    unsafe fn q8_0_unpack(w: *const u8) -> Self::Q8Block {
         let load8 = |offset: usize| {
-            _mm256_cvtepi8_epi32(_mm_loadl_epi64(w.add(2 + offset) as *const __m128i))
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                w.add(2 + offset) as *const __m128i
+            )))
         };
-        let q = [load8(0), load8(8), load8(16), load8(24)];
+        ([load8(0), load8(8), load8(16), load8(24)], Self::f16_at(w))
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0_apply((q, d): Self::Q8Block, x: *const f32, acc: Self) -> Self {
         Self(_mm256_fmadd_ps(
-            _mm256_set1_ps(Self::f16_at(w)),
-            block_product(q, x),
+            _mm256_set1_ps(d),
+            float_block_product(q, x),
             acc.0,
         ))
     }
@@ -88,6 +103,36 @@ impl BlockLanes for Avx2 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
     simd_driver::dot_q4_1::<Avx2>(w_row, x, x_block_sums)
+}
+
+/// Q4_1 weight row times several input rows (see `simd_driver::dot_q4_1_rows`).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_1_rows(
+    w_row: &[u8],
+    xs: &[f32],
+    x_block_sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    simd_driver::dot_q4_1_rows::<Avx2>(w_row, xs, x_block_sums, k, out)
+}
+
+/// Q8_0 weight row times several input rows.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`is_supported`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q8_0_rows(
+    w_row: &[u8],
+    xs: &[f32],
+    x_block_sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    simd_driver::dot_q8_0_rows::<Avx2>(w_row, xs, x_block_sums, k, out)
 }
 
 /// Q8_0 row dot product.

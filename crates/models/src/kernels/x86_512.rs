@@ -31,8 +31,10 @@ impl BlockLanes for Avx512 {
         _mm512_reduce_add_ps(self.0)
     }
 
+    type Q4Block = (__m512, __m512, f32);
+
     #[inline(always)]
-    unsafe fn q4_1_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+    unsafe fn q4_1_unpack(w: *const u8) -> Self::Q4Block {
         let low_nibbles = _mm_set1_epi8(0x0F);
         let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
         let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, low_nibbles)));
@@ -40,28 +42,40 @@ impl BlockLanes for Avx512 {
             _mm_srli_epi16(qs, 4),
             low_nibbles,
         )));
+        (lo, hi, Self::f16_at(w))
+    }
+
+    #[inline(always)]
+    unsafe fn q4_1_apply((lo, hi, d): Self::Q4Block, x: *const f32, acc: Self) -> Self {
         let t = _mm512_fmadd_ps(
             hi,
             _mm512_loadu_ps(x.add(16)),
             _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
         );
-        Self(_mm512_fmadd_ps(_mm512_set1_ps(Self::f16_at(w)), t, acc.0))
+        Self(_mm512_fmadd_ps(_mm512_set1_ps(d), t, acc.0))
     }
 
+    type Q8Block = (__m512, __m512, f32);
+
     #[inline(always)]
-    unsafe fn q8_0_block(w: *const u8, x: *const f32, acc: Self) -> Self {
+    unsafe fn q8_0_unpack(w: *const u8) -> Self::Q8Block {
         let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
             w.add(2) as *const __m128i
         )));
         let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
             w.add(18) as *const __m128i
         )));
+        (q0, q1, Self::f16_at(w))
+    }
+
+    #[inline(always)]
+    unsafe fn q8_0_apply((q0, q1, d): Self::Q8Block, x: *const f32, acc: Self) -> Self {
         let t = _mm512_fmadd_ps(
             q1,
             _mm512_loadu_ps(x.add(16)),
             _mm512_mul_ps(q0, _mm512_loadu_ps(x)),
         );
-        Self(_mm512_fmadd_ps(_mm512_set1_ps(Self::f16_at(w)), t, acc.0))
+        Self(_mm512_fmadd_ps(_mm512_set1_ps(d), t, acc.0))
     }
 
     #[inline(always)]
@@ -78,6 +92,36 @@ impl BlockLanes for Avx512 {
 #[target_feature(enable = "avx512f,f16c,fma")]
 pub(super) unsafe fn dot_q4_1(w_row: &[u8], x: &[f32], x_block_sums: &[f32]) -> f32 {
     simd_driver::dot_q4_1::<Avx512>(w_row, x, x_block_sums)
+}
+
+/// Q4_1 weight row times several input rows (see `simd_driver::dot_q4_1_rows`).
+///
+/// # Safety
+/// The CPU must support AVX-512F, F16C and FMA ([`is_supported`]).
+#[target_feature(enable = "avx512f,f16c,fma")]
+pub(super) unsafe fn dot_q4_1_rows(
+    w_row: &[u8],
+    xs: &[f32],
+    x_block_sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    simd_driver::dot_q4_1_rows::<Avx512>(w_row, xs, x_block_sums, k, out)
+}
+
+/// Q8_0 weight row times several input rows.
+///
+/// # Safety
+/// The CPU must support AVX-512F, F16C and FMA ([`is_supported`]).
+#[target_feature(enable = "avx512f,f16c,fma")]
+pub(super) unsafe fn dot_q8_0_rows(
+    w_row: &[u8],
+    xs: &[f32],
+    x_block_sums: &[f32],
+    k: usize,
+    out: &mut [f32],
+) {
+    simd_driver::dot_q8_0_rows::<Avx512>(w_row, xs, x_block_sums, k, out)
 }
 
 /// Q8_0 row dot product.

@@ -320,6 +320,14 @@ impl Scorer for ExpectedAttention {
             .to_vec1::<f32>()?;
         let shape = [batch, n_heads, n_kv_heads, n, d];
         let mut attention = expected_logits(&keys, shape, &mean, covariance.as_deref())?;
+        if input.front_padding.is_some() {
+            // Rows are (batch, query head): padding of that row's KV head gets no attention.
+            for (r, row) in attention.chunks_exact_mut(n).enumerate() {
+                let (b, h) = (r / n_heads, r % n_heads);
+                let pad = input.padding_of(b * n_kv_heads + h / group);
+                row[..pad.saturating_sub(self.n_sink).min(n)].fill(f32::NEG_INFINITY);
+            }
+        }
         softmax_rows(&mut attention, n);
 
         // Mean over each KV head's query heads, then the value norms.

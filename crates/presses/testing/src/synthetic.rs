@@ -204,6 +204,7 @@ impl SyntheticLayer {
             attention_weights: self.attention_weights.as_ref(),
             rotary: &self.rotary,
             projections: &self.projections,
+            front_padding: None,
         }
     }
 }

@@ -103,6 +103,7 @@ impl HandMade {
             attention_weights: self.attention_weights.as_ref(),
             rotary: &self.rotary,
             projections: &self.projections,
+            front_padding: None,
         }
     }
 }
