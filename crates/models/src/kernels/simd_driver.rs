@@ -85,6 +85,8 @@ pub(super) unsafe fn dot_q4_1_rows<L: BlockLanes>(
 }
 
 /// `R` rows of [`dot_q4_1_rows`], with the accumulators in registers.
+// Several per-row arrays are indexed together; an index loop says that most plainly.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn q4_1_pass<L: BlockLanes, const R: usize>(
     w_row: &[u8],
@@ -171,6 +173,7 @@ pub(super) unsafe fn dot_q8_0_rows<L: BlockLanes>(
 }
 
 /// `R` rows of [`dot_q8_0_rows`], with the accumulators in registers.
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 unsafe fn q8_0_pass<L: BlockLanes, const R: usize>(
     w_row: &[u8],
