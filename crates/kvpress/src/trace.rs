@@ -79,11 +79,23 @@ pub struct Trace {
     pub presses: BTreeMap<String, PressTrace>,
 }
 
-fn greedy() -> GenerationConfig {
-    GenerationConfig {
+/// The fixtures' answer: greedy, at most [`MAX_NEW_TOKENS`] tokens, from the session's context.
+fn greedy_answer(
+    model: &LoadedModel,
+    session: &mut ContextSession,
+    split: &PromptSplit,
+) -> Result<models::GenerationOutput> {
+    let config = GenerationConfig {
         max_new_tokens: MAX_NEW_TOKENS,
         sampling: Sampling::Greedy,
-    }
+    };
+    Ok(session.answer(
+        &model.model,
+        &split.question_ids,
+        model.tokenizer.eos_ids(),
+        &config,
+        &mut |_| Ok(()),
+    )?)
 }
 
 /// Traces `prompt` on `model`: split, prefill, record, answer greedily; then the same with every
@@ -110,13 +122,7 @@ pub fn trace(
         keys_first4.insert(layer_idx.to_string(), first_tokens(&keys, n)?);
         values_first4.insert(layer_idx.to_string(), first_tokens(&values, n)?);
     }
-    let answer = session.answer(
-        &model.model,
-        &split.question_ids,
-        model.tokenizer.eos_ids(),
-        &greedy(),
-        &mut |_| Ok(()),
-    )?;
+    let answer = greedy_answer(model, &mut session, &split)?;
     let mut press_traces = BTreeMap::new();
     for (name, press) in presses {
         let press_trace =
@@ -147,13 +153,7 @@ pub fn trace_press(
 ) -> Result<PressTrace> {
     let (mut session, report) =
         ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
-    let answer = session.answer(
-        &model.model,
-        &split.question_ids,
-        model.tokenizer.eos_ids(),
-        &greedy(),
-        &mut |_| Ok(()),
-    )?;
+    let answer = greedy_answer(model, &mut session, split)?;
     let mut scores = BTreeMap::new();
     for layer in &report.layers {
         if let Some(layer_scores) = &layer.scores {

@@ -117,8 +117,8 @@ fn every_press_matches_kvpress() {
         .collect();
     assert_eq!(
         presses.len(),
-        10,
-        "the ten dense configurations of the fixture"
+        13,
+        "the thirteen configurations of the fixture"
     );
     let traced = trace(&model, &prompt, &presses).expect("trace runs");
 

@@ -253,9 +253,7 @@ fn run(cli: Cli) -> Result<()> {
             let context = context.context("--context or --load is required")?;
             let press_name = press
                 .as_deref()
-                .and_then(|p| p.file_stem())
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "no_press".to_string());
+                .map_or_else(|| "no_press".to_string(), config_name);
             let press = load_press(press.as_deref())?;
             let text = std::fs::read_to_string(&context)
                 .with_context(|| format!("cannot read {}", context.display()))?;
@@ -319,10 +317,7 @@ fn run(cli: Cli) -> Result<()> {
             let presses = press
                 .iter()
                 .map(|path| {
-                    let name = path
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
+                    let name = config_name(path);
                     Ok((name, press_from_file(path)?))
                 })
                 .collect::<Result<Vec<_>>>()?;
@@ -351,10 +346,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("| press | contexts | longest context | tokens | one at a time tok/s | batched tok/s |");
                 println!("|---|---:|---:|---:|---:|---:|");
                 for path in &press {
-                    let name = path
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
+                    let name = config_name(path);
                     let row = kvpress::press_bench::measure_batch(
                         &loaded,
                         &name,
@@ -380,10 +372,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("| press | generated tokens | ms/token (last 1000) | peak KV MiB | final KV MiB |");
                 println!("|---|---:|---:|---:|---:|");
                 for path in &press {
-                    let name = path
-                        .file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_default();
+                    let name = config_name(path);
                     let row = kvpress::press_bench::measure_generation(
                         &loaded,
                         &name,
@@ -455,10 +444,7 @@ fn bench_presses(
     let mut rows = Vec::new();
     for path in paths {
         let press = press_from_file(path)?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = config_name(path);
         for &n in context {
             let row = kvpress::press_bench::measure_press(
                 loaded,
@@ -480,6 +466,13 @@ fn bench_presses(
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
     }
     Ok(())
+}
+
+/// A press config's name: its file name without the extension.
+fn config_name(path: &std::path::Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn load_press(path: Option<&std::path::Path>) -> Result<Box<dyn Press>> {
