@@ -41,13 +41,55 @@ pub struct PressHook<'p> {
 }
 
 /// Per-layer state of decode-time compression: tokens since the last compression and the recent
-/// tokens' hidden states and queries.
+/// forwards' hidden states and queries (kept as they came; joined only when compressing, so a
+/// decode step copies nothing).
 #[derive(Debug, Default)]
 struct DecodingState {
     steps: usize,
-    hidden_states: Option<Tensor>,
-    queries: Option<Tensor>,
-    first_position: usize,
+    /// `(hidden_states (b, n, hidden), queries (b, heads, n, d), first position)` per forward.
+    recent: std::collections::VecDeque<(Tensor, Tensor, usize)>,
+    buffered: usize,
+}
+
+impl DecodingState {
+    /// Remembers one forward's tokens, forgetting forwards no longer needed for the last
+    /// `buffer_size` tokens.
+    fn push(
+        &mut self,
+        hidden: &Tensor,
+        queries: &Tensor,
+        position: usize,
+        buffer_size: usize,
+    ) -> kvpress_core::Result<()> {
+        let n = hidden.dim(1)?;
+        self.recent
+            .push_back((hidden.clone(), queries.clone(), position));
+        self.buffered += n;
+        while let Some((front, _, _)) = self.recent.front() {
+            let front_len = front.dim(1)?;
+            if self.buffered - front_len < buffer_size {
+                break;
+            }
+            self.buffered -= front_len;
+            self.recent.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The last `buffer_size` tokens' hidden states and queries, and the first one's position.
+    fn window(&self, buffer_size: usize) -> kvpress_core::Result<(Tensor, Tensor, usize)> {
+        let hidden: Vec<&Tensor> = self.recent.iter().map(|(h, _, _)| h).collect();
+        let queries: Vec<&Tensor> = self.recent.iter().map(|(_, q, _)| q).collect();
+        let (hidden, queries) = (Tensor::cat(&hidden, 1)?, Tensor::cat(&queries, 2)?);
+        let len = hidden.dim(1)?;
+        let keep = len.min(buffer_size);
+        let first = self.recent.front().map_or(0, |(_, _, p)| *p) + (len - keep);
+        Ok((
+            hidden.narrow(1, len - keep, keep)?,
+            queries.narrow(2, len - keep, keep)?,
+            first,
+        ))
+    }
 }
 
 impl<'p> PressHook<'p> {
@@ -80,35 +122,26 @@ impl<'p> PressHook<'p> {
         }
         let state = &mut self.decoding[context.layer_idx];
         let n_new = context.hidden_states.dim(1)?;
-        let keep_recent =
-            |buffer: Option<&Tensor>, new: &Tensor, dim: usize| -> kvpress_core::Result<Tensor> {
-                let joined = match buffer {
-                    Some(old) => Tensor::cat(&[old, new], dim)?,
-                    None => new.clone(),
-                };
-                let len = joined.dim(dim)?;
-                let keep = len.min(schedule.buffer_size);
-                Ok(joined.narrow(dim, len - keep, keep)?)
-            };
-        let hidden = keep_recent(state.hidden_states.as_ref(), context.hidden_states, 1)?;
-        let queries = keep_recent(state.queries.as_ref(), context.queries, 2)?;
-        let seen = context.position_offset + n_new;
-        state.first_position = seen - hidden.dim(1)?;
-        state.hidden_states = Some(hidden);
-        state.queries = Some(queries);
+        state.push(
+            context.hidden_states,
+            context.queries,
+            context.position_offset,
+            schedule.buffer_size,
+        )?;
         state.steps += n_new;
         let len = context.cache.len();
-        let target = schedule.target.tokens(seen);
+        let target = schedule.target.tokens(context.position_offset + n_new);
         if state.steps < schedule.compression_interval || len <= target {
             return Ok(());
         }
+        let (hidden, queries, first_position) = state.window(schedule.buffer_size)?;
         // The ratio whose kept count floor(len * (1 - ratio)) is exactly the target.
         let ratio = 1.0 - (target as f64 + 0.5) / len as f64;
         let (cached, padding) = padded_keys_values(context.cache)?;
         let input = PressInput {
-            hidden_states: state.hidden_states.as_ref().expect("buffered"),
-            queries: state.queries.as_ref().expect("buffered"),
-            query_position: state.first_position,
+            hidden_states: &hidden,
+            queries: &queries,
+            query_position: first_position,
             attention_weights: None,
             front_padding: padding.as_deref(),
             ..cached.input(context)
@@ -122,9 +155,7 @@ impl<'p> PressHook<'p> {
         context
             .cache
             .compact(&selection, compression.keys.as_ref())?;
-        state.steps = 0;
-        state.hidden_states = None;
-        state.queries = None;
+        *state = DecodingState::default();
         Ok(())
     }
 

@@ -301,3 +301,84 @@ fn bad_press_configs_fail_with_a_message_naming_the_problem() {
         assert!(!err.contains("panicked"), "{press}: {err}");
     }
 }
+
+#[test]
+fn compress_saves_a_context_that_run_load_answers_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ctx.kvp");
+    let question = "What is the special magic number for ocean mentioned in the provided text?";
+    let output = kvpress(&[
+        "compress",
+        "--context",
+        &repository_file("data/needle-haystack.txt"),
+        "--press",
+        &repository_file("configs/presses/adakv_snapkv.toml"),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("bytes (50.") && stdout.contains("kept 50.0%"),
+        "{stdout}"
+    );
+    let loaded = kvpress(&[
+        "run",
+        "--load",
+        file.to_str().unwrap(),
+        "--question",
+        question,
+        "--max-new-tokens",
+        "24",
+    ]);
+    assert!(loaded.status.success(), "{}", stderr(&loaded));
+    let fresh = kvpress(&[
+        "run",
+        "--context",
+        &repository_file("data/needle-haystack.txt"),
+        "--press",
+        &repository_file("configs/presses/adakv_snapkv.toml"),
+        "--question",
+        question,
+        "--max-new-tokens",
+        "24",
+    ]);
+    let answer = |out: &Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("A: "))
+            .map(str::to_string)
+    };
+    assert_eq!(answer(&loaded), answer(&fresh));
+    assert!(answer(&loaded).is_some());
+    let both = kvpress(&[
+        "run",
+        "--load",
+        file.to_str().unwrap(),
+        "--context",
+        "x.txt",
+        "--question",
+        "?",
+    ]);
+    assert!(!both.status.success());
+    assert!(
+        stderr(&both).contains("cannot be used with"),
+        "{}",
+        stderr(&both)
+    );
+}
+
+#[test]
+fn generate_runs_decode_time_compression() {
+    let output = kvpress(&[
+        "generate",
+        "--prompt",
+        "Tell me a story.",
+        "--max-new-tokens",
+        "40",
+        "--press",
+        &repository_file("configs/presses/decoding_snapkv.toml"),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stderr(&output).contains("KV cache:"));
+}
