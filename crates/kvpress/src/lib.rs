@@ -9,6 +9,7 @@ pub mod batch;
 pub mod bench;
 pub mod context_file;
 pub mod default_model;
+pub mod eval;
 pub mod listing;
 pub mod press_bench;
 pub mod run;
