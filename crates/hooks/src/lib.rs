@@ -20,9 +20,11 @@
 mod error;
 mod press_hook;
 mod prompt;
+mod recorded;
 mod session;
 
 pub use error::{Error, Result};
 pub use press_hook::{LayerRecord, PressHook};
 pub use prompt::PromptSplit;
+pub use recorded::RecordedPrefill;
 pub use session::{new_cache_for, CompressionReport, ContextSession};

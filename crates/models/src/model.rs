@@ -162,6 +162,16 @@ impl Model {
         &self.device
     }
 
+    /// The projection weights of one layer's attention (what presses read `W_q`/`W_o` from).
+    pub fn attention_projections(
+        &self,
+        layer_idx: usize,
+    ) -> Option<&dyn kvpress_core::AttentionProjections> {
+        self.layers
+            .get(layer_idx)
+            .map(|l| &l.attention as &dyn kvpress_core::AttentionProjections)
+    }
+
     /// The rotary tables.
     pub fn rotary(&self) -> &RotaryEmbedding {
         &self.rotary

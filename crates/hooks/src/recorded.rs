@@ -1,0 +1,151 @@
+//! A prefill recorded once and compressed by any number of presses afterwards: presses run after
+//! each layer's prefill attention, so the prefill itself is the same for every press and ratio.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use kvpress_core::press::{CachedKeysValues, Press, PressInput};
+use kvpress_core::{AttentionHook, AttentionShape, ForwardPhase, LayerContext};
+use models::Model;
+
+use crate::press_hook::LayerRecord;
+use crate::session::{new_cache_for, CompressionReport, ContextSession};
+use crate::{Error, Result};
+
+/// What one layer's prefill exposed to presses.
+#[derive(Debug, Clone)]
+struct RecordedLayer {
+    shape: AttentionShape,
+    hidden_states: Tensor,
+    queries: Tensor,
+    cached: CachedKeysValues,
+}
+
+/// Records every layer's press input during a prefill.
+#[derive(Debug, Default)]
+struct Recorder {
+    layers: Vec<RecordedLayer>,
+}
+
+impl AttentionHook for Recorder {
+    fn after_attention(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+        if context.phase == ForwardPhase::Prefill {
+            self.layers.push(RecordedLayer {
+                shape: context.shape,
+                hidden_states: context.hidden_states.clone(),
+                queries: context.queries.clone(),
+                cached: CachedKeysValues::of(context)?,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A context prefilled once, kept with everything a press sees in each layer (hidden states,
+/// queries, keys, values: about `T * (hidden + 2 * kv_dim + q_dim) * 4` bytes per layer), so that
+/// many presses compress it without running the model again.
+#[derive(Debug)]
+pub struct RecordedPrefill {
+    layers: Vec<RecordedLayer>,
+    last_logits: Tensor,
+    n_tokens: usize,
+    prefill_seconds: f64,
+}
+
+impl RecordedPrefill {
+    /// Prefills `context_ids` and records every layer.
+    pub fn record(model: &Model, context_ids: &[u32]) -> Result<Self> {
+        let mut recorder = Recorder::default();
+        let start = Instant::now();
+        let session = ContextSession::prefill(model, context_ids, Some(&mut recorder))?;
+        Ok(Self {
+            layers: recorder.layers,
+            last_logits: session.last_logits,
+            n_tokens: context_ids.len(),
+            prefill_seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Seconds the recorded prefill took.
+    pub fn prefill_seconds(&self) -> f64 {
+        self.prefill_seconds
+    }
+
+    /// Compresses the recorded context with `press`, as [`ContextSession::compress`] would,
+    /// without running the model. Presses that need attention weights are refused (the record
+    /// does not keep them: use `ContextSession::compress`).
+    pub fn compress(
+        &self,
+        model: &Model,
+        press: &dyn Press,
+        score_layers: &[usize],
+    ) -> Result<(ContextSession, CompressionReport)> {
+        press.validate()?;
+        if press.needs_attention_weights() {
+            return Err(Error::InvalidInput(
+                "this press needs attention weights, which a recorded prefill does not keep"
+                    .to_string(),
+            ));
+        }
+        let mut cache = new_cache_for(model, press)?;
+        let mut records = Vec::with_capacity(self.layers.len());
+        for (layer_idx, layer) in self.layers.iter().enumerate() {
+            let projections = model.attention_projections(layer_idx).ok_or_else(|| {
+                Error::InvalidInput(format!("the model has no layer {layer_idx}"))
+            })?;
+            let start = Instant::now();
+            let input = PressInput {
+                layer_idx,
+                n_layers: self.layers.len(),
+                shape: layer.shape,
+                hidden_states: &layer.hidden_states,
+                queries: &layer.queries,
+                query_position: 0,
+                keys: &layer.cached.keys,
+                values: &layer.cached.values,
+                attention_weights: None,
+                rotary: model.rotary(),
+                projections,
+                front_padding: None,
+            };
+            let compression = press.compress(&input)?;
+            let layer_cache = cache
+                .layer_mut(layer_idx)
+                .ok_or_else(|| Error::InvalidInput("cache layers".to_string()))?;
+            layer_cache.append(&layer.cached.keys, &layer.cached.values)?;
+            let bytes_before = layer_cache.bytes_reserved();
+            layer_cache.compact(&compression.selection, compression.keys.as_ref())?;
+            layer_cache.shrink_to_fit()?;
+            records.push(LayerRecord {
+                layer_idx,
+                cache_len: layer_cache.len(),
+                bytes_before,
+                bytes_after: layer_cache.bytes_reserved(),
+                scores: compression
+                    .scores
+                    .filter(|_| score_layers.contains(&layer_idx)),
+                selection: compression.selection,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+        }
+        let seen = if press.rerotates_keys() {
+            cache.lengths().into_iter().max().unwrap_or(0)
+        } else {
+            self.n_tokens
+        };
+        cache.set_seen_tokens(seen);
+        let compression_seconds = records.iter().map(|r| r.seconds).sum();
+        let report = CompressionReport {
+            context_tokens: self.n_tokens,
+            prefill_seconds: self.prefill_seconds + compression_seconds,
+            compression_seconds,
+            kv_bytes_full: records.iter().map(|r| r.bytes_before).sum(),
+            kv_bytes: cache.bytes_reserved(),
+            layers: records,
+        };
+        Ok((
+            ContextSession::from_cache(cache, self.last_logits.clone()),
+            report,
+        ))
+    }
+}
