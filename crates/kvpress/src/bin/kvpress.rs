@@ -139,6 +139,21 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Evaluate presses on RULER-style tasks (and/or a JSONL dataset): tasks x context lengths x
+    /// presses x ratios, with the full cache as reference; resumable.
+    Eval {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Eval config (TOML), e.g. configs/eval/default.toml.
+        #[arg(long)]
+        config: PathBuf,
+        /// Output folder: results.jsonl, table.md, plot_<setting>.svg.
+        #[arg(long, default_value = "eval-results")]
+        out: PathBuf,
+        /// Skip malformed dataset lines (reported) instead of stopping.
+        #[arg(long)]
+        skip_bad: bool,
+    },
     /// List every registered press with its parameters and defaults.
     Presses,
     /// Measure prefill tokens/s and decode ms/token at several context lengths.
@@ -225,6 +240,37 @@ fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Presses => print!("{}", listing::press_listing()?),
+        Command::Eval {
+            model,
+            config,
+            out,
+            skip_bad,
+        } => {
+            let config = kvpress::eval::EvalConfig::from_file(&config)?;
+            let loaded = model.load()?;
+            let (rows, warnings) =
+                kvpress::eval::run(&loaded, &config, &out, skip_bad, &mut |p| {
+                    eprint!(
+                        "\r[{}/{}] {:.1}% | {:.0} s elapsed | ETA {:.0} s   ",
+                        p.done,
+                        p.total,
+                        100.0 * p.done as f64 / p.total.max(1) as f64,
+                        p.elapsed_seconds,
+                        p.eta_seconds
+                    );
+                })?;
+            eprintln!();
+            for warning in warnings {
+                eprintln!("warning: {warning}");
+            }
+            let table = kvpress::eval::report::markdown(&rows);
+            std::fs::write(out.join("table.md"), &table)?;
+            for (setting, svg) in kvpress::eval::report::svg_plots(&rows) {
+                std::fs::write(out.join(format!("plot_{setting}.svg")), svg)?;
+            }
+            print!("{table}");
+            eprintln!("results in {}", out.display());
+        }
         Command::Run {
             model,
             context,

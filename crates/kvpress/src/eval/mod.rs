@@ -1,5 +1,6 @@
-//! Evaluation building blocks: RULER-style task generators (seeded, offline) and RULER's
-//! string-match metric.
+//! Evaluation: RULER-style task generators (seeded, offline), RULER's string-match metric, user
+//! datasets (JSONL), and the grid runner behind `kvpress eval` (one recorded prefill per
+//! sample, every press and ratio applied to it, resumable results, Markdown table, SVG plot).
 //!
 //! ```
 //! use kvpress::eval::{generate, string_match, TaskKind};
@@ -11,9 +12,15 @@
 //! assert_eq!(string_match(&format!("It is {}.", question.answers[0]), &question.answers), 1.0);
 //! ```
 
+pub mod config;
+pub mod dataset;
 mod metric;
+pub mod report;
+pub mod runner;
 mod tasks;
 mod words;
 
+pub use config::{EvalConfig, EvalPress, Setting};
 pub use metric::string_match;
+pub use runner::{run, Progress, ResultRow};
 pub use tasks::{generate, Haystack, NeedleValue, Question, Sample, TaskKind};

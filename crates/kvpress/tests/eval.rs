@@ -1,0 +1,104 @@
+//! `kvpress eval` end to end on a small grid: the pipeline runs, the full cache finds the needle,
+//! a rerun resumes instead of recomputing, outputs are written, and datasets report bad lines.
+
+use std::path::PathBuf;
+
+use kvpress::candle::Device;
+use kvpress::eval::dataset::read_dataset;
+use kvpress::eval::{report, run, EvalConfig};
+use kvpress::models::load_model;
+
+fn repository_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+#[test]
+fn the_ci_grid_runs_and_resumes() {
+    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
+    let model = load_model(&path, None, &Device::Cpu).expect("the default model loads");
+    let config = EvalConfig::from_file(&repository_file("configs/eval/ci.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut updates = 0;
+    let (rows, warnings) = run(&model, &config, dir.path(), false, &mut |p| {
+        updates += 1;
+        assert!(p.done <= p.total && p.eta_seconds >= 0.0);
+    })
+    .unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(rows.len(), 9, "3 samples x (full cache + 2 presses)");
+    assert_eq!(updates, 9);
+    let full: Vec<f64> = rows
+        .iter()
+        .filter(|r| r.press == report::FULL_CACHE)
+        .map(|r| r.score)
+        .collect();
+    let accuracy = full.iter().sum::<f64>() / full.len() as f64;
+    assert!(
+        accuracy >= 0.8,
+        "full-cache NIAH accuracy at 1k is {accuracy}"
+    );
+
+    // A second run finds every row and computes nothing.
+    let (again, _) = run(&model, &config, dir.path(), false, &mut |_| {
+        panic!("nothing is left to compute")
+    })
+    .unwrap();
+    assert_eq!(again, rows);
+
+    let table = report::markdown(&rows);
+    assert!(table.contains("| full cache | 0.000 |"), "{table}");
+    assert!(table.contains("| knorm | 0.500 |") && table.contains("| adakv_snapkv | 0.500 |"));
+    let plots = report::svg_plots(&rows);
+    assert!(
+        plots["question_agnostic"].starts_with("<svg")
+            && plots["question_agnostic"].contains("knorm")
+    );
+}
+
+#[test]
+fn datasets_name_their_bad_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            "{\"context\": \"The code is 42.\", \"question\": \"What is the code?\", \"answer\": \"42\"}\n",
+            "{\"context\": \"no question here\"}\n",
+            "{\"context\": \"A and B.\", \"questions\": [\"A?\", \"B?\"], \"answers\": [[\"A\"], \"B\"]}\n",
+        ),
+    )
+    .unwrap();
+    let error = format!("{:#}", read_dataset(&file, false).unwrap_err());
+    assert!(
+        error.contains("data.jsonl:2:") && error.contains("--skip-bad"),
+        "{error}"
+    );
+    let (samples, warnings) = read_dataset(&file, true).unwrap();
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[1].questions.len(), 2);
+    assert_eq!(samples[1].questions[1].answers, vec!["B".to_string()]);
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains(":2:"));
+}
+
+#[test]
+fn bad_eval_configs_say_what_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |text: &str| {
+        let path = dir.path().join("eval.toml");
+        std::fs::write(&path, text).unwrap();
+        format!("{:#}", EvalConfig::from_file(&path).unwrap_err())
+    };
+    let base = "context_lengths = [512]\nsamples = 1\ncompression_ratios = [0.5]\n";
+    let error = write(&format!("tasks = [\"niah\"]\n{base}presses = []\n"));
+    assert!(
+        error.contains("unknown task `niah`: valid are niah_single"),
+        "{error}"
+    );
+    let error = write(&format!(
+        "tasks = [\"niah_single\"]\n{base}[[presses]]\nname = \"x\"\nconfig = {{ press = \"snap\" }}\n"
+    ));
+    assert!(error.contains("unknown press `snap`"), "{error}");
+}
