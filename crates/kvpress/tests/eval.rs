@@ -102,3 +102,28 @@ fn bad_eval_configs_say_what_is_valid() {
     ));
     assert!(error.contains("unknown press `snap`"), "{error}");
 }
+
+#[test]
+fn fidelity_is_exact_for_the_full_cache_and_measures_compression() {
+    use kvpress::core::press::press_from_toml;
+    use kvpress::core::NoPress;
+    use kvpress::eval::fidelity;
+    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
+    let model = load_model(&path, None, &Device::Cpu).expect("the default model loads");
+    let text = std::fs::read_to_string(repository_file("data/needle-haystack.txt")).unwrap();
+    let ids = model.tokenizer.encode(&text, false).unwrap();
+    let (context, continuation) = ids.split_at(ids.len() - 64);
+    let same = fidelity(&model.model, context, continuation, &NoPress::default()).unwrap();
+    assert_eq!(same.mean_kl, 0.0);
+    assert_eq!(same.top1_agreement, 1.0);
+    assert_eq!(same.perplexity_ratio, 1.0);
+    assert!(same.attention_error_per_layer.iter().all(|&e| e == 0.0));
+    assert_eq!(same.attention_error_per_layer.len(), 30);
+
+    let press = press_from_toml("press = \"streaming_llm\"\ncompression_ratio = 0.9\n").unwrap();
+    let pressed = fidelity(&model.model, context, continuation, press.as_ref()).unwrap();
+    assert_eq!(pressed.kl_per_token.len(), 64);
+    assert!(pressed.mean_kl > 0.0 && pressed.mean_kl.is_finite());
+    assert!((0.0..=1.0).contains(&pressed.top1_agreement));
+    assert!(pressed.attention_error_per_layer.iter().any(|&e| e > 0.0));
+}

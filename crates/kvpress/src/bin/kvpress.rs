@@ -154,6 +154,22 @@ enum Command {
         #[arg(long)]
         skip_bad: bool,
     },
+    /// How closely a compressed cache follows the full one: continue a text from both (its last
+    /// --continuation tokens, teacher-forced) and compare KL, top-1 agreement, perplexity and
+    /// per-layer attention outputs.
+    Fidelity {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file: all but its last --continuation tokens are the compressed context.
+        #[arg(long)]
+        text: PathBuf,
+        /// Press config (.json or .toml).
+        #[arg(long)]
+        press: PathBuf,
+        /// Tokens of the continuation.
+        #[arg(long, default_value_t = 128)]
+        continuation: usize,
+    },
     /// List every registered press with its parameters and defaults.
     Presses,
     /// Measure prefill tokens/s and decode ms/token at several context lengths.
@@ -240,6 +256,46 @@ fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Presses => print!("{}", listing::press_listing()?),
+        Command::Fidelity {
+            model,
+            text,
+            press,
+            continuation,
+        } => {
+            let press = press_from_file(&press)?;
+            let loaded = model.load()?;
+            let text = std::fs::read_to_string(&text)
+                .with_context(|| format!("cannot read {}", text.display()))?;
+            let ids = loaded.tokenizer.encode(&text, false)?;
+            if ids.len() <= continuation + 1 {
+                bail!(
+                    "the text has {} tokens; it needs more than --continuation ({continuation})",
+                    ids.len()
+                );
+            }
+            let (context, rest) = ids.split_at(ids.len() - continuation);
+            let f = kvpress::eval::fidelity(&loaded.model, context, rest, press.as_ref())?;
+            println!(
+                "context {} tokens, continuation {} tokens
+mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:.3})",
+                context.len(),
+                rest.len(),
+                f.mean_kl,
+                f.top1_agreement,
+                f.perplexity_full,
+                f.perplexity_compressed,
+                f.perplexity_ratio
+            );
+            let errors: Vec<String> = f
+                .attention_error_per_layer
+                .iter()
+                .map(|e| format!("{e:.3}"))
+                .collect();
+            println!(
+                "attention output relative error per layer: {}",
+                errors.join(" ")
+            );
+        }
         Command::Eval {
             model,
             config,

@@ -1,6 +1,8 @@
 //! Evaluation: RULER-style task generators (seeded, offline), RULER's string-match metric, user
-//! datasets (JSONL), and the grid runner behind `kvpress eval` (one recorded prefill per
-//! sample, every press and ratio applied to it, resumable results, Markdown table, SVG plot).
+//! datasets (JSONL), the grid runner behind `kvpress eval` (one recorded prefill per sample,
+//! every press and ratio applied to it, resumable results, Markdown table, SVG plot), and
+//! fidelity metrics ([`fidelity`]: KL, top-1 agreement, perplexity ratio, attention-output
+//! error per layer).
 //!
 //! ```
 //! use kvpress::eval::{generate, string_match, TaskKind};
@@ -14,6 +16,7 @@
 
 pub mod config;
 pub mod dataset;
+mod fidelity;
 mod metric;
 pub mod report;
 pub mod runner;
@@ -21,6 +24,7 @@ mod tasks;
 mod words;
 
 pub use config::{EvalConfig, EvalPress, Setting};
+pub use fidelity::{fidelity, Fidelity};
 pub use metric::string_match;
 pub use runner::{run, Progress, ResultRow};
 pub use tasks::{generate, Haystack, NeedleValue, Question, Sample, TaskKind};
