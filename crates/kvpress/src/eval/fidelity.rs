@@ -56,12 +56,19 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|&x| x as f64 - log_sum).collect()
 }
 
-/// Logits of the last context token and of every continuation token, plus attention outputs.
+/// What a continuation produced: logits of the last context token and of every continuation
+/// token, and each layer's attention output.
+struct Continuation {
+    logits: Vec<Vec<f32>>,
+    attention: Vec<Option<Tensor>>,
+}
+
+/// Continues `session`'s context with the teacher-forced `continuation`.
 fn continue_from(
     model: &Model,
     mut session: ContextSession,
     continuation: &[u32],
-) -> Result<(Vec<Vec<f32>>, Vec<Option<Tensor>>)> {
+) -> Result<Continuation> {
     let mut recorder = AttentionOutputs::default();
     let input = Tensor::new(continuation, model.device())?.unsqueeze(0)?;
     let last = session.last_logits.to_vec1::<f32>()?;
@@ -73,7 +80,10 @@ fn continue_from(
     )?;
     let mut rows = vec![last];
     rows.extend(logits.squeeze(0)?.to_vec2::<f32>()?);
-    Ok((rows, recorder.per_layer))
+    Ok(Continuation {
+        logits: rows,
+        attention: recorder.per_layer,
+    })
 }
 
 /// Compresses `context_ids` with `press` and measures how the continuation `continuation_ids`
@@ -92,9 +102,9 @@ pub fn fidelity(
     } else {
         recorded.compress(model, press, &[])?
     };
-    let (full, full_attention) = continue_from(model, full_session, continuation_ids)?;
-    let (compressed, compressed_attention) =
-        continue_from(model, compressed_session, continuation_ids)?;
+    let full_run = continue_from(model, full_session, continuation_ids)?;
+    let compressed_run = continue_from(model, compressed_session, continuation_ids)?;
+    let (full, compressed) = (&full_run.logits, &compressed_run.logits);
     // Row i predicts continuation token i; the last row predicts past the continuation.
     let n = continuation_ids.len();
     let mut kl = Vec::with_capacity(n);
@@ -115,9 +125,10 @@ pub fn fidelity(
     }
     let perplexity_full = (nll_full / n as f64).exp();
     let perplexity_compressed = (nll_compressed / n as f64).exp();
-    let attention_error_per_layer = full_attention
+    let attention_error_per_layer = full_run
+        .attention
         .iter()
-        .zip(&compressed_attention)
+        .zip(&compressed_run.attention)
         .map(|(f, c)| -> Result<f64> {
             match (f, c) {
                 (Some(f), Some(c)) => {
