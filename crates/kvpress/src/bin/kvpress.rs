@@ -170,6 +170,21 @@ enum Command {
         #[arg(long, default_value_t = 128)]
         continuation: usize,
     },
+    /// Pictures of what a press kept (SVG): per layer x head budgets, and a kept-token map over
+    /// the context.
+    Inspect {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Text file holding the context.
+        #[arg(long)]
+        context: PathBuf,
+        /// Press config (.json or .toml).
+        #[arg(long)]
+        press: PathBuf,
+        /// Output folder for budgets.svg and kept.svg.
+        #[arg(long, default_value = "inspect")]
+        out: PathBuf,
+    },
     /// List every registered press with its parameters and defaults.
     Presses,
     /// Measure prefill tokens/s and decode ms/token at several context lengths.
@@ -256,6 +271,42 @@ fn run(cli: Cli) -> Result<()> {
             )?;
         }
         Command::Presses => print!("{}", listing::press_listing()?),
+        Command::Inspect {
+            model,
+            context,
+            press,
+            out,
+        } => {
+            let name = config_name(&press);
+            let press = press_from_file(&press)?;
+            let loaded = model.load()?;
+            let text = std::fs::read_to_string(&context)
+                .with_context(|| format!("cannot read {}", context.display()))?;
+            let ids = kvpress::hooks::PromptSplit::new(&loaded, &text, "?")?.context_ids;
+            let (_, report) =
+                kvpress::hooks::ContextSession::compress(&loaded.model, &ids, press.as_ref(), &[])?;
+            std::fs::create_dir_all(&out)?;
+            let title = format!(
+                "{name}: tokens kept per layer and KV head ({} context tokens)",
+                ids.len()
+            );
+            std::fs::write(
+                out.join("budgets.svg"),
+                kvpress::eval::inspect::budgets_svg(&report.layers, &title),
+            )?;
+            let title = format!("{name}: kept tokens over the context (rows: layer x KV head)");
+            std::fs::write(
+                out.join("kept.svg"),
+                kvpress::eval::inspect::kept_map_svg(&report.layers, 200, &title),
+            )?;
+            println!(
+                "{}: kept {:.1}% | wrote {} and {}",
+                name,
+                100.0 * report.kept_fraction(),
+                out.join("budgets.svg").display(),
+                out.join("kept.svg").display()
+            );
+        }
         Command::Fidelity {
             model,
             text,

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod dataset;
 mod fidelity;
+pub mod inspect;
 mod metric;
 pub mod report;
 pub mod runner;
