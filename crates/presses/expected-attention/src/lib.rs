@@ -13,7 +13,8 @@
 //! ```
 #![warn(missing_docs)]
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
+use kvpress_core::cpu::{dot, sgemm, GemmDims, MatMut, MatRef};
 use kvpress_core::press::{ops, PressInput, Scorer};
 use kvpress_core::{Error, Result, RotaryEmbedding};
 use serde::{Deserialize, Serialize};
@@ -139,8 +140,38 @@ impl ExpectedAttention {
         let device = input.queries.device();
         let mean = Tensor::from_vec(mean, (batch, n_heads, head_dim), device)?;
         let covariance = if self.use_covariance {
-            let centered = Tensor::from_vec(transposed, (batch, n_heads, head_dim, n), device)?;
-            Some((centered.matmul(&centered.t()?)? / n as f64)?)
+            // Per head: cov = X Xᵀ / n with X the centered (head_dim, n) queries.
+            let d = head_dim;
+            let mut covariance = vec![0f32; n_rows * d * d];
+            for (x, cov) in transposed
+                .chunks_exact(d * n)
+                .zip(covariance.chunks_exact_mut(d * d))
+            {
+                sgemm(
+                    GemmDims { m: d, n: d, k: n },
+                    1.0 / n as f32,
+                    MatRef {
+                        data: x,
+                        row_stride: n,
+                        transposed: false,
+                    },
+                    MatRef {
+                        data: x,
+                        row_stride: n,
+                        transposed: true,
+                    },
+                    0.0,
+                    MatMut {
+                        data: cov,
+                        row_stride: d,
+                    },
+                );
+            }
+            Some(Tensor::from_vec(
+                covariance,
+                (batch, n_heads, d, d),
+                device,
+            )?)
         } else {
             None
         };
@@ -200,10 +231,6 @@ fn rotate_statistics(mean: &mut [f32], covariance: Option<&mut [f32]>, cos: &[f3
     }
 }
 
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// Expected attention logits `(b, H, n)`, flattened, of every query head over `keys` `(b, H_kv,
 /// n, d)` (flattened): `k·mu / sqrt(d) + kᵀ cov k / d / 2`, from the rotated statistics.
 fn expected_logits(
@@ -242,14 +269,34 @@ fn expected_logits(
                         .copy_from_slice(values);
                 }
             }
-            let stacked = Tensor::from_vec(stacked, (d, group * d), &Device::Cpu)?;
+            let mut projected = vec![0f32; chunk.min(n) * group * d];
             for start in (0..n).step_by(chunk) {
                 let len = chunk.min(n - start);
                 let k = &keys[start * d..(start + len) * d];
-                let projected = Tensor::from_slice(k, (len, d), &Device::Cpu)?
-                    .matmul(&stacked)?
-                    .flatten_all()?
-                    .to_vec1::<f32>()?;
+                let projected = &mut projected[..len * group * d];
+                sgemm(
+                    GemmDims {
+                        m: len,
+                        n: group * d,
+                        k: d,
+                    },
+                    1.0,
+                    MatRef {
+                        data: k,
+                        row_stride: d,
+                        transposed: false,
+                    },
+                    MatRef {
+                        data: &stacked,
+                        row_stride: group * d,
+                        transposed: false,
+                    },
+                    0.0,
+                    MatMut {
+                        data: projected,
+                        row_stride: group * d,
+                    },
+                );
                 for (t, (k, projected)) in k
                     .chunks_exact(d)
                     .zip(projected.chunks_exact(group * d))
