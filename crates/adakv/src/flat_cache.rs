@@ -205,6 +205,18 @@ impl FlatLayerCache {
         Ok(dims)
     }
 
+    /// Every head's stored key and value rows, back to back in head order (no slack).
+    fn stored_rows_in_order(&self) -> (Vec<f32>, Vec<f32>) {
+        let rows = self.stored_rows() * self.head_dim;
+        let mut keys = Vec::with_capacity(rows);
+        let mut values = Vec::with_capacity(rows);
+        for head in 0..self.n_heads_total() {
+            keys.extend_from_slice(self.head_keys(head));
+            values.extend_from_slice(self.head_values(head));
+        }
+        (keys, values)
+    }
+
     fn dense_tensors(&self) -> Result<Option<(Tensor, Tensor)>> {
         let len = self.len();
         if len == 0 {
@@ -217,14 +229,8 @@ impl FlatLayerCache {
                 self.lengths
             )));
         }
-        let d = self.head_dim;
-        let mut keys = Vec::with_capacity(self.n_heads_total() * len * d);
-        let mut values = Vec::with_capacity(self.n_heads_total() * len * d);
-        for head in 0..self.n_heads_total() {
-            keys.extend_from_slice(self.head_keys(head));
-            values.extend_from_slice(self.head_values(head));
-        }
-        let shape = (self.batch, self.n_kv_heads, len, d);
+        let (keys, values) = self.stored_rows_in_order();
+        let shape = (self.batch, self.n_kv_heads, len, self.head_dim);
         Ok(Some((
             Tensor::from_vec(keys, shape, &self.device)?,
             Tensor::from_vec(values, shape, &self.device)?,
@@ -415,14 +421,8 @@ impl LayerCache for FlatLayerCache {
     }
 
     fn snapshot(&self) -> Result<LayerSnapshot> {
-        let d = self.head_dim;
-        let rows = self.stored_rows();
-        let mut keys = Vec::with_capacity(rows * d);
-        let mut values = Vec::with_capacity(rows * d);
-        for head in 0..self.n_heads_total() {
-            keys.extend_from_slice(self.head_keys(head));
-            values.extend_from_slice(self.head_values(head));
-        }
+        let (d, rows) = (self.head_dim, self.stored_rows());
+        let (keys, values) = self.stored_rows_in_order();
         Ok(LayerSnapshot::PerHead {
             keys: Tensor::from_vec(keys, (rows, d), &self.device)?,
             values: Tensor::from_vec(values, (rows, d), &self.device)?,

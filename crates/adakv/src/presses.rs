@@ -1,7 +1,7 @@
 //! The head-wise presses: `adakv` (AdaKV around any scoring press) and `critical_adakv`
 //! (CriticalKV's two stages inside AdaKV's per-head budgets).
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use kvpress_core::press::{
     check_compression_ratio, score_rows, top_k_indices, BudgetAllocator, Compression,
     LayerPosition, Press, PressInput, Scorer, Selection,
@@ -35,7 +35,11 @@ fn inner_scorer<'a>(press: &str, inner: &'a dyn Press) -> Result<&'a dyn Scorer>
     })
 }
 
-fn check_alpha(press: &str, alpha: f64) -> Result<()> {
+/// The checks both head-wise presses share: the inner press is valid and scores tokens, and the
+/// safeguard is a fraction.
+fn validate_head_wise(press: &str, inner: &dyn Press, alpha: f64) -> Result<()> {
+    inner.validate()?;
+    inner_scorer(press, inner)?;
     if (0.0..=1.0).contains(&alpha) {
         Ok(())
     } else {
@@ -43,6 +47,20 @@ fn check_alpha(press: &str, alpha: f64) -> Result<()> {
             "{press}: alpha_safeguard {alpha} is outside [0, 1]"
         )))
     }
+}
+
+/// The inner press's scores at `ratio`, or `None` at ratio 0 (everything is kept unscored).
+fn inner_scores(
+    press: &str,
+    inner: &dyn Press,
+    input: &PressInput<'_>,
+    ratio: f64,
+) -> Result<Option<Tensor>> {
+    check_compression_ratio(press, ratio)?;
+    if ratio == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(inner_scorer(press, inner)?.score(input, ratio)?))
 }
 
 /// AdaKV: one budget per layer (the inner press's ratio) shared across its KV heads by a
@@ -107,9 +125,7 @@ impl Press for AdaKv {
     }
 
     fn validate(&self) -> Result<()> {
-        self.inner.validate()?;
-        inner_scorer("adakv", self.inner.as_ref())?;
-        check_alpha("adakv", self.alpha_safeguard)?;
+        validate_head_wise("adakv", self.inner.as_ref(), self.alpha_safeguard)?;
         if let Some(beta) = self.pyramid_beta {
             if beta.is_nan() || beta < 1.0 {
                 return Err(Error::InvalidArgument(format!(
@@ -129,11 +145,9 @@ impl Press for AdaKv {
     }
 
     fn compress_at_ratio(&self, input: &PressInput<'_>, ratio: f64) -> Result<Compression> {
-        check_compression_ratio("adakv", ratio)?;
-        if ratio == 0.0 {
+        let Some(scores) = inner_scores("adakv", self.inner.as_ref(), input, ratio)? else {
             return Compression::keep_all(input);
-        }
-        let scores = inner_scorer("adakv", self.inner.as_ref())?.score(input, ratio)?;
+        };
         let layer = LayerPosition {
             layer_idx: input.layer_idx,
             n_layers: input.n_layers,
@@ -192,9 +206,7 @@ impl Press for CriticalAdaKv {
     }
 
     fn validate(&self) -> Result<()> {
-        self.inner.validate()?;
-        inner_scorer("critical_adakv", self.inner.as_ref())?;
-        check_alpha("critical_adakv", self.alpha_safeguard)?;
+        validate_head_wise("critical_adakv", self.inner.as_ref(), self.alpha_safeguard)?;
         if !(0.0..=1.0).contains(&self.first_stage_ratio) {
             return Err(Error::InvalidArgument(format!(
                 "critical_adakv: first_stage_ratio {} is outside [0, 1]",
@@ -219,11 +231,10 @@ impl Press for CriticalAdaKv {
     }
 
     fn compress_at_ratio(&self, input: &PressInput<'_>, ratio: f64) -> Result<Compression> {
-        check_compression_ratio("critical_adakv", ratio)?;
-        if ratio == 0.0 {
+        let Some(scores) = inner_scores("critical_adakv", self.inner.as_ref(), input, ratio)?
+        else {
             return Compression::keep_all(input);
-        }
-        let scores = inner_scorer("critical_adakv", self.inner.as_ref())?.score(input, ratio)?;
+        };
         let (rows, batch, n_kv_heads) = score_rows(&input.mask_padding(scores.clone())?)?;
         let n_tokens = rows.first().map_or(0, Vec::len);
         let allocator = AdaKvAllocator::kvpress(self.alpha_safeguard);

@@ -24,23 +24,8 @@ impl PromptSplit {
     /// question. Context and question are tokenized separately. Without a chat template the
     /// context and question are used as they are.
     pub fn new(model: &LoadedModel, context: &str, question: &str) -> Result<Self> {
-        if context.is_empty() {
-            return Err(Error::InvalidInput("empty context".into()));
-        }
-        let (context_text, question_text) = match &model.chat_template {
-            Some(template) => {
-                let separator = "#".repeat(context.len() + 10);
-                let text =
-                    template.render(&[ChatMessage::user(format!("{context}{separator}"))], true)?;
-                let (before, after) = text.split_once(&separator).ok_or_else(|| {
-                    Error::InvalidInput(
-                        "the chat template altered the user message; cannot split it".into(),
-                    )
-                })?;
-                (before.to_string(), format!("{question}{after}"))
-            }
-            None => (context.to_string(), question.to_string()),
-        };
+        let (context_text, suffix) = Self::render(model, context)?;
+        let question_text = format!("{question}{suffix}");
         let context_ids = model
             .tokenizer
             .encode(&context_text, model.chat_template.is_none())?;
@@ -54,5 +39,41 @@ impl PromptSplit {
             context_ids,
             question_ids,
         })
+    }
+
+    /// Token ids of the context part alone (it does not depend on the question).
+    pub fn context_ids(model: &LoadedModel, context: &str) -> Result<Vec<u32>> {
+        let (context_text, _) = Self::render(model, context)?;
+        Ok(model
+            .tokenizer
+            .encode(&context_text, model.chat_template.is_none())?)
+    }
+
+    /// What follows the question in the question part: the end of the user turn and the
+    /// assistant header (empty without a chat template). It does not depend on the context.
+    pub fn question_suffix(model: &LoadedModel) -> Result<String> {
+        Ok(Self::render(model, "context")?.1)
+    }
+
+    /// The chat-templated prompt of `context` cut at the separator: the context part and what
+    /// follows the user message.
+    fn render(model: &LoadedModel, context: &str) -> Result<(String, String)> {
+        if context.is_empty() {
+            return Err(Error::InvalidInput("empty context".into()));
+        }
+        match &model.chat_template {
+            Some(template) => {
+                let separator = "#".repeat(context.len() + 10);
+                let text =
+                    template.render(&[ChatMessage::user(format!("{context}{separator}"))], true)?;
+                let (before, after) = text.split_once(&separator).ok_or_else(|| {
+                    Error::InvalidInput(
+                        "the chat template altered the user message; cannot split it".into(),
+                    )
+                })?;
+                Ok((before.to_string(), after.to_string()))
+            }
+            None => Ok((context.to_string(), String::new())),
+        }
     }
 }

@@ -9,7 +9,7 @@ use kvpress_core::{AttentionHook, AttentionShape, ForwardPhase, LayerContext};
 use models::Model;
 
 use crate::press_hook::LayerRecord;
-use crate::session::{new_cache_for, CompressionReport, ContextSession};
+use crate::session::{continue_positions, new_cache_for, CompressionReport, ContextSession};
 use crate::{Error, Result};
 
 /// What one layer's prefill exposed to presses.
@@ -128,21 +128,14 @@ impl RecordedPrefill {
                 seconds: start.elapsed().as_secs_f64(),
             });
         }
-        let seen = if press.rerotates_keys() {
-            cache.lengths().into_iter().max().unwrap_or(0)
-        } else {
-            self.n_tokens
-        };
-        cache.set_seen_tokens(seen);
-        let compression_seconds = records.iter().map(|r| r.seconds).sum();
-        let report = CompressionReport {
-            context_tokens: self.n_tokens,
-            prefill_seconds: self.prefill_seconds + compression_seconds,
-            compression_seconds,
-            kv_bytes_full: records.iter().map(|r| r.bytes_before).sum(),
-            kv_bytes: cache.bytes_reserved(),
-            layers: records,
-        };
+        continue_positions(press, &mut cache, self.n_tokens);
+        let compression_seconds: f64 = records.iter().map(|r| r.seconds).sum();
+        let report = CompressionReport::new(
+            self.n_tokens,
+            self.prefill_seconds + compression_seconds,
+            records,
+            &cache,
+        );
         Ok((
             ContextSession::from_cache(cache, self.last_logits.clone()),
             report,

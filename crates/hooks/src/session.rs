@@ -40,6 +40,24 @@ pub struct CompressionReport {
 }
 
 impl CompressionReport {
+    /// The report of a context of `context_tokens` tokens whose layers were compressed as
+    /// `layers` records, into `cache`; `prefill_seconds` includes the compression.
+    pub fn new(
+        context_tokens: usize,
+        prefill_seconds: f64,
+        layers: Vec<LayerRecord>,
+        cache: &ModelCache,
+    ) -> Self {
+        Self {
+            context_tokens,
+            prefill_seconds,
+            compression_seconds: layers.iter().map(|l| l.seconds).sum(),
+            kv_bytes_full: layers.iter().map(|l| l.bytes_before).sum(),
+            kv_bytes: cache.bytes_reserved(),
+            layers,
+        }
+    }
+
     /// Fraction of `(layer, head, token)` entries kept.
     pub fn kept_fraction(&self) -> f64 {
         let (kept, total) = self.layers.iter().fold((0, 0), |(k, t), layer| {
@@ -79,6 +97,17 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
         .filter_map(|_| press.new_layer_cache())
         .collect();
     Ok(ModelCache::from_layers(layers))
+}
+
+/// Sets where tokens after a compressed context of `context_tokens` tokens go: at the original
+/// positions, or right after the compressed length for presses that re-rotate keys.
+pub(crate) fn continue_positions(press: &dyn Press, cache: &mut ModelCache, context_tokens: usize) {
+    let next = if press.rerotates_keys() {
+        cache.lengths().into_iter().max().unwrap_or(0)
+    } else {
+        context_tokens
+    };
+    cache.set_seen_tokens(next);
 }
 
 impl ContextSession {
@@ -130,20 +159,14 @@ impl ContextSession {
         let cache = new_cache_for(model, press)?;
         let mut session = Self::prefill_into(model, cache, context_ids, Some(&mut hook))?;
         let prefill_seconds = start.elapsed().as_secs_f64();
-        let layers = hook.into_records();
-        if press.rerotates_keys() {
-            let compressed = session.cache.lengths().into_iter().max().unwrap_or(0);
-            session.cache.set_seen_tokens(compressed);
-            session.context_seen = compressed;
-        }
-        let report = CompressionReport {
-            context_tokens: context_ids.len(),
+        continue_positions(press, &mut session.cache, context_ids.len());
+        session.context_seen = session.cache.seen_tokens();
+        let report = CompressionReport::new(
+            context_ids.len(),
             prefill_seconds,
-            compression_seconds: layers.iter().map(|l| l.seconds).sum(),
-            kv_bytes_full: layers.iter().map(|l| l.bytes_before).sum(),
-            kv_bytes: session.cache.bytes_reserved(),
-            layers,
-        };
+            hook.into_records(),
+            &session.cache,
+        );
         Ok((session, report))
     }
 

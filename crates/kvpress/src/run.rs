@@ -44,8 +44,7 @@ pub fn run(
     if context.trim().is_empty() {
         bail!("the context is empty");
     }
-    // The context part of the prompt does not depend on the question.
-    let context_ids = PromptSplit::new(model, context, &questions[0])?.context_ids;
+    let context_ids = PromptSplit::context_ids(model, context)?;
     let (mut session, report) = ContextSession::compress(&model.model, &context_ids, press, &[])?;
     let answers = answer_all(model, &mut session, questions, max_new_tokens)?;
     Ok(RunOutput { report, answers })
@@ -62,11 +61,12 @@ pub fn answer_all(
         max_new_tokens,
         sampling: Sampling::Greedy,
     };
+    let suffix = PromptSplit::question_suffix(model)?;
     let mut answers = Vec::with_capacity(questions.len());
     for question in questions {
-        // The question part (question, end of the user turn, assistant header) does not depend
-        // on the context.
-        let question_ids = PromptSplit::new(model, "context", question)?.question_ids;
+        let question_ids = model
+            .tokenizer
+            .encode(&format!("{question}{suffix}"), false)?;
         let start = std::time::Instant::now();
         let output = session.answer(
             &model.model,

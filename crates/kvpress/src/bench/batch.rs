@@ -43,7 +43,10 @@ pub fn measure_batch(
         n_tokens > 64 * batch,
         "--context must exceed 64 tokens per context"
     );
-    let question = hooks::PromptSplit::new(model, "context", "Continue the text.")?.question_ids;
+    let suffix = hooks::PromptSplit::question_suffix(model)?;
+    let question = model
+        .tokenizer
+        .encode(&format!("Continue the text.{suffix}"), false)?;
     let mut sessions = Vec::with_capacity(batch);
     for i in 0..batch {
         let ids = prompt_of_length(model, n_tokens - 64 * i)?;

@@ -82,14 +82,8 @@ pub fn measure_once(
     let logits = m.forward(&input, &mut cache, None)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
     let kv_cache_bytes = cache.bytes_used();
-    let mut next = argmax(&logits.squeeze(0)?.to_vec1()?);
-    let start = Instant::now();
-    for _ in 0..decode_tokens {
-        let input = Tensor::new(&[next], m.device())?.unsqueeze(0)?;
-        let logits = m.forward(&input, &mut cache, None)?;
-        next = argmax(&logits.squeeze(0)?.to_vec1()?);
-    }
-    let decode_ms_per_token = start.elapsed().as_secs_f64() * 1e3 / decode_tokens.max(1) as f64;
+    let first = argmax(&logits.squeeze(0)?.to_vec1()?);
+    let decode_ms_per_token = greedy_decode_ms(m, &mut cache, first, decode_tokens)?;
     Ok(BenchRow {
         weights: m.weight_mode().to_string(),
         kv_dtype: m.cache_dtype().as_str().to_string(),
@@ -99,6 +93,27 @@ pub fn measure_once(
         decode_ms_per_token,
         kv_cache_bytes,
     })
+}
+
+/// Decodes `n` greedy tokens after `first` (without stopping at EOS); milliseconds per token,
+/// 0 when `n` is 0.
+pub fn greedy_decode_ms(
+    model: &models::Model,
+    cache: &mut kvpress_core::ModelCache,
+    first: u32,
+    n: usize,
+) -> Result<f64> {
+    if n == 0 {
+        return Ok(0.0);
+    }
+    let mut next = first;
+    let start = Instant::now();
+    for _ in 0..n {
+        let input = Tensor::new(&[next], model.device())?.unsqueeze(0)?;
+        let logits = model.forward(&input, cache, None)?;
+        next = argmax(&logits.squeeze(0)?.to_vec1()?);
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3 / n as f64)
 }
 
 /// A Markdown table of rows.

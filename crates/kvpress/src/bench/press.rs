@@ -1,16 +1,13 @@
 //! `kvpress bench --press`: what compressing costs, as a share of the prefill it follows, and
 //! decoding speed from the compressed cache.
 
-use std::time::Instant;
-
 use anyhow::{ensure, Result};
-use candle_core::Tensor;
 use hooks::ContextSession;
 use kvpress_core::Press;
 use models::{argmax, LoadedModel};
 use serde::Serialize;
 
-use super::prompt_of_length;
+use super::{greedy_decode_ms, prompt_of_length};
 
 /// The compression cost of one press at one context length.
 #[derive(Debug, Clone, Serialize)]
@@ -78,19 +75,8 @@ pub fn measure_press(
 /// Decodes `n` greedy tokens from the session's compressed context (without stopping at EOS);
 /// milliseconds per token, 0 when `n` is 0.
 fn decode(model: &LoadedModel, session: ContextSession, n: usize) -> Result<f64> {
-    if n == 0 {
-        return Ok(0.0);
-    }
-    let mut next = argmax(&session.last_logits.to_vec1()?);
-    let mut cache = session.into_cache();
-    let m = &model.model;
-    let start = Instant::now();
-    for _ in 0..n {
-        let input = Tensor::new(&[next], m.device())?.unsqueeze(0)?;
-        let logits = m.forward(&input, &mut cache, None)?;
-        next = argmax(&logits.squeeze(0)?.to_vec1()?);
-    }
-    Ok(start.elapsed().as_secs_f64() * 1e3 / n as f64)
+    let first = argmax(&session.last_logits.to_vec1()?);
+    greedy_decode_ms(&model.model, &mut session.into_cache(), first, n)
 }
 
 /// A Markdown table of press rows.

@@ -142,15 +142,11 @@ fn question_ids(
     prefix: &str,
     aware: bool,
 ) -> Result<Vec<u32>> {
-    let marker = "\u{1}";
-    let text =
-        PromptSplit::new(model, "context", if aware { marker } else { question })?.question_text;
-    let text = if aware {
-        text.replacen(marker, "", 1)
-    } else {
-        text
-    };
-    Ok(model.tokenizer.encode(&format!("{text}{prefix}"), false)?)
+    let suffix = PromptSplit::question_suffix(model)?;
+    let question = if aware { "" } else { question };
+    Ok(model
+        .tokenizer
+        .encode(&format!("{question}{suffix}{prefix}"), false)?)
 }
 
 /// Runs the grid of `config` on `model`, appending rows to `out_dir/results.jsonl` (rows already
@@ -246,7 +242,7 @@ pub fn run(
                 } else {
                     unit.sample.context.clone()
                 };
-                let context_ids = PromptSplit::new(model, &context, &first.question)?.context_ids;
+                let context_ids = PromptSplit::context_ids(model, &context)?;
                 let recorded = RecordedPrefill::record(&model.model, &context_ids)?;
                 let full = NoPress::default();
                 let configs = std::iter::once((FULL_CACHE.to_string(), 0.0, &full as &dyn Press))

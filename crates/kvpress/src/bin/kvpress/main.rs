@@ -79,7 +79,7 @@ fn run(cli: Cli) -> Result<()> {
             let loaded = model.load()?;
             let text = std::fs::read_to_string(&context)
                 .with_context(|| format!("cannot read {}", context.display()))?;
-            let ids = kvpress::hooks::PromptSplit::new(&loaded, &text, "?")?.context_ids;
+            let ids = kvpress::hooks::PromptSplit::context_ids(&loaded, &text)?;
             let (_, report) =
                 kvpress::hooks::ContextSession::compress(&loaded.model, &ids, press.as_ref(), &[])?;
             std::fs::create_dir_all(&out)?;
@@ -231,7 +231,7 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             let press = press_from_file(&press)?;
             let text = std::fs::read_to_string(&context)
                 .with_context(|| format!("cannot read {}", context.display()))?;
-            let context_ids = kvpress::hooks::PromptSplit::new(&loaded, &text, "?")?.context_ids;
+            let context_ids = kvpress::hooks::PromptSplit::context_ids(&loaded, &text)?;
             let (session, report) = kvpress::hooks::ContextSession::compress(
                 &loaded.model,
                 &context_ids,
