@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
-    check_compression_ratio, score_rows, top_k_indices, BudgetAllocator, Compression,
-    LayerPosition, Press, PressInput, Scorer, Selection,
+    check_compression_ratio, score_rows, scores_at_ratios, top_k_indices, BudgetAllocator,
+    Compression, LayerPosition, Press, PressInput, Scorer, Selection,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use presses_criticalkv::projected_value_norms;
@@ -49,18 +49,18 @@ fn validate_head_wise(press: &str, inner: &dyn Press, alpha: f64) -> Result<()> 
     }
 }
 
-/// The inner press's scores at `ratio`, or `None` at ratio 0 (everything is kept unscored).
+/// The inner press's scores at each of `ratios` (`None` at ratio 0, where everything is kept
+/// unscored), scored once when the inner scorer allows.
 fn inner_scores(
     press: &str,
     inner: &dyn Press,
     input: &PressInput<'_>,
-    ratio: f64,
-) -> Result<Option<Tensor>> {
-    check_compression_ratio(press, ratio)?;
-    if ratio == 0.0 {
-        return Ok(None);
+    ratios: &[f64],
+) -> Result<Vec<Option<Tensor>>> {
+    for &ratio in ratios {
+        check_compression_ratio(press, ratio)?;
     }
-    Ok(Some(inner_scorer(press, inner)?.score(input, ratio)?))
+    scores_at_ratios(inner_scorer(press, inner)?, input, ratios)
 }
 
 /// AdaKV: one budget per layer (the inner press's ratio) shared across its KV heads by a
@@ -145,7 +145,32 @@ impl Press for AdaKv {
     }
 
     fn compress_at_ratio(&self, input: &PressInput<'_>, ratio: f64) -> Result<Compression> {
-        let Some(scores) = inner_scores("adakv", self.inner.as_ref(), input, ratio)? else {
+        Ok(self.compress_at_ratios(input, &[ratio])?.remove(0))
+    }
+
+    fn compress_at_ratios(
+        &self,
+        input: &PressInput<'_>,
+        ratios: &[f64],
+    ) -> Result<Vec<Compression>> {
+        let scores = inner_scores("adakv", self.inner.as_ref(), input, ratios)?;
+        ratios
+            .iter()
+            .zip(scores)
+            .map(|(&ratio, scores)| self.allocate(input, scores, ratio))
+            .collect()
+    }
+}
+
+impl AdaKv {
+    /// What one layer keeps at `ratio` given the inner scores (`None`: keep everything).
+    fn allocate(
+        &self,
+        input: &PressInput<'_>,
+        scores: Option<Tensor>,
+        ratio: f64,
+    ) -> Result<Compression> {
+        let Some(scores) = scores else {
             return Compression::keep_all(input);
         };
         let layer = LayerPosition {
@@ -231,8 +256,32 @@ impl Press for CriticalAdaKv {
     }
 
     fn compress_at_ratio(&self, input: &PressInput<'_>, ratio: f64) -> Result<Compression> {
-        let Some(scores) = inner_scores("critical_adakv", self.inner.as_ref(), input, ratio)?
-        else {
+        Ok(self.compress_at_ratios(input, &[ratio])?.remove(0))
+    }
+
+    fn compress_at_ratios(
+        &self,
+        input: &PressInput<'_>,
+        ratios: &[f64],
+    ) -> Result<Vec<Compression>> {
+        let scores = inner_scores("critical_adakv", self.inner.as_ref(), input, ratios)?;
+        ratios
+            .iter()
+            .zip(scores)
+            .map(|(&ratio, scores)| self.allocate(input, scores, ratio))
+            .collect()
+    }
+}
+
+impl CriticalAdaKv {
+    /// What one layer keeps at `ratio` given the inner scores (`None`: keep everything).
+    fn allocate(
+        &self,
+        input: &PressInput<'_>,
+        scores: Option<Tensor>,
+        ratio: f64,
+    ) -> Result<Compression> {
+        let Some(scores) = scores else {
             return Compression::keep_all(input);
         };
         let (rows, batch, n_kv_heads) = score_rows(&input.mask_padding(scores.clone())?)?;

@@ -40,6 +40,10 @@ impl ValueNorm {
 }
 
 impl Scorer for ValueNorm {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         ops::vector_norms(input.values)
     }

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use candle_core::Tensor;
-use kvpress_core::press::{CachedKeysValues, Press, PressInput};
+use kvpress_core::press::{CachedKeysValues, Compression, Press, PressInput};
 use kvpress_core::{AttentionHook, AttentionShape, ForwardPhase, LayerContext};
 use models::Model;
 
@@ -80,6 +80,43 @@ impl RecordedPrefill {
         press: &dyn Press,
         score_layers: &[usize],
     ) -> Result<(ContextSession, CompressionReport)> {
+        let mut outputs = self.compress_with(model, press, 1, score_layers, |input| {
+            Ok(vec![press.compress(input)?])
+        })?;
+        Ok(outputs.remove(0))
+    }
+
+    /// Compresses the recorded context with `press` at each of `compression_ratios` (the
+    /// press's own ratio is ignored), one session per ratio, each as [`Self::compress`] would
+    /// give for the press at that ratio. Scorers whose scores do not depend on the ratio score
+    /// each layer once ([`Press::compress_at_ratios`]); each report counts an equal share of
+    /// the shared compression time.
+    pub fn compress_at_ratios(
+        &self,
+        model: &Model,
+        press: &dyn Press,
+        compression_ratios: &[f64],
+        score_layers: &[usize],
+    ) -> Result<Vec<(ContextSession, CompressionReport)>> {
+        self.compress_with(
+            model,
+            press,
+            compression_ratios.len(),
+            score_layers,
+            |input| Ok(press.compress_at_ratios(input, compression_ratios)?),
+        )
+    }
+
+    /// Runs `decide` on every recorded layer, which gives `n_outputs` compressions per layer,
+    /// and builds one compressed cache from each.
+    fn compress_with(
+        &self,
+        model: &Model,
+        press: &dyn Press,
+        n_outputs: usize,
+        score_layers: &[usize],
+        decide: impl Fn(&PressInput<'_>) -> Result<Vec<Compression>>,
+    ) -> Result<Vec<(ContextSession, CompressionReport)>> {
         press.validate()?;
         if press.needs_attention_weights() {
             return Err(Error::InvalidInput(
@@ -87,8 +124,10 @@ impl RecordedPrefill {
                     .to_string(),
             ));
         }
-        let mut cache = new_cache_for(model, press)?;
-        let mut records = Vec::with_capacity(self.layers.len());
+        let mut caches = (0..n_outputs)
+            .map(|_| new_cache_for(model, press))
+            .collect::<Result<Vec<_>>>()?;
+        let mut records: Vec<Vec<LayerRecord>> = vec![Vec::new(); n_outputs];
         for (layer_idx, layer) in self.layers.iter().enumerate() {
             let projections = model.attention_projections(layer_idx).ok_or_else(|| {
                 Error::InvalidInput(format!("the model has no layer {layer_idx}"))
@@ -108,37 +147,55 @@ impl RecordedPrefill {
                 projections,
                 front_padding: None,
             };
-            let compression = press.compress(&input)?;
-            let layer_cache = cache
-                .layer_mut(layer_idx)
-                .ok_or_else(|| Error::InvalidInput("cache layers".to_string()))?;
-            layer_cache.append(&layer.cached.keys, &layer.cached.values)?;
-            let bytes_before = layer_cache.bytes_reserved();
-            layer_cache.compact(&compression.selection, compression.keys.as_ref())?;
-            layer_cache.shrink_to_fit()?;
-            records.push(LayerRecord {
-                layer_idx,
-                cache_len: layer_cache.len(),
-                bytes_before,
-                bytes_after: layer_cache.bytes_reserved(),
-                scores: compression
-                    .scores
-                    .filter(|_| score_layers.contains(&layer_idx)),
-                selection: compression.selection,
-                seconds: start.elapsed().as_secs_f64(),
-            });
+            let compressions = decide(&input)?;
+            if compressions.len() != n_outputs {
+                return Err(Error::InvalidInput(format!(
+                    "a press gave {} compressions for {n_outputs} ratios",
+                    compressions.len()
+                )));
+            }
+            let decided = start.elapsed().as_secs_f64() / n_outputs as f64;
+            for ((compression, cache), records) in
+                compressions.into_iter().zip(&mut caches).zip(&mut records)
+            {
+                let start = Instant::now();
+                let layer_cache = cache
+                    .layer_mut(layer_idx)
+                    .ok_or_else(|| Error::InvalidInput("cache layers".to_string()))?;
+                layer_cache.append(&layer.cached.keys, &layer.cached.values)?;
+                let bytes_before = layer_cache.bytes_reserved();
+                layer_cache.compact(&compression.selection, compression.keys.as_ref())?;
+                layer_cache.shrink_to_fit()?;
+                records.push(LayerRecord {
+                    layer_idx,
+                    cache_len: layer_cache.len(),
+                    bytes_before,
+                    bytes_after: layer_cache.bytes_reserved(),
+                    scores: compression
+                        .scores
+                        .filter(|_| score_layers.contains(&layer_idx)),
+                    selection: compression.selection,
+                    seconds: decided + start.elapsed().as_secs_f64(),
+                });
+            }
         }
-        continue_positions(press, &mut cache, self.n_tokens);
-        let compression_seconds: f64 = records.iter().map(|r| r.seconds).sum();
-        let report = CompressionReport::new(
-            self.n_tokens,
-            self.prefill_seconds + compression_seconds,
-            records,
-            &cache,
-        );
-        Ok((
-            ContextSession::from_cache(cache, self.last_logits.clone()),
-            report,
-        ))
+        Ok(caches
+            .into_iter()
+            .zip(records)
+            .map(|(mut cache, records)| {
+                continue_positions(press, &mut cache, self.n_tokens);
+                let compression_seconds: f64 = records.iter().map(|r| r.seconds).sum();
+                let report = CompressionReport::new(
+                    self.n_tokens,
+                    self.prefill_seconds + compression_seconds,
+                    records,
+                    &cache,
+                );
+                (
+                    ContextSession::from_cache(cache, self.last_logits.clone()),
+                    report,
+                )
+            })
+            .collect())
     }
 }

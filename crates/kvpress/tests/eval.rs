@@ -21,12 +21,15 @@ fn the_ci_grid_runs_and_resumes() {
     let config = EvalConfig::from_file(&repository_file("configs/eval/ci.toml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut updates = 0;
-    let (rows, warnings) = run(&model, &config, dir.path(), false, &mut |p| {
+    let output = run(&model, &config, dir.path(), false, &mut |p| {
         updates += 1;
         assert!(p.done <= p.total && p.eta_seconds >= 0.0);
     })
     .unwrap();
-    assert!(warnings.is_empty());
+    assert!(output.warnings.is_empty());
+    let rows = output.rows;
+    let t = output.timings;
+    assert!(t.prefill_seconds > 0.0 && t.decoding_seconds > 0.0 && t.answer_tokens >= rows.len());
     assert_eq!(rows.len(), 9, "3 samples x (full cache + 2 presses)");
     assert_eq!(updates, 9);
     let full: Vec<f64> = rows
@@ -41,11 +44,12 @@ fn the_ci_grid_runs_and_resumes() {
     );
 
     // A second run finds every row and computes nothing.
-    let (again, _) = run(&model, &config, dir.path(), false, &mut |_| {
+    let again = run(&model, &config, dir.path(), false, &mut |_| {
         panic!("nothing is left to compute")
     })
     .unwrap();
-    assert_eq!(again, rows);
+    assert_eq!(again.rows, rows);
+    assert_eq!(again.timings, Default::default());
 
     let table = report::markdown(&rows);
     assert!(table.contains("| full cache | 0.000 |"), "{table}");

@@ -110,8 +110,7 @@ impl AttentionProjections for Attention {
 
     fn output_weight(&self) -> kvpress_core::Result<Tensor> {
         self.o_proj
-            .weight()
-            .to_dense(candle_core::DType::F32)
+            .dense_weight(candle_core::DType::F32)
             .map_err(core_error)
     }
 }

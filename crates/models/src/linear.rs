@@ -40,12 +40,45 @@ impl Weight {
 pub struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    /// The quantized weight dequantized to f32, when kept ([`Self::keep_dense_copy`]).
+    dense_copy: Option<Tensor>,
 }
 
 impl Linear {
     /// A linear layer over `weight` `(out, in)` and an optional bias `(out,)`.
     pub fn new(weight: Weight, bias: Option<Tensor>) -> Result<Self> {
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            dense_copy: None,
+        })
+    }
+
+    /// Keeps an f32 copy of a quantized weight, so that products over many rows (prefills)
+    /// stop dequantizing it on every call; returns the bytes this adds (0 for dense weights or
+    /// when the copy exists). The results are the same: those products dequantize anyway.
+    pub fn keep_dense_copy(&mut self) -> Result<usize> {
+        let bytes = self.dense_copy_bytes();
+        if let (Weight::Quantized(q), None) = (&self.weight, &self.dense_copy) {
+            self.dense_copy = Some(q.dequantize(&q.device())?.to_dtype(DType::F32)?);
+        }
+        Ok(bytes)
+    }
+
+    /// Bytes [`Self::keep_dense_copy`] would add.
+    pub fn dense_copy_bytes(&self) -> usize {
+        match (&self.weight, &self.dense_copy) {
+            (Weight::Quantized(q), None) => q.shape().elem_count() * DType::F32.size_in_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// The weight as a dense tensor of `dtype` (from the kept copy when there is one).
+    pub fn dense_weight(&self, dtype: DType) -> Result<Tensor> {
+        match &self.dense_copy {
+            Some(dense) => Ok(dense.to_dtype(dtype)?),
+            None => self.weight.to_dense(dtype),
+        }
     }
 
     /// Output features.
@@ -70,7 +103,15 @@ impl Linear {
         let rows: usize = batch_dims.iter().product();
         let x2 = x.reshape((rows, in_features[0]))?;
         let y = match &self.weight {
-            Weight::Quantized(q) => quantized_matmul(&x2, q)?,
+            Weight::Quantized(q) => match &self.dense_copy {
+                Some(dense) if rows >= DEQUANTIZE_FROM_ROWS => {
+                    match dense_matmul_f32(&x2, dense)? {
+                        Some(y) => y,
+                        None => quantized_matmul(&x2, q)?,
+                    }
+                }
+                _ => quantized_matmul(&x2, q)?,
+            },
             Weight::Dense(w) => match dense_matmul_f32(&x2, w)? {
                 Some(y) => y,
                 None => x2.matmul(&w.t()?)?,

@@ -195,6 +195,30 @@ impl Model {
         Ok(())
     }
 
+    /// Keeps f32 copies of the decoder layers' quantized weights, so that prefills (and presses
+    /// that read `W_q`/`W_o`) stop dequantizing them on every call: worth it when many short
+    /// prefills run on one model (answering many questions, evaluation grids). Outputs are
+    /// unchanged; decode steps still read the quantized weights. The copies cost 4 bytes per
+    /// weight: they are kept only if that is at most `max_bytes`. Returns the bytes added, or
+    /// `None` when over the limit (nothing is kept then).
+    pub fn keep_dequantized_weights(&mut self, max_bytes: usize) -> Result<Option<usize>> {
+        let mut linears: Vec<&mut Linear> = Vec::new();
+        for layer in &mut self.layers {
+            linears.extend(layer.attention.qkv_proj.linears_mut());
+            linears.push(&mut layer.attention.o_proj);
+            linears.extend(layer.mlp.gate_up_proj.linears_mut());
+            linears.push(&mut layer.mlp.down_proj);
+        }
+        let bytes: usize = linears.iter().map(|l| l.dense_copy_bytes()).sum();
+        if bytes > max_bytes {
+            return Ok(None);
+        }
+        for linear in linears {
+            linear.keep_dense_copy()?;
+        }
+        Ok(Some(bytes))
+    }
+
     /// A fresh dense cache with one layer cache per decoder layer, storing [`Self::cache_dtype`].
     pub fn new_cache(&self) -> ModelCache {
         ModelCache::dense_with_dtype(self.config.n_layers, self.cache_dtype)

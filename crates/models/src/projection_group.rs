@@ -39,9 +39,17 @@ impl ProjectionGroup {
         match self {
             Self::Fused { linear, widths } => {
                 let (start, rows) = Self::rows_of(widths, index);
-                Ok(linear.weight().to_dense(dtype)?.narrow(0, start, rows)?)
+                Ok(linear.dense_weight(dtype)?.narrow(0, start, rows)?)
             }
-            Self::Separate(parts) => parts[index].weight().to_dense(dtype),
+            Self::Separate(parts) => parts[index].dense_weight(dtype),
+        }
+    }
+
+    /// The linear layers that hold the weights.
+    pub fn linears_mut(&mut self) -> Vec<&mut Linear> {
+        match self {
+            Self::Fused { linear, .. } => vec![linear],
+            Self::Separate(parts) => parts.iter_mut().collect(),
         }
     }
 
@@ -211,6 +219,36 @@ mod tests {
                 )?)?
                 .len(),
             2
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn kept_dense_copies_change_no_output() -> Result<()> {
+        let w = Tensor::randn(0f32, 1.0, (32, 64), &Device::Cpu)?;
+        let mut linear = Linear::new(
+            Weight::Quantized(Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1)?)),
+            None,
+        )?;
+        // Prefill-sized inputs (dequantized product) and decode-sized ones (quantized kernel).
+        let inputs = [
+            Tensor::randn(0f32, 1.0, (1, 40, 64), &Device::Cpu)?,
+            Tensor::randn(0f32, 1.0, (1, 2, 64), &Device::Cpu)?,
+        ];
+        let before: Vec<Tensor> = inputs
+            .iter()
+            .map(|x| linear.forward(x))
+            .collect::<Result<_>>()?;
+        let dense_before = linear.dense_weight(DType::F32)?;
+        assert_eq!(linear.dense_copy_bytes(), 32 * 64 * 4);
+        assert_eq!(linear.keep_dense_copy()?, 32 * 64 * 4);
+        assert_eq!(linear.dense_copy_bytes(), 0, "the copy is kept once");
+        for (x, want) in inputs.iter().zip(&before) {
+            assert_eq!(max_diff(&linear.forward(x)?, want), 0.0);
+        }
+        assert_eq!(
+            max_diff(&linear.dense_weight(DType::F32)?, &dense_before),
+            0.0
         );
         Ok(())
     }

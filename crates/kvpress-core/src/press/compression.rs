@@ -128,4 +128,18 @@ pub trait Press: std::fmt::Debug + Send + Sync {
         input: &PressInput<'_>,
         compression_ratio: f64,
     ) -> Result<Compression>;
+
+    /// Decides what one layer keeps at each of `compression_ratios`, as
+    /// [`Self::compress_at_ratio`] would one by one (evaluation grids compress one prefill at
+    /// several ratios). Presses whose scores do not depend on the ratio score once.
+    fn compress_at_ratios(
+        &self,
+        input: &PressInput<'_>,
+        compression_ratios: &[f64],
+    ) -> Result<Vec<Compression>> {
+        compression_ratios
+            .iter()
+            .map(|&ratio| self.compress_at_ratio(input, ratio))
+            .collect()
+    }
 }

@@ -11,6 +11,52 @@ pub trait Scorer: std::fmt::Debug + Send + Sync {
     /// `compression_ratio` is the ratio the scores will be used at (a few methods, like
     /// StreamingLLM, depend on it).
     fn score(&self, input: &PressInput<'_>, compression_ratio: f64) -> Result<Tensor>;
+
+    /// Whether [`Self::score`] depends on its `compression_ratio`. Scorers that return `false`
+    /// are scored once when one layer is compressed at several ratios
+    /// ([`crate::Press::compress_at_ratios`]). The default, `true`, is always correct.
+    fn scores_depend_on_ratio(&self) -> bool {
+        true
+    }
+}
+
+/// Scores `input` with `scorer` once per distinct need: once for every nonzero ratio of
+/// `compression_ratios` when the scores do not depend on the ratio, else once per ratio. Ratio
+/// 0 gets `None` (nothing is scored, everything is kept, as in kvpress). Scores are checked to
+/// be `(batch, n_kv_heads, n_tokens)`.
+pub fn scores_at_ratios(
+    scorer: &dyn Scorer,
+    input: &PressInput<'_>,
+    compression_ratios: &[f64],
+) -> Result<Vec<Option<Tensor>>> {
+    let expected = (input.batch()?, input.shape.n_kv_heads, input.n_tokens()?);
+    let checked = |scores: Tensor| {
+        if scores.dims3().ok() == Some(expected) {
+            Ok(scores)
+        } else {
+            Err(Error::Shape(format!(
+                "a scorer returned scores {:?}, expected (batch, n_kv_heads, n_tokens) = \
+                 {expected:?}",
+                scores.dims()
+            )))
+        }
+    };
+    let mut shared: Option<Tensor> = None;
+    compression_ratios
+        .iter()
+        .map(|&ratio| {
+            if ratio == 0.0 {
+                return Ok(None);
+            }
+            if scorer.scores_depend_on_ratio() {
+                return checked(scorer.score(input, ratio)?).map(Some);
+            }
+            if shared.is_none() {
+                shared = Some(checked(scorer.score(input, ratio)?)?);
+            }
+            Ok(shared.clone())
+        })
+        .collect()
 }
 
 /// The common press: score with `scorer`, then let `allocator` choose what each head keeps.
@@ -21,27 +67,36 @@ pub fn score_and_allocate(
     input: &PressInput<'_>,
     compression_ratio: f64,
 ) -> Result<Compression> {
-    if compression_ratio == 0.0 {
-        return Compression::keep_all(input);
-    }
-    let scores = scorer.score(input, compression_ratio)?;
-    let expected = (input.batch()?, input.shape.n_kv_heads, input.n_tokens()?);
-    if scores.dims3().ok() != Some(expected) {
-        return Err(Error::Shape(format!(
-            "a scorer returned scores {:?}, expected (batch, n_kv_heads, n_tokens) = {expected:?}",
-            scores.dims()
-        )));
-    }
+    let mut compressions =
+        score_and_allocate_at_ratios(scorer, allocator, input, &[compression_ratio])?;
+    Ok(compressions.remove(0))
+}
+
+/// [`score_and_allocate`] at each of `compression_ratios`, scoring once when the scorer allows
+/// ([`Scorer::scores_depend_on_ratio`]).
+pub fn score_and_allocate_at_ratios(
+    scorer: &dyn Scorer,
+    allocator: &dyn BudgetAllocator,
+    input: &PressInput<'_>,
+    compression_ratios: &[f64],
+) -> Result<Vec<Compression>> {
     let layer = LayerPosition {
         layer_idx: input.layer_idx,
         n_layers: input.n_layers,
     };
-    let selection = allocator.allocate(
-        &input.mask_padding(scores.clone())?,
-        compression_ratio,
-        layer,
-    )?;
-    Ok(Compression::select(selection, Some(scores)))
+    let scores = scores_at_ratios(scorer, input, compression_ratios)?;
+    compression_ratios
+        .iter()
+        .zip(scores)
+        .map(|(&ratio, scores)| match scores {
+            None => Compression::keep_all(input),
+            Some(scores) => {
+                let masked = input.mask_padding(scores.clone())?;
+                let selection = allocator.allocate(&masked, ratio, layer)?;
+                Ok(Compression::select(selection, Some(scores)))
+            }
+        })
+        .collect()
 }
 
 /// Checks the context is longer than a window a method needs.
@@ -120,6 +175,20 @@ macro_rules! scorer_press {
             ) -> $crate::Result<$crate::press::Compression> {
                 let $this = self;
                 $crate::press::score_and_allocate(self, &$allocator, input, compression_ratio)
+            }
+
+            fn compress_at_ratios(
+                &self,
+                input: &$crate::press::PressInput<'_>,
+                compression_ratios: &[f64],
+            ) -> $crate::Result<Vec<$crate::press::Compression>> {
+                let $this = self;
+                $crate::press::score_and_allocate_at_ratios(
+                    self,
+                    &$allocator,
+                    input,
+                    compression_ratios,
+                )
             }
         }
     };

@@ -27,5 +27,5 @@ mod words;
 pub use config::{EvalConfig, EvalPress, Setting};
 pub use fidelity::{fidelity, Fidelity};
 pub use metric::string_match;
-pub use runner::{run, Progress, ResultRow};
+pub use runner::{run, Progress, ResultRow, RunOutput, Timings};
 pub use tasks::{generate, Haystack, NeedleValue, Question, Sample, TaskKind};

@@ -13,6 +13,7 @@ use kvpress_core::press::{press_from_value, Press};
 use kvpress_core::NoPress;
 use models::{GenerationConfig, LoadedModel, Sampling};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::config::{task_kind, with_ratio, EvalConfig, Setting};
 use super::dataset::read_dataset;
@@ -59,6 +60,21 @@ impl ResultRow {
     }
 }
 
+/// Where the time of a run went (rows computed by this run only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Seconds of context prefills (one per sample and setting, shared by every press).
+    pub prefill_seconds: f64,
+    /// Seconds applying presses to recorded prefills.
+    pub compression_seconds: f64,
+    /// Seconds running questions through compressed caches (before the first answer token).
+    pub question_seconds: f64,
+    /// Seconds decoding answers.
+    pub decoding_seconds: f64,
+    /// Answer tokens generated.
+    pub answer_tokens: usize,
+}
+
 /// Where a run stands, for progress displays.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
@@ -70,6 +86,19 @@ pub struct Progress {
     pub elapsed_seconds: f64,
     /// Estimated seconds left.
     pub eta_seconds: f64,
+    /// Where the time went so far.
+    pub timings: Timings,
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Every row of the grid (found from an earlier run or computed now).
+    pub rows: Vec<ResultRow>,
+    /// Skipped dataset lines (with `--skip-bad`).
+    pub warnings: Vec<String>,
+    /// Where this run's time went.
+    pub timings: Timings,
 }
 
 struct Unit {
@@ -149,6 +178,65 @@ fn question_ids(
         .encode(&format!("{question}{suffix}{prefix}"), false)?)
 }
 
+/// Largest f32 copy of a model's quantized weights the runner keeps (4 bytes per weight).
+const DENSE_WEIGHTS_LIMIT: usize = 2 << 30;
+
+/// One press of the grid at all its ratios (or the full cache at ratio 0).
+struct PressGroup {
+    name: String,
+    ratios: Vec<f64>,
+    /// The press's config (its ratio is set per ratio).
+    config: Value,
+    /// The press at the first ratio; compressing sets the ratios.
+    press: Box<dyn Press>,
+}
+
+impl PressGroup {
+    /// Compressed sessions of the recorded context, one per ratio of `ratios`. Presses that
+    /// need attention weights (which a record does not keep) prefill again, once per ratio.
+    fn compress(
+        &self,
+        model: &LoadedModel,
+        recorded: &RecordedPrefill,
+        context_ids: &[u32],
+        ratios: &[f64],
+    ) -> Result<Vec<ContextSession>> {
+        if !self.press.needs_attention_weights() {
+            let compressed =
+                recorded.compress_at_ratios(&model.model, self.press.as_ref(), ratios, &[])?;
+            return Ok(compressed.into_iter().map(|(session, _)| session).collect());
+        }
+        ratios
+            .iter()
+            .map(|&ratio| {
+                let press = press_from_value(with_ratio(&self.config, ratio)?)?;
+                Ok(ContextSession::compress(&model.model, context_ids, press.as_ref(), &[])?.0)
+            })
+            .collect()
+    }
+}
+
+/// The full cache, then every press of `config` with the config's ratios.
+fn press_groups(config: &EvalConfig) -> Result<Vec<PressGroup>> {
+    let no_press: Box<dyn Press> = Box::new(NoPress::default());
+    let full = PressGroup {
+        name: FULL_CACHE.to_string(),
+        ratios: vec![0.0],
+        config: serde_json::to_value(&no_press)?,
+        press: no_press,
+    };
+    let presses = config.presses.iter().map(|p| {
+        let ratio = config.compression_ratios.first().copied().unwrap_or(0.0);
+        Ok(PressGroup {
+            name: p.name.clone(),
+            ratios: config.compression_ratios.clone(),
+            config: p.config.clone(),
+            press: press_from_value(with_ratio(&p.config, ratio)?)?,
+        })
+    });
+    std::iter::once(Ok(full)).chain(presses).collect()
+}
+
 /// Runs the grid of `config` on `model`, appending rows to `out_dir/results.jsonl` (rows already
 /// there are skipped) and reporting progress; returns every row of the grid.
 pub fn run(
@@ -157,8 +245,13 @@ pub fn run(
     out_dir: &Path,
     skip_bad: bool,
     progress: &mut dyn FnMut(Progress),
-) -> Result<(Vec<ResultRow>, Vec<String>)> {
+) -> Result<RunOutput> {
     config.check()?;
+    // Each answer prefills its question: without kept f32 weights, every one of those prefills
+    // dequantizes every layer's weights again.
+    let mut local = model.clone();
+    local.model.keep_dequantized_weights(DENSE_WEIGHTS_LIMIT)?;
+    let model = &local;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
     let results_path = out_dir.join("results.jsonl");
@@ -177,24 +270,14 @@ pub fn run(
         .append(true)
         .open(&results_path)?;
     let (units, warnings) = units(model, config, skip_bad)?;
-    let presses: Vec<(String, f64, Box<dyn Press>)> = config
-        .presses
-        .iter()
-        .flat_map(|p| config.compression_ratios.iter().map(move |&r| (p, r)))
-        .map(|(p, r)| {
-            Ok((
-                p.name.clone(),
-                r,
-                press_from_value(with_ratio(&p.config, r)?)?,
-            ))
-        })
-        .collect::<Result<_>>()?;
-    let per_question = 1 + presses.len();
+    let groups = press_groups(config)?;
+    let per_question: usize = groups.iter().map(|g| g.ratios.len()).sum();
     let total: usize = units
         .iter()
         .map(|u| u.sample.questions.len() * per_question * config.settings.len())
         .sum();
     let (start, done_before) = (Instant::now(), rows.len().min(total));
+    let mut timings = Timings::default();
     let generation = GenerationConfig {
         max_new_tokens: config.max_new_tokens,
         sampling: Sampling::Greedy,
@@ -203,13 +286,13 @@ pub fn run(
         for &setting in &config.settings {
             let aware = setting == Setting::QuestionAware;
             // Question-agnostic: one prefill serves every question; question-aware: one each.
-            let groups: Vec<Vec<usize>> = if aware {
+            let question_groups: Vec<Vec<usize>> = if aware {
                 (0..unit.sample.questions.len()).map(|q| vec![q]).collect()
             } else {
                 vec![(0..unit.sample.questions.len()).collect()]
             };
-            for group in groups {
-                let row_base = ResultRow {
+            for questions in question_groups {
+                let base = ResultRow {
                     task: unit.task.clone(),
                     setting: setting_name(setting).to_string(),
                     context_length: unit.context_length,
@@ -221,22 +304,38 @@ pub fn run(
                     answer: String::new(),
                     context_tokens: 0,
                 };
-                let wanted = |press: &str, ratio: f64, q: usize| {
-                    let row = ResultRow {
-                        press: press.to_string(),
-                        compression_ratio: ratio,
-                        question: q,
-                        ..row_base.clone()
-                    };
-                    !done.contains(&row.key())
+                let missing = |name: &str, ratio: f64| -> Vec<usize> {
+                    questions
+                        .iter()
+                        .copied()
+                        .filter(|&q| {
+                            let row = ResultRow {
+                                press: name.to_string(),
+                                compression_ratio: ratio,
+                                question: q,
+                                ..base.clone()
+                            };
+                            !done.contains(&row.key())
+                        })
+                        .collect()
                 };
-                let missing = group.iter().any(|&q| {
-                    wanted(FULL_CACHE, 0.0, q) || presses.iter().any(|(n, r, _)| wanted(n, *r, q))
-                });
-                if !missing {
+                let todo: Vec<(&PressGroup, Vec<f64>)> = groups
+                    .iter()
+                    .map(|g| {
+                        let ratios = g.ratios.iter().copied();
+                        (
+                            g,
+                            ratios
+                                .filter(|&r| !missing(&g.name, r).is_empty())
+                                .collect(),
+                        )
+                    })
+                    .filter(|(_, ratios): &(_, Vec<f64>)| !ratios.is_empty())
+                    .collect();
+                if todo.is_empty() {
                     continue;
                 }
-                let first = &unit.sample.questions[group[0]];
+                let first = &unit.sample.questions[questions[0]];
                 let context = if aware {
                     format!("{}\n{}", unit.sample.context, first.question)
                 } else {
@@ -244,62 +343,62 @@ pub fn run(
                 };
                 let context_ids = PromptSplit::context_ids(model, &context)?;
                 let recorded = RecordedPrefill::record(&model.model, &context_ids)?;
-                let full = NoPress::default();
-                let configs = std::iter::once((FULL_CACHE.to_string(), 0.0, &full as &dyn Press))
-                    .chain(presses.iter().map(|(n, r, p)| (n.clone(), *r, p.as_ref())));
-                for (name, ratio, press) in configs {
-                    if !group.iter().any(|&q| wanted(&name, ratio, q)) {
-                        continue;
-                    }
-                    let (mut session, _) = if press.needs_attention_weights() {
-                        ContextSession::compress(&model.model, &context_ids, press, &[])?
-                    } else {
-                        recorded.compress(&model.model, press, &[])?
-                    };
-                    for &q in &group {
-                        if !wanted(&name, ratio, q) {
-                            continue;
+                timings.prefill_seconds += recorded.prefill_seconds();
+                for (group, ratios) in todo {
+                    let compression_start = Instant::now();
+                    let sessions = group.compress(model, &recorded, &context_ids, &ratios)?;
+                    timings.compression_seconds += compression_start.elapsed().as_secs_f64();
+                    for (mut session, ratio) in sessions.into_iter().zip(ratios) {
+                        for q in missing(&group.name, ratio) {
+                            let question = &unit.sample.questions[q];
+                            let ids = question_ids(
+                                model,
+                                &question.question,
+                                &question.answer_prefix,
+                                aware,
+                            )?;
+                            let output = session.answer(
+                                &model.model,
+                                &ids,
+                                model.tokenizer.eos_ids(),
+                                &generation,
+                                &mut |_| Ok(()),
+                            )?;
+                            timings.question_seconds += output.prefill_time.as_secs_f64();
+                            timings.decoding_seconds += output.decode_time.as_secs_f64();
+                            timings.answer_tokens += output.tokens.len();
+                            let answer = model.tokenizer.decode(&output.tokens, true)?;
+                            let row = ResultRow {
+                                question: q,
+                                press: group.name.clone(),
+                                compression_ratio: ratio,
+                                score: string_match(&answer, &question.answers),
+                                answer,
+                                context_tokens: context_ids.len(),
+                                ..base.clone()
+                            };
+                            writeln!(file, "{}", serde_json::to_string(&row)?)?;
+                            file.flush()?;
+                            rows.push(row);
+                            let elapsed = start.elapsed().as_secs_f64();
+                            let new = rows.len() - done_before;
+                            progress(Progress {
+                                done: rows.len().min(total),
+                                total,
+                                elapsed_seconds: elapsed,
+                                eta_seconds: elapsed / new as f64
+                                    * total.saturating_sub(rows.len()) as f64,
+                                timings,
+                            });
                         }
-                        let question = &unit.sample.questions[q];
-                        let ids = question_ids(
-                            model,
-                            &question.question,
-                            &question.answer_prefix,
-                            aware,
-                        )?;
-                        let output = session.answer(
-                            &model.model,
-                            &ids,
-                            model.tokenizer.eos_ids(),
-                            &generation,
-                            &mut |_| Ok(()),
-                        )?;
-                        let answer = model.tokenizer.decode(&output.tokens, true)?;
-                        let row = ResultRow {
-                            question: q,
-                            press: name.clone(),
-                            compression_ratio: ratio,
-                            score: string_match(&answer, &question.answers),
-                            answer,
-                            context_tokens: context_ids.len(),
-                            ..row_base.clone()
-                        };
-                        writeln!(file, "{}", serde_json::to_string(&row)?)?;
-                        file.flush()?;
-                        rows.push(row);
-                        let elapsed = start.elapsed().as_secs_f64();
-                        let new = rows.len() - done_before;
-                        progress(Progress {
-                            done: rows.len().min(total),
-                            total,
-                            elapsed_seconds: elapsed,
-                            eta_seconds: elapsed / new as f64
-                                * total.saturating_sub(rows.len()) as f64,
-                        });
                     }
                 }
             }
         }
     }
-    Ok((rows, warnings))
+    Ok(RunOutput {
+        rows,
+        warnings,
+        timings,
+    })
 }

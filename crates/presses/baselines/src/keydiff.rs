@@ -47,6 +47,10 @@ pub fn keydiff_scores(keys: &Tensor) -> Result<Tensor> {
 }
 
 impl Scorer for KeyDiff {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         keydiff_scores(input.keys)
     }

@@ -28,6 +28,10 @@ pub fn knorm_scores(keys: &Tensor) -> Result<Tensor> {
 }
 
 impl Scorer for Knorm {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         knorm_scores(input.keys)
     }

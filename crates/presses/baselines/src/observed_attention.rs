@@ -54,6 +54,10 @@ pub fn observed_attention_scores(weights: &Tensor, n_kv_heads: usize) -> Result<
 }
 
 impl Scorer for ObservedAttention {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         let weights = input.attention_weights.ok_or_else(|| {
             Error::InvalidArgument(

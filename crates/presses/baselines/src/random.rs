@@ -54,6 +54,10 @@ pub fn random_scores(
 }
 
 impl Scorer for RandomPress {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         random_scores(
             input.batch()?,

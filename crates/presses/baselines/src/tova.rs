@@ -36,6 +36,10 @@ pub fn tova_scores(input: &PressInput<'_>) -> Result<Tensor> {
 }
 
 impl Scorer for Tova {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         tova_scores(input)
     }

@@ -328,6 +328,10 @@ fn softmax_rows(rows: &mut [f32], n: usize) {
 }
 
 impl Scorer for ExpectedAttention {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         let (batch, n_kv_heads, n_tokens, d) = input.keys.dims4()?;
         if n_tokens <= self.n_sink {

@@ -55,6 +55,10 @@ impl PyramidKv {
 }
 
 impl Scorer for PyramidKv {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         snapkv_scores("pyramidkv", input, self.window_size, self.kernel_size)
     }

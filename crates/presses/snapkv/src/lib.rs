@@ -75,6 +75,10 @@ pub fn snapkv_scores(
 }
 
 impl Scorer for SnapKv {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
         snapkv_scores("snapkv", input, self.window_size, self.kernel_size)
     }
