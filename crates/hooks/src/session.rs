@@ -6,7 +6,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use kvpress_core::press::Press;
 use kvpress_core::{AttentionHook, ModelCache};
-use models::{generate, GenerationConfig, GenerationOutput, Model};
+use models::{generate_until, GenerationConfig, GenerationOutput, Model};
 
 use crate::press_hook::{LayerRecord, PressHook};
 use crate::Result;
@@ -214,7 +214,23 @@ impl ContextSession {
         config: &GenerationConfig,
         on_token: &mut dyn FnMut(u32) -> models::Result<()>,
     ) -> Result<GenerationOutput> {
-        let result = generate(
+        self.answer_until(model, question_ids, eos_ids, config, on_token, &mut |_| {
+            false
+        })
+    }
+
+    /// [`Self::answer`], also stopping as soon as `stop` holds for the answer so far
+    /// ([`models::generate_until`]).
+    pub fn answer_until(
+        &mut self,
+        model: &Model,
+        question_ids: &[u32],
+        eos_ids: &[u32],
+        config: &GenerationConfig,
+        on_token: &mut dyn FnMut(u32) -> models::Result<()>,
+        stop: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Result<GenerationOutput> {
+        let result = generate_until(
             model,
             &mut self.cache,
             question_ids,
@@ -222,6 +238,7 @@ impl ContextSession {
             config,
             None,
             on_token,
+            stop,
         );
         self.cache
             .rewind(&self.context_lengths, self.context_seen)?;

@@ -382,3 +382,55 @@ fn generate_runs_decode_time_compression() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(stderr(&output).contains("KV cache:"));
 }
+
+#[test]
+fn inspect_and_eval_write_svg_and_png_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let inspect_dir = dir.path().join("inspect");
+    let output = kvpress(&[
+        "inspect",
+        "--context",
+        root.join("data/needle-haystack.txt").to_str().unwrap(),
+        "--press",
+        root.join("configs/presses/adakv_snapkv.toml")
+            .to_str()
+            .unwrap(),
+        "--out",
+        inspect_dir.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let config = dir.path().join("eval.toml");
+    std::fs::write(
+        &config,
+        "tasks = [\"niah_single\"]\ncontext_lengths = [512]\nsamples = 1\n\
+         compression_ratios = [0.5]\n\n[[presses]]\nname = \"knorm\"\nconfig = { press = \"knorm\" }\n",
+    )
+    .unwrap();
+    let eval_dir = dir.path().join("eval");
+    let output = kvpress(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        eval_dir.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("time: prefill"),
+        "{}",
+        stderr(&output)
+    );
+    for path in [
+        inspect_dir.join("budgets"),
+        inspect_dir.join("kept"),
+        eval_dir.join("plot_question_agnostic"),
+    ] {
+        let svg = std::fs::read_to_string(path.with_extension("svg")).unwrap();
+        assert!(svg.starts_with("<svg"), "{}", path.display());
+        let png = std::fs::read(path.with_extension("png")).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{}", path.display());
+    }
+    let table = std::fs::read_to_string(eval_dir.join("table.md")).unwrap();
+    assert!(table.contains("| knorm |"), "{table}");
+}

@@ -54,6 +54,8 @@ pub enum StopReason {
     MaxNewTokens,
     /// The next token would need a position beyond the model's maximum.
     ContextFull,
+    /// The caller's stop condition held ([`generate_until`]).
+    Stopped,
 }
 
 /// What a generation produced, with timings.
@@ -187,8 +189,33 @@ pub fn generate(
     prompt_ids: &[u32],
     eos_ids: &[u32],
     config: &GenerationConfig,
+    hook: Option<&mut (dyn AttentionHook + '_)>,
+    on_token: &mut dyn FnMut(u32) -> Result<()>,
+) -> Result<GenerationOutput> {
+    generate_until(
+        model,
+        cache,
+        prompt_ids,
+        eos_ids,
+        config,
+        hook,
+        on_token,
+        &mut |_| false,
+    )
+}
+
+/// [`generate`], also stopping (with [`StopReason::Stopped`]) as soon as `stop` holds for the
+/// tokens generated so far, e.g. once an answer says everything a metric looks for.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_until(
+    model: &Model,
+    cache: &mut ModelCache,
+    prompt_ids: &[u32],
+    eos_ids: &[u32],
+    config: &GenerationConfig,
     mut hook: Option<&mut (dyn AttentionHook + '_)>,
     on_token: &mut dyn FnMut(u32) -> Result<()>,
+    stop: &mut dyn FnMut(&[u32]) -> bool,
 ) -> Result<GenerationOutput> {
     if prompt_ids.is_empty() {
         return Err(Error::InvalidInput(
@@ -221,6 +248,10 @@ pub fn generate(
             break;
         }
         if output.tokens.len() >= config.max_new_tokens {
+            break;
+        }
+        if stop(&output.tokens) {
+            output.stop_reason = StopReason::Stopped;
             break;
         }
         if cache.seen_tokens() >= model.config().max_position_embeddings {

@@ -42,7 +42,8 @@ pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
 pub use error::{Error, Result};
 pub use generate::{
-    argmax, generate, GenerationConfig, GenerationOutput, Sampler, Sampling, StopReason,
+    argmax, generate, generate_until, GenerationConfig, GenerationOutput, Sampler, Sampling,
+    StopReason,
 };
 pub use gguf::GgufFile;
 pub use loader::{load_gguf, load_model, LoadedModel};

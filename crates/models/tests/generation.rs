@@ -278,3 +278,33 @@ fn generation_from_a_chat_prompt_round_trips_through_the_tokenizer() {
     assert!(out.prefill_tokens_per_second() > 0.0);
     assert!(out.decode_ms_per_token() >= 0.0);
 }
+
+#[test]
+fn a_stop_condition_ends_generation_where_it_holds() {
+    let model = loaded(Arch::ALL[0]).model;
+    let full = gen(&model, &PROMPT, &[], &greedy(8));
+    let mut cache = model.new_cache();
+    let mut seen = Vec::new();
+    let stopped = models::generate_until(
+        &model,
+        &mut cache,
+        &PROMPT,
+        &[],
+        &greedy(8),
+        None,
+        &mut |_| Ok(()),
+        &mut |tokens| {
+            seen.push(tokens.len());
+            tokens.len() == 3
+        },
+    )
+    .unwrap();
+    assert_eq!(stopped.tokens, full.tokens[..3]);
+    assert_eq!(stopped.stop_reason, StopReason::Stopped);
+    assert_eq!(seen, [1, 2, 3], "asked after every token");
+    assert_eq!(
+        cache.seen_tokens(),
+        PROMPT.len() + 2,
+        "the last token is not fed back"
+    );
+}

@@ -28,13 +28,12 @@ pub struct EvalPress {
     pub config: Value,
 }
 
-fn default_max_new_tokens() -> usize {
-    32
-}
-
 fn default_settings() -> Vec<Setting> {
     vec![Setting::QuestionAgnostic]
 }
+
+/// Answer tokens for dataset questions unless the config sets `max_new_tokens`.
+pub const DATASET_ANSWER_TOKENS: usize = 32;
 
 /// What to evaluate: tasks × context lengths × samples × settings × presses × ratios, plus the
 /// full cache.
@@ -59,9 +58,10 @@ pub struct EvalConfig {
     /// Question-agnostic, question-aware or both.
     #[serde(default = "default_settings")]
     pub settings: Vec<Setting>,
-    /// Answer length.
-    #[serde(default = "default_max_new_tokens")]
-    pub max_new_tokens: usize,
+    /// Answer tokens for every question; by default each task's own
+    /// ([`super::TaskKind::answer_tokens`]), and [`DATASET_ANSWER_TOKENS`] for dataset lines.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
     /// Seed of the generated samples.
     #[serde(default)]
     pub seed: u64,

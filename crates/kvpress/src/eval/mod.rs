@@ -19,6 +19,7 @@ pub mod dataset;
 mod fidelity;
 pub mod inspect;
 mod metric;
+pub mod png;
 pub mod report;
 pub mod runner;
 mod tasks;

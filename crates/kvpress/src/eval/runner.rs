@@ -15,7 +15,7 @@ use models::{GenerationConfig, LoadedModel, Sampling};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::{task_kind, with_ratio, EvalConfig, Setting};
+use super::config::{task_kind, with_ratio, EvalConfig, Setting, DATASET_ANSWER_TOKENS};
 use super::dataset::read_dataset;
 use super::report::FULL_CACHE;
 use super::{generate, string_match, Sample};
@@ -39,7 +39,8 @@ pub struct ResultRow {
     pub compression_ratio: f64,
     /// Fraction of the expected values in the answer.
     pub score: f64,
-    /// The generated answer.
+    /// The generated answer (generation stops once it holds every expected value, since
+    /// further tokens cannot change the score).
     pub answer: String,
     /// Tokens of the compressed prompt part.
     pub context_tokens: usize,
@@ -106,6 +107,8 @@ struct Unit {
     context_length: usize,
     sample_idx: usize,
     sample: Sample,
+    /// Answer tokens to generate at most.
+    max_new_tokens: usize,
 }
 
 fn setting_name(setting: Setting) -> &'static str {
@@ -142,6 +145,7 @@ fn units(
                     context_length: length,
                     sample_idx: i,
                     sample: generate(&kind, length, seed, depth, &count),
+                    max_new_tokens: config.max_new_tokens.unwrap_or(kind.answer_tokens()),
                 });
             }
         }
@@ -156,6 +160,7 @@ fn units(
                 context_length: 0,
                 sample_idx: i,
                 sample,
+                max_new_tokens: config.max_new_tokens.unwrap_or(DATASET_ANSWER_TOKENS),
             });
         }
     }
@@ -278,11 +283,11 @@ pub fn run(
         .sum();
     let (start, done_before) = (Instant::now(), rows.len().min(total));
     let mut timings = Timings::default();
-    let generation = GenerationConfig {
-        max_new_tokens: config.max_new_tokens,
-        sampling: Sampling::Greedy,
-    };
     for unit in &units {
+        let generation = GenerationConfig {
+            max_new_tokens: unit.max_new_tokens,
+            sampling: Sampling::Greedy,
+        };
         for &setting in &config.settings {
             let aware = setting == Setting::QuestionAware;
             // Question-agnostic: one prefill serves every question; question-aware: one each.
@@ -357,12 +362,20 @@ pub fn run(
                                 &question.answer_prefix,
                                 aware,
                             )?;
-                            let output = session.answer(
+                            // Once the answer holds every expected value, no further token can
+                            // change its score: stop there.
+                            let output = session.answer_until(
                                 &model.model,
                                 &ids,
                                 model.tokenizer.eos_ids(),
                                 &generation,
                                 &mut |_| Ok(()),
+                                &mut |tokens| {
+                                    !question.answers.is_empty()
+                                        && model.tokenizer.decode(tokens, true).is_ok_and(|text| {
+                                            string_match(&text, &question.answers) == 1.0
+                                        })
+                                },
                             )?;
                             timings.question_seconds += output.prefill_time.as_secs_f64();
                             timings.decoding_seconds += output.decode_time.as_secs_f64();

@@ -108,6 +108,29 @@ pub enum TaskKind {
 }
 
 impl TaskKind {
+    /// Answer tokens to generate for this task, like RULER's per-task `tokens_to_generate` but
+    /// sized to what this model's answers need (a numbered list of 4 seven-digit numbers takes
+    /// about 45 tokens, 10 common words about 50), so that a complete answer always fits.
+    pub fn answer_tokens(&self) -> usize {
+        match self {
+            Self::Niah {
+                value,
+                n_values,
+                n_queries,
+                ..
+            } => {
+                let per_value = match value {
+                    NeedleValue::Numbers | NeedleValue::Words => 12,
+                    NeedleValue::Uuids => 28,
+                };
+                16 + per_value * n_values.max(&1) * n_queries.max(&1)
+            }
+            Self::VariableTracking { .. } => 32,
+            Self::CommonWords => 64,
+            Self::FrequentWords => 32,
+        }
+    }
+
     /// RULER's `niah_single_1`: one 7-digit number in the noise haystack.
     pub fn niah_single() -> Self {
         Self::Niah {

@@ -138,7 +138,7 @@ pub enum Command {
         /// Eval config (TOML), e.g. configs/eval/default.toml.
         #[arg(long)]
         config: PathBuf,
-        /// Output folder: results.jsonl, table.md, plot_<setting>.svg.
+        /// Output folder: results.jsonl, table.md, plot_<setting>.svg and .png.
         #[arg(long, default_value = "eval-results")]
         out: PathBuf,
         /// Skip malformed dataset lines (reported) instead of stopping.
@@ -172,7 +172,7 @@ pub enum Command {
         /// Press config (.json or .toml).
         #[arg(long)]
         press: PathBuf,
-        /// Output folder for budgets.svg and kept.svg.
+        /// Output folder for budgets.svg/.png and kept.svg/.png.
         #[arg(long, default_value = "inspect")]
         out: PathBuf,
     },

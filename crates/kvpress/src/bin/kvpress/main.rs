@@ -31,6 +31,15 @@ mod cli;
 
 use cli::{Cli, Command};
 
+/// Writes `svg` as `dir/stem.svg` and its rendering as `dir/stem.png`.
+fn write_figure(dir: &std::path::Path, stem: &str, svg: &str) -> Result<()> {
+    let path = dir.join(format!("{stem}.svg"));
+    std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+    let path = dir.join(format!("{stem}.png"));
+    std::fs::write(&path, kvpress::eval::png::svg_to_png(svg)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
     match run(Cli::parse()) {
@@ -101,21 +110,22 @@ fn run(cli: Cli) -> Result<()> {
                 "{name}: tokens kept per layer and KV head ({} context tokens)",
                 ids.len()
             );
-            std::fs::write(
-                out.join("budgets.svg"),
-                kvpress::eval::inspect::budgets_svg(&report.layers, &title),
+            write_figure(
+                &out,
+                "budgets",
+                &kvpress::eval::inspect::budgets_svg(&report.layers, &title),
             )?;
             let title = format!("{name}: kept tokens over the context (rows: layer x KV head)");
-            std::fs::write(
-                out.join("kept.svg"),
-                kvpress::eval::inspect::kept_map_svg(&report.layers, 200, &title),
+            write_figure(
+                &out,
+                "kept",
+                &kvpress::eval::inspect::kept_map_svg(&report.layers, 200, &title),
             )?;
             println!(
-                "{}: kept {:.1}% | wrote {} and {}",
+                "{}: kept {:.1}% | wrote budgets.svg, budgets.png, kept.svg and kept.png in {}",
                 name,
                 100.0 * report.kept_fraction(),
-                out.join("budgets.svg").display(),
-                out.join("kept.svg").display()
+                out.display()
             );
         }
         Command::Fidelity {
@@ -194,7 +204,7 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             let table = kvpress::eval::report::markdown(&rows);
             std::fs::write(out.join("table.md"), &table)?;
             for (setting, svg) in kvpress::eval::report::svg_plots(&rows) {
-                std::fs::write(out.join(format!("plot_{setting}.svg")), svg)?;
+                write_figure(&out, &format!("plot_{setting}"), &svg)?;
             }
             print!("{table}");
             eprintln!("results in {}", out.display());
