@@ -162,10 +162,12 @@ impl RecordedPrefill {
                 let layer_cache = cache
                     .layer_mut(layer_idx)
                     .ok_or_else(|| Error::InvalidInput("cache layers".to_string()))?;
-                layer_cache.append(&layer.cached.keys, &layer.cached.values)?;
-                let bytes_before = layer_cache.bytes_reserved();
-                layer_cache.compact(&compression.selection, compression.keys.as_ref())?;
-                layer_cache.shrink_to_fit()?;
+                let bytes_before = layer_cache.store_selected(
+                    &layer.cached.keys,
+                    &layer.cached.values,
+                    &compression.selection,
+                    compression.keys.as_ref(),
+                )?;
                 records.push(LayerRecord {
                     layer_idx,
                     cache_len: layer_cache.len(),

@@ -49,6 +49,25 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     /// Releases slack reserved for appends, so that what is allocated is what is stored.
     fn shrink_to_fit(&mut self) -> Result<()>;
 
+    /// Stores in this empty cache the tokens `selection` keeps out of `keys` and `values`
+    /// `(batch, n_kv_heads, tokens, head_dim)` (with `kept_keys` instead of the kept keys when
+    /// given): what `append`, `compact` and `shrink_to_fit` do in turn, which is the default.
+    /// Returns the bytes the cache reserved holding every token, before the selection. Caches
+    /// override it to skip storing the dropped tokens first.
+    fn store_selected(
+        &mut self,
+        keys: &Tensor,
+        values: &Tensor,
+        selection: &Selection,
+        kept_keys: Option<&Tensor>,
+    ) -> Result<usize> {
+        self.append(keys, values)?;
+        let bytes_with_everything = self.bytes_reserved();
+        self.compact(selection, kept_keys)?;
+        self.shrink_to_fit()?;
+        Ok(bytes_with_everything)
+    }
+
     /// Bytes holding stored tokens.
     fn bytes_used(&self) -> usize;
 
@@ -60,6 +79,19 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
 
     /// The stored tokens in a layout-independent form, for saving a compressed context.
     fn snapshot(&self) -> Result<LayerSnapshot>;
+}
+
+/// Keys given to replace the kept ones (re-rotated keys), checked against the kept `values` and
+/// in their dtype.
+fn replacement_keys(keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+    if keys.dims() != values.dims() {
+        return Err(Error::Shape(format!(
+            "replacement keys {:?} do not match the kept values {:?}",
+            keys.dims(),
+            values.dims()
+        )));
+    }
+    Ok(keys.to_dtype(values.dtype())?)
 }
 
 /// What one layer cache stores, independent of its buffers: enough to rebuild it exactly.
@@ -244,17 +276,43 @@ impl LayerCache for DenseLayerCache {
         };
         let values = selection.gather(&cached_values)?;
         let keys = match keys {
-            Some(keys) if keys.dims() == values.dims() => keys.to_dtype(values.dtype())?,
-            Some(keys) => {
-                return Err(Error::Shape(format!(
-                    "replacement keys {:?} do not match the kept values {:?}",
-                    keys.dims(),
-                    values.dims()
-                )))
-            }
+            Some(keys) => replacement_keys(keys, &values)?,
             None => selection.gather(&cached_keys)?,
         };
         self.replace(&keys, &values)
+    }
+
+    fn store_selected(
+        &mut self,
+        keys: &Tensor,
+        values: &Tensor,
+        selection: &Selection,
+        kept_keys: Option<&Tensor>,
+    ) -> Result<usize> {
+        Self::check_pair(keys, values)?;
+        if self.len > 0 {
+            return Err(Error::InvalidArgument(format!(
+                "store_selected needs an empty cache; this one holds {} tokens",
+                self.len
+            )));
+        }
+        let dtype = self.dtype.unwrap_or(values.dtype());
+        // What an exact first `append` of every token would reserve.
+        let bytes_with_everything = 2 * values.elem_count() * dtype.size_in_bytes();
+        // Gathering makes new tensors nobody else holds: they become the buffers. Given keys
+        // belong to the caller and are copied.
+        let values = selection.gather(values)?.to_dtype(dtype)?;
+        let keys = match kept_keys {
+            Some(k) => replacement_keys(k, &values)?.copy()?,
+            None => selection.gather(keys)?.to_dtype(dtype)?,
+        };
+        self.len = keys.dims()[2];
+        self.storage = if self.len == 0 {
+            None
+        } else {
+            Some((keys, values))
+        };
+        Ok(bytes_with_everything)
     }
 
     fn shrink_to_fit(&mut self) -> Result<()> {
@@ -423,6 +481,45 @@ mod tests {
     fn tokens(n: usize, start: f32) -> Result<Tensor> {
         let data: Vec<f32> = (0..2 * n * 4).map(|i| start + i as f32).collect();
         Ok(Tensor::from_vec(data, (1, 2, n, 4), &Device::Cpu)?)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        Ok((a.to_dtype(DType::F32)? - b.to_dtype(DType::F32)?)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?)
+    }
+
+    #[test]
+    fn storing_a_selection_equals_appending_then_compacting() -> Result<()> {
+        let (keys, values) = (tokens(10, 0.0)?, tokens(10, 100.0)?);
+        let selection = Selection::new(vec![vec![0, 4, 9], vec![1, 2, 3]], 1, 2, 10)?;
+        let rotated = tokens(3, -50.0)?;
+        for dtype in [DType::F32, DType::F16] {
+            for kept_keys in [None, Some(&rotated)] {
+                let mut stepwise = DenseLayerCache::with_dtype(dtype);
+                stepwise.append(&keys, &values)?;
+                let before = stepwise.bytes_reserved();
+                stepwise.compact(&selection, kept_keys)?;
+                stepwise.shrink_to_fit()?;
+                let mut direct = DenseLayerCache::with_dtype(dtype);
+                let reported = direct.store_selected(&keys, &values, &selection, kept_keys)?;
+                assert_eq!(reported, before);
+                assert_eq!(direct.len(), 3);
+                assert_eq!(direct.bytes_reserved(), stepwise.bytes_reserved());
+                let (k1, v1) = direct.keys_values()?.expect("stored");
+                let (k2, v2) = stepwise.keys_values()?.expect("stored");
+                assert_eq!(
+                    (k1.dtype(), max_diff(&k1, &k2)?, max_diff(&v1, &v2)?),
+                    (dtype, 0.0, 0.0)
+                );
+                // Later appends write into the cache's own buffers, never into the caller's.
+                direct.append(&tokens(1, 7.0)?, &tokens(1, 7.0)?)?;
+                assert_eq!(max_diff(&rotated, &tokens(3, -50.0)?)?, 0.0);
+                assert_eq!(max_diff(&values, &tokens(10, 100.0)?)?, 0.0);
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -80,23 +80,35 @@ pub fn score_and_allocate_at_ratios(
     input: &PressInput<'_>,
     compression_ratios: &[f64],
 ) -> Result<Vec<Compression>> {
-    let layer = LayerPosition {
-        layer_idx: input.layer_idx,
-        n_layers: input.n_layers,
-    };
     let scores = scores_at_ratios(scorer, input, compression_ratios)?;
     compression_ratios
         .iter()
         .zip(scores)
-        .map(|(&ratio, scores)| match scores {
-            None => Compression::keep_all(input),
-            Some(scores) => {
-                let masked = input.mask_padding(scores.clone())?;
-                let selection = allocator.allocate(&masked, ratio, layer)?;
-                Ok(Compression::select(selection, Some(scores)))
-            }
-        })
+        .map(|(&ratio, scores)| allocate_scores(allocator, input, scores, ratio))
         .collect()
+}
+
+/// What `allocator` keeps at `compression_ratio` given `scores` (padding masked out); `None`
+/// scores keep everything (ratio 0).
+pub fn allocate_scores(
+    allocator: &dyn BudgetAllocator,
+    input: &PressInput<'_>,
+    scores: Option<Tensor>,
+    compression_ratio: f64,
+) -> Result<Compression> {
+    let Some(scores) = scores else {
+        return Compression::keep_all(input);
+    };
+    let layer = LayerPosition {
+        layer_idx: input.layer_idx,
+        n_layers: input.n_layers,
+    };
+    let selection = allocator.allocate(
+        &input.mask_padding(scores.clone())?,
+        compression_ratio,
+        layer,
+    )?;
+    Ok(Compression::select(selection, Some(scores)))
 }
 
 /// Checks the context is longer than a window a method needs.

@@ -16,8 +16,8 @@
 use candle_core::{DType, Tensor};
 use kvpress_core::cpu::{sgemm, GemmDims, MatMut, MatRef};
 use kvpress_core::press::{
-    check_compression_ratio, score_and_allocate, score_rows, top_k_indices, Compression,
-    PressInput, Scorer, UniformAllocator,
+    allocate_scores, check_compression_ratio, score_and_allocate, score_rows, scores_at_ratios,
+    top_k_indices, Compression, PressInput, Scorer, UniformAllocator,
 };
 use kvpress_core::{Error, Press, Result};
 use rayon::prelude::*;
@@ -186,16 +186,21 @@ fn l1_norm(xs: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + chunks.remainder().iter().map(|x| x.abs()).sum::<f32>()
 }
 
-impl Scorer for CriticalKv {
-    fn score(&self, input: &PressInput<'_>, compression_ratio: f64) -> Result<Tensor> {
-        let scores = self
-            .inner_scorer()?
-            .score(input, compression_ratio)?
-            .to_dtype(DType::F32)?;
+impl CriticalKv {
+    /// The two-stage scores at `compression_ratio`: the top `first_stage_budget` tokens of the
+    /// inner scores first (as `f32::MAX`), then `(inner + epsilon) * ‖W_o v‖₁` for the rest.
+    fn two_stage_scores(
+        &self,
+        inner: Tensor,
+        value_norms: &Tensor,
+        input: &PressInput<'_>,
+        compression_ratio: f64,
+    ) -> Result<Tensor> {
+        let scores = inner.to_dtype(DType::F32)?;
         let n_tokens = input.n_tokens()?;
         let budget = first_stage_budget(n_tokens, compression_ratio, self.first_stage_ratio);
         let (first_stage, _, _) = score_rows(&scores)?;
-        let weighted = ((scores + self.epsilon)? * projected_value_norms(input)?)?;
+        let weighted = ((scores + self.epsilon)? * value_norms)?;
         let (mut rows, batch, n_kv_heads) = score_rows(&weighted)?;
         for (row, inner) in rows.iter_mut().zip(&first_stage) {
             for i in top_k_indices(inner, budget) {
@@ -208,6 +213,18 @@ impl Scorer for CriticalKv {
             (batch, n_kv_heads, n_tokens),
             input.keys.device(),
         )?)
+    }
+}
+
+impl Scorer for CriticalKv {
+    fn score(&self, input: &PressInput<'_>, compression_ratio: f64) -> Result<Tensor> {
+        let inner = self.inner_scorer()?.score(input, compression_ratio)?;
+        self.two_stage_scores(
+            inner,
+            &projected_value_norms(input)?,
+            input,
+            compression_ratio,
+        )
     }
 }
 
@@ -251,6 +268,34 @@ impl Press for CriticalKv {
         compression_ratio: f64,
     ) -> Result<Compression> {
         score_and_allocate(self, &UniformAllocator, input, compression_ratio)
+    }
+
+    /// The inner scores (once, when they do not depend on the ratio) and the value norms are
+    /// shared by all ratios; only the two stages run per ratio.
+    fn compress_at_ratios(
+        &self,
+        input: &PressInput<'_>,
+        compression_ratios: &[f64],
+    ) -> Result<Vec<Compression>> {
+        let inner = scores_at_ratios(self.inner_scorer()?, input, compression_ratios)?;
+        let mut value_norms: Option<Tensor> = None;
+        compression_ratios
+            .iter()
+            .zip(inner)
+            .map(|(&ratio, inner)| {
+                let scores = match inner {
+                    None => None,
+                    Some(inner) => {
+                        let norms = match &value_norms {
+                            Some(norms) => norms.clone(),
+                            None => value_norms.insert(projected_value_norms(input)?).clone(),
+                        };
+                        Some(self.two_stage_scores(inner, &norms, input, ratio)?)
+                    }
+                };
+                allocate_scores(&UniformAllocator, input, scores, ratio)
+            })
+            .collect()
     }
 }
 
