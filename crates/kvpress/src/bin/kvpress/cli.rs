@@ -144,6 +144,10 @@ pub enum Command {
         /// Skip malformed dataset lines (reported) instead of stopping.
         #[arg(long)]
         skip_bad: bool,
+        /// Run these settings instead of the config's: question_agnostic, question_aware
+        /// (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        settings: Vec<SettingArg>,
     },
     /// How closely a compressed cache follows the full one: continue a text from both (its last
     /// --continuation tokens, teacher-forced) and compare KL, top-1 agreement, perplexity and
@@ -210,4 +214,23 @@ pub enum Command {
         #[arg(long)]
         batch: Option<usize>,
     },
+}
+
+/// A setting of `kvpress eval` on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum SettingArg {
+    /// The context is compressed alone (kvpress's default).
+    QuestionAgnostic,
+    /// The question is compressed with the context.
+    QuestionAware,
+}
+
+impl From<SettingArg> for kvpress::eval::Setting {
+    fn from(setting: SettingArg) -> Self {
+        match setting {
+            SettingArg::QuestionAgnostic => Self::QuestionAgnostic,
+            SettingArg::QuestionAware => Self::QuestionAware,
+        }
+    }
 }

@@ -173,8 +173,12 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             config,
             out,
             skip_bad,
+            settings,
         } => {
-            let config = kvpress::eval::EvalConfig::from_file(&config)?;
+            let mut config = kvpress::eval::EvalConfig::from_file(&config)?;
+            if !settings.is_empty() {
+                config.settings = settings.into_iter().map(Into::into).collect();
+            }
             let loaded = model.load()?;
             let output = kvpress::eval::run(&loaded, &config, &out, skip_bad, &mut |p| {
                 eprint!(
