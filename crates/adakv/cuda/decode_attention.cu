@@ -11,13 +11,12 @@
 //
 // Layout: q (heads * group, head_dim) with query head h * group + g attending KV head h;
 // kv (2, rows, head_dim); head h's tokens at rows offsets[h] .. offsets[h] + lengths[h].
-// head_dim must be a multiple of 32 and at most 256 (checked on the Rust side).
+// head_dim is 32 * PER_LANE, one instance per PER_LANE in {1, 2, 4, 8} (head_dim 32, 64, 128,
+// 256; kernel names end in _d<head_dim>), so registers and shared memory fit the head size.
 #include "common.cuh"
 
 #define MAX_GROUP 8
-#define MAX_PER_LANE 8
 #define WARPS 4
-#define MAX_DIM (32 * MAX_PER_LANE)
 
 __device__ __forceinline__ float warp_sum(float x) {
 #pragma unroll
@@ -30,68 +29,67 @@ __device__ __forceinline__ float rescale(float m, float reference) {
   return m == -INFINITY ? 0.f : __expf(m - reference);
 }
 
-template <typename T>
+template <typename T, int PER_LANE>
 __device__ void decode_partial_impl(const T *q, const T *kv, const uint32_t *offsets,
-                                    const uint32_t *lengths, uint32_t rows, uint32_t head_dim,
-                                    uint32_t group, float scale, float *part_max,
-                                    float *part_sum, float *part_acc) {
+                                    const uint32_t *lengths, uint32_t rows, uint32_t group,
+                                    float scale, float *part_max, float *part_sum,
+                                    float *part_acc) {
+  constexpr uint32_t head_dim = 32 * PER_LANE;
   __shared__ float s_max[WARPS][MAX_GROUP];
   __shared__ float s_sum[WARPS][MAX_GROUP];
-  __shared__ float s_acc[WARPS][MAX_GROUP][MAX_DIM];
+  __shared__ float s_acc[WARPS][MAX_GROUP][head_dim];
 
   const uint32_t split = blockIdx.x, splits = gridDim.x, h = blockIdx.y;
   const uint32_t g0 = blockIdx.z * MAX_GROUP;
   const uint32_t gn = min((uint32_t)MAX_GROUP, group - g0);
   const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const uint32_t per_lane = head_dim / 32;
 
   const uint32_t len = lengths[h];
   const uint32_t share = (len + splits - 1) / splits;
   const uint32_t start = min(len, split * share), end = min(len, start + share);
 
   // This lane's slice of every query of the group, pre-scaled.
-  float qr[MAX_GROUP][MAX_PER_LANE];
+  float qr[MAX_GROUP][PER_LANE];
 #pragma unroll
   for (int g = 0; g < MAX_GROUP; ++g)
 #pragma unroll
-    for (int j = 0; j < MAX_PER_LANE; ++j)
-      qr[g][j] = (g < gn && j < per_lane)
-                     ? to_f32(q[(size_t)(h * group + g0 + g) * head_dim + lane * per_lane + j]) *
+    for (int j = 0; j < PER_LANE; ++j)
+      qr[g][j] = g < gn
+                     ? to_f32(q[(size_t)(h * group + g0 + g) * head_dim + lane * PER_LANE + j]) *
                            scale
                      : 0.f;
 
-  float m[MAX_GROUP], s[MAX_GROUP], acc[MAX_GROUP][MAX_PER_LANE];
+  float m[MAX_GROUP], s[MAX_GROUP], acc[MAX_GROUP][PER_LANE];
 #pragma unroll
   for (int g = 0; g < MAX_GROUP; ++g) {
     m[g] = -INFINITY;
     s[g] = 0.f;
 #pragma unroll
-    for (int j = 0; j < MAX_PER_LANE; ++j) acc[g][j] = 0.f;
+    for (int j = 0; j < PER_LANE; ++j) acc[g][j] = 0.f;
   }
 
   const T *keys = kv + (size_t)offsets[h] * head_dim;
   const T *values = kv + ((size_t)rows + offsets[h]) * head_dim;
   for (uint32_t t = start + warp; t < end; t += WARPS) {
-    float k[MAX_PER_LANE], v[MAX_PER_LANE];
+    float k[PER_LANE], v[PER_LANE];
 #pragma unroll
-    for (int j = 0; j < MAX_PER_LANE; ++j) {
-      const bool in = j < per_lane;
-      k[j] = in ? to_f32(keys[(size_t)t * head_dim + lane * per_lane + j]) : 0.f;
-      v[j] = in ? to_f32(values[(size_t)t * head_dim + lane * per_lane + j]) : 0.f;
+    for (int j = 0; j < PER_LANE; ++j) {
+      k[j] = to_f32(keys[(size_t)t * head_dim + lane * PER_LANE + j]);
+      v[j] = to_f32(values[(size_t)t * head_dim + lane * PER_LANE + j]);
     }
 #pragma unroll
     for (int g = 0; g < MAX_GROUP; ++g) {
       if (g >= gn) break;
       float dot = 0.f;
 #pragma unroll
-      for (int j = 0; j < MAX_PER_LANE; ++j) dot += qr[g][j] * k[j];
+      for (int j = 0; j < PER_LANE; ++j) dot += qr[g][j] * k[j];
       const float score = warp_sum(dot);
       const float new_max = fmaxf(m[g], score);
       const float correction = rescale(m[g], new_max);
       const float p = __expf(score - new_max);
       s[g] = s[g] * correction + p;
 #pragma unroll
-      for (int j = 0; j < MAX_PER_LANE; ++j) acc[g][j] = acc[g][j] * correction + p * v[j];
+      for (int j = 0; j < PER_LANE; ++j) acc[g][j] = acc[g][j] * correction + p * v[j];
       m[g] = new_max;
     }
   }
@@ -104,8 +102,8 @@ __device__ void decode_partial_impl(const T *q, const T *kv, const uint32_t *off
       s_sum[warp][g] = s[g];
     }
 #pragma unroll
-    for (int j = 0; j < MAX_PER_LANE; ++j)
-      if (j < per_lane) s_acc[warp][g][lane * per_lane + j] = acc[g][j];
+    for (int j = 0; j < PER_LANE; ++j)
+      s_acc[warp][g][lane * PER_LANE + j] = acc[g][j];
   }
   __syncthreads();
   const size_t part = ((size_t)h * splits + split) * group + g0;
@@ -151,14 +149,18 @@ __device__ void decode_combine_impl(const float *part_max, const float *part_sum
   }
 }
 
-#define DECODE(T, SUFFIX)                                                                        \
-  extern "C" __global__ void __launch_bounds__(WARPS * 32) adakv_decode_partial_##SUFFIX(        \
+#define DECODE_DIM(T, SUFFIX, PER_LANE, DIM)                                                    \
+  extern "C" __global__ void __launch_bounds__(WARPS * 32) adakv_decode_partial_##SUFFIX##_d##DIM( \
       const T *q, const T *kv, const uint32_t *offsets, const uint32_t *lengths, uint32_t rows,  \
-      uint32_t head_dim, uint32_t group, float scale, float *part_max, float *part_sum,           \
-      float *part_acc) {                                                                         \
-    decode_partial_impl<T>(q, kv, offsets, lengths, rows, head_dim, group, scale, part_max,      \
-                           part_sum, part_acc);                                                  \
-  }                                                                                              \
+      uint32_t group, float scale, float *part_max, float *part_sum, float *part_acc) {          \
+    decode_partial_impl<T, PER_LANE>(q, kv, offsets, lengths, rows, group, scale, part_max,      \
+                                     part_sum, part_acc);                                        \
+  }
+#define DECODE(T, SUFFIX)                                                                        \
+  DECODE_DIM(T, SUFFIX, 1, 32)                                                                   \
+  DECODE_DIM(T, SUFFIX, 2, 64)                                                                   \
+  DECODE_DIM(T, SUFFIX, 4, 128)                                                                  \
+  DECODE_DIM(T, SUFFIX, 8, 256)                                                                  \
   extern "C" __global__ void adakv_decode_combine_##SUFFIX(                                      \
       const float *part_max, const float *part_sum, const float *part_acc, uint32_t splits,      \
       uint32_t group, uint32_t head_dim, T *out) {                                               \

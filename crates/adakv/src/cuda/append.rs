@@ -4,7 +4,7 @@
 
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CpuStorage, CudaStorage, InplaceOp1, InplaceOp3, Layout, Tensor};
+use candle_core::{CpuStorage, CudaStorage, InplaceOp2, InplaceOp3, Layout, Tensor};
 use half::{bf16, f16};
 use kvpress_core::{Error, Result};
 
@@ -71,7 +71,8 @@ pub fn append_token(
             head_dim: kernels::to_u32(head_dim, "head_dim")?,
         },
     )?;
-    lengths.inplace_op1(&IncrementLengths { capacities })?;
+    // An in-place op with the capacities as its source: candle refuses aliased storages.
+    lengths.inplace_op2(capacities, &IncrementLengths)?;
     Ok(())
 }
 
@@ -173,29 +174,34 @@ impl InplaceOp3 for AppendRows<'_> {
     }
 }
 
-/// `lengths[h] += 1` where the head had room, in place on the lengths vector.
-struct IncrementLengths<'a> {
-    capacities: &'a Tensor,
-}
+/// `lengths[h] += 1` where the head had room, in place on the lengths, reading the capacities.
+struct IncrementLengths;
 
-impl InplaceOp1 for IncrementLengths<'_> {
+impl InplaceOp2 for IncrementLengths {
     fn name(&self) -> &'static str {
         "adakv-increment-lengths"
     }
 
-    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
         candle_core::bail!("adakv-increment-lengths runs on CUDA only")
     }
 
-    fn cuda_fwd(&self, lengths: &mut CudaStorage, layout: &Layout) -> candle_core::Result<()> {
+    fn cuda_fwd(
+        &self,
+        lengths: &mut CudaStorage,
+        layout: &Layout,
+        capacities: &CudaStorage,
+        capacities_layout: &Layout,
+    ) -> candle_core::Result<()> {
         use candle_core::backend::BackendStorage;
         let device = lengths.device().clone();
-        let (capacities, capacities_layout) = self.capacities.storage_and_layout();
-        let capacities = view::<u32>(
-            cuda_storage(&capacities, "capacities")?,
-            capacities_layout,
-            "capacities",
-        )?;
+        let capacities = view::<u32>(capacities, capacities_layout, "capacities")?;
         let heads = capacities.len() as u32;
         let func = device.get_or_load_custom_func(
             "adakv_increment_lengths",

@@ -17,8 +17,8 @@ const KEYS_PER_SPLIT: usize = 256;
 const MAX_SPLITS: usize = 256;
 /// Query heads one block handles (`MAX_GROUP` in the kernel); larger groups take more blocks.
 const GROUP_PER_BLOCK: usize = 8;
-/// Largest head dimension of the kernel (`MAX_DIM`).
-const MAX_HEAD_DIM: usize = 256;
+/// Head dimensions with a kernel instance (`_d<head_dim>`).
+const HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 
 /// Attention of one new token's queries `(batch, n_heads, 1, head_dim)` over a flattened cache:
 /// query head `q` of sequence `b` attends with KV head `b * n_kv_heads + q / G` (`G` = query
@@ -28,7 +28,7 @@ const MAX_HEAD_DIM: usize = 256;
 /// head_dim)` in the queries' dtype. A head of length 0 yields zeros.
 ///
 /// `max_len` is a hint (the longest head) that sizes the split-K grid; any value gives the
-/// same result. `head_dim` must be a multiple of 32, at most 256.
+/// same result. `head_dim` must be 32, 64, 128 or 256.
 pub fn decode_attention(
     queries: &Tensor,
     kv: &Tensor,
@@ -70,10 +70,9 @@ pub fn decode_attention(
             queries.dims()
         )));
     }
-    if !head_dim.is_multiple_of(32) || head_dim > MAX_HEAD_DIM {
+    if !HEAD_DIMS.contains(&head_dim) {
         return Err(Error::Unsupported(format!(
-            "head_dim {head_dim}: the CUDA decode kernel takes multiples of 32 up to \
-             {MAX_HEAD_DIM}"
+            "head_dim {head_dim}: the CUDA decode kernel takes head_dim {HEAD_DIMS:?}"
         )));
     }
     check_u32_vector(offsets, "offsets", heads, queries)?;
@@ -142,9 +141,11 @@ impl CustomOp2 for DecodeAttention<'_> {
         )?;
         let rows = kv_layout.dims()[1] as u32;
         let partials = (self.heads * self.splits * self.group) as usize;
-        let part_max = device.alloc_zeros::<f32>(partials)?;
-        let part_sum = device.alloc_zeros::<f32>(partials)?;
-        let part_acc = device.alloc_zeros::<f32>(partials * self.head_dim as usize)?;
+        // SAFETY (three allocations): pass 1 writes every partial before pass 2 reads it (every
+        // block writes its own, even when its share of keys is empty).
+        let part_max = unsafe { device.alloc::<f32>(partials)? };
+        let part_sum = unsafe { device.alloc::<f32>(partials)? };
+        let part_acc = unsafe { device.alloc::<f32>(partials * self.head_dim as usize)? };
         let group_blocks = self.group.div_ceil(GROUP_PER_BLOCK as u32);
         let partial_cfg = LaunchConfig {
             grid_dim: (self.splits, self.heads, group_blocks),
@@ -159,7 +160,7 @@ impl CustomOp2 for DecodeAttention<'_> {
         macro_rules! launch {
             ($t:ty, $suffix:literal) => {{
                 let partial = device.get_or_load_custom_func(
-                    concat!("adakv_decode_partial_", $suffix),
+                    &format!("adakv_decode_partial_{}_d{}", $suffix, self.head_dim),
                     kernels::DECODE_ATTENTION.name,
                     kernels::DECODE_ATTENTION.ptx,
                 )?;
@@ -170,14 +171,14 @@ impl CustomOp2 for DecodeAttention<'_> {
                 )?;
                 let q = view::<$t>(queries, queries_layout, "queries")?;
                 let kv = view::<$t>(kv, kv_layout, "kv")?;
-                let out = device.alloc_zeros::<$t>(queries_layout.shape().elem_count())?;
+                // SAFETY: pass 2 writes every output element.
+                let out = unsafe { device.alloc::<$t>(queries_layout.shape().elem_count())? };
                 let mut builder = partial.builder();
                 builder.arg(&q);
                 builder.arg(&kv);
                 builder.arg(&offsets);
                 builder.arg(&lengths);
                 builder.arg(&rows);
-                builder.arg(&self.head_dim);
                 builder.arg(&self.group);
                 builder.arg(&self.scale);
                 builder.arg(&part_max);

@@ -60,7 +60,8 @@ impl CustomOp1 for TopK {
         use candle_core::backend::BackendStorage;
         let device = scores.device().clone();
         let rows = (layout.shape().elem_count() / self.n as usize) as u32;
-        let out = device.alloc_zeros::<u32>(rows as usize * self.k as usize)?;
+        // SAFETY: the kernel writes exactly k indices per row (k <= n).
+        let out = unsafe { device.alloc::<u32>(rows as usize * self.k as usize)? };
         let cfg = LaunchConfig {
             grid_dim: (rows, 1, 1),
             block_dim: (THREADS, 1, 1),
