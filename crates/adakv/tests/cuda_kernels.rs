@@ -408,3 +408,55 @@ fn wrong_devices_and_dtypes_are_clear_errors() {
     let err = top_k(&ints, 3).unwrap_err().to_string();
     assert!(err.contains("f32, f16 or bf16"), "{err}");
 }
+
+#[test]
+fn adakv_allocation_matches_the_cpu_allocator() {
+    let device = gpu();
+    let mut rng = StdRng::seed_from_u64(8);
+    let (heads, t) = (8, 12_000);
+    let budget = t / 4;
+    let n_safe = adakv::AdaKvAllocator::kvpress(0.2).n_safe(budget);
+    let rows: Vec<Vec<f32>> = (0..heads)
+        .map(|h| {
+            // Heads of different spread, so budgets differ, with ties.
+            let spread = 1.0 + h as f32;
+            (0..t)
+                .map(|_| (rng.random::<f32>() * spread * 64.0).round() / 64.0)
+                .collect()
+        })
+        .collect();
+    let budgets = adakv::head_budgets(&rows, budget, n_safe);
+    let expected: Vec<Vec<u32>> = rows
+        .iter()
+        .zip(&budgets)
+        .map(|(row, &b)| {
+            let mut protected = row.clone();
+            for i in top_k_indices(row, n_safe) {
+                protected[i as usize] = f32::INFINITY;
+            }
+            top_k_indices(&protected, b)
+        })
+        .collect();
+    let flat: Vec<f32> = rows.concat();
+    let scores = Tensor::from_slice(&flat, (heads, t), &device).unwrap();
+    let (kept, starts) = adakv::cuda::protect_selection(&scores, budget, n_safe).unwrap();
+    let kept = kept
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let starts = starts
+        .to_device(&Device::Cpu)
+        .unwrap()
+        .to_vec1::<u32>()
+        .unwrap();
+    let got: Vec<Vec<u32>> = (0..heads)
+        .map(|h| {
+            kept[starts[h] as usize..starts[h + 1] as usize]
+                .iter()
+                .map(|&i| i - (h * t) as u32)
+                .collect()
+        })
+        .collect();
+    assert_eq!(got, expected);
+}

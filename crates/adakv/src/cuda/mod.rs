@@ -12,10 +12,13 @@
 //!   split-K; f32/f16/bf16 with f32 accumulation.
 //! - [`top_k`]: k largest per row for rows of any length, ascending indices, ties to the earlier
 //!   index (candle's CUDA sort stops at 8192 columns).
+//! - [`protect_selection`]: AdaKV's head-wise allocation (kvpress's safeguard rule) from a
+//!   sequence's scores, on the device.
 //! - [`CudaFlatLayer`]: one layer's cache built from these.
 //!
 //! Every function checks devices, dtypes and shapes and returns an error naming what is valid.
 
+mod allocate;
 mod append;
 mod cache;
 mod compact;
@@ -23,6 +26,7 @@ mod decode_attention;
 mod kernels;
 mod top_k;
 
+pub use allocate::protect_selection;
 pub use append::append_token;
 pub use cache::CudaFlatLayer;
 pub use compact::{compact, segment_starts, KeptRows};
