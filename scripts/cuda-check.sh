@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile check of the CUDA path (feature `cuda`) on a machine without a GPU: installs the CUDA
 # 13.0 compiler toolkit from PyPI (scripts/cuda-toolkit.sh), then runs `cargo check` and clippy
-# of the crates with a `cuda` feature, all targets (library, tests, examples). nvcc runs for real
-# (candle's kernels and ours, to PTX), and the docs of the cuda module build; nothing is linked, so no CUDA driver library is needed.
+# of the crates with a `cuda` feature, all targets (library, tests, examples), and the docs of the
+# cuda module. nvcc runs for real (candle's kernels and ours, to PTX); nothing is linked, so no
+# CUDA driver library is needed.
 #
 # A cold run takes about 10 minutes on 2 cores (candle-kernels' nvcc build); later runs reuse
 # CARGO_TARGET_DIR (default ~/.cache/kvpress-ci/target-cuda) and take seconds.
