@@ -21,7 +21,10 @@ const MIN_SLACK_TOKENS: usize = 64;
 /// know when a head is full without a device round trip). Appending one token per head writes
 /// into the slack; a full head makes the layer laid out again with slack for every head
 /// proportional to its size, so appends are amortized O(1).
-#[derive(Debug, Clone)]
+///
+/// Not `Clone`: appends write into the buffer in place, so two handles on one buffer would
+/// overwrite each other's new rows.
+#[derive(Debug)]
 pub struct CudaFlatLayer {
     kv: Tensor,
     offsets: Tensor,
@@ -221,22 +224,28 @@ impl CudaFlatLayer {
     /// Every head's stored rows back to back, `(2, stored_rows, head_dim)` on the device, and
     /// the head lengths: the layer without slack.
     pub fn packed(&self) -> Result<(Tensor, Vec<u32>)> {
-        let mut copy = self.clone();
-        copy.relayout(0)?;
-        Ok((copy.kv, copy.host_lengths))
+        let (kv, _, _) = self.gather_all(0)?;
+        Ok((kv, self.host_lengths.clone()))
     }
 
     /// Lays the layer out again with `slack` free rows after every head, keeping every token.
     fn relayout(&mut self, slack: usize) -> Result<()> {
+        let (kv, offsets, capacities) = self.gather_all(slack)?;
+        let counts = self.host_lengths.clone();
+        self.install(kv, offsets, capacities, counts)
+    }
+
+    /// Every stored row in a new buffer with `slack` free rows per head: the buffer, its
+    /// offsets and capacities.
+    fn gather_all(&self, slack: usize) -> Result<(Tensor, Vec<u32>, Vec<u32>)> {
         let flat: Vec<u32> = self.host_lengths.iter().flat_map(|&l| 0..l).collect();
         let device = self.kv.device().clone();
         let kept = Tensor::new(flat.as_slice(), &device)?;
         let starts = inclusive_starts(&self.host_lengths, &device)?;
-        let counts = self.host_lengths.clone();
-        self.gather(&kept, &starts, 0, counts, slack)
+        self.gathered(&kept, &starts, 0, &self.host_lengths, slack)
     }
 
-    /// Gathers the kept rows into a new buffer with `slack` free rows per head.
+    /// Keeps only the selected rows, with `slack` free rows per head.
     fn gather(
         &mut self,
         kept: &Tensor,
@@ -245,13 +254,27 @@ impl CudaFlatLayer {
         counts: Vec<u32>,
         slack: usize,
     ) -> Result<()> {
+        let (kv, offsets, capacities) =
+            self.gathered(kept, kept_starts, index_stride, &counts, slack)?;
+        self.install(kv, offsets, capacities, counts)
+    }
+
+    /// The selected rows (`counts[h]` for head `h`) gathered into a new buffer with `slack`
+    /// free rows per head; `self` is unchanged.
+    fn gathered(
+        &self,
+        kept: &Tensor,
+        kept_starts: &Tensor,
+        index_stride: usize,
+        counts: &[u32],
+        slack: usize,
+    ) -> Result<(Tensor, Vec<u32>, Vec<u32>)> {
         let slack = to_u32(slack, "slack")?;
         let capacities: Vec<u32> = counts.iter().map(|&c| c + slack).collect();
         let offsets = exclusive_sums(&capacities)?;
         let rows = capacities.iter().map(|&c| c as usize).sum::<usize>();
-        let device = self.kv.device().clone();
-        let dst_offsets = Tensor::new(offsets.as_slice(), &device)?;
-        self.kv = compact(
+        let dst_offsets = Tensor::new(offsets.as_slice(), self.kv.device())?;
+        let kv = compact(
             &self.kv,
             &self.offsets,
             &self.lengths,
@@ -263,11 +286,24 @@ impl CudaFlatLayer {
             &dst_offsets,
             rows,
         )?;
-        self.offsets = dst_offsets;
-        self.lengths = Tensor::new(counts.as_slice(), &device)?;
+        Ok((kv, offsets, capacities))
+    }
+
+    /// Makes `kv` with these offsets, capacities and lengths the layer's storage.
+    fn install(
+        &mut self,
+        kv: Tensor,
+        offsets: Vec<u32>,
+        capacities: Vec<u32>,
+        lengths: Vec<u32>,
+    ) -> Result<()> {
+        let device = kv.device().clone();
+        self.kv = kv;
+        self.offsets = Tensor::new(offsets.as_slice(), &device)?;
+        self.lengths = Tensor::new(lengths.as_slice(), &device)?;
         self.capacities = Tensor::new(capacities.as_slice(), &device)?;
         self.host_offsets = offsets;
-        self.host_lengths = counts;
+        self.host_lengths = lengths;
         self.host_capacities = capacities;
         Ok(())
     }
