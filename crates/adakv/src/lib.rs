@@ -8,6 +8,8 @@
 //! - [`AdaKvAllocator`]: the allocation itself, a [`kvpress_core::BudgetAllocator`].
 //! - [`FlatLayerCache`]: each KV head's tokens back to back with offsets, amortized O(1)
 //!   appends, exact byte accounting, and its own attention kernel ([`ragged_attention`]).
+//! - `cuda` module (feature `cuda`): the same layout on the GPU, with kernels to append, compact,
+//!   attend (split-K decode) and select top-k over long rows.
 //!
 //! ```
 //! use adakv::AdaKv;
@@ -18,6 +20,8 @@
 #![warn(missing_docs)]
 
 mod allocator;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 mod flat_attention;
 mod flat_cache;
 mod presses;
