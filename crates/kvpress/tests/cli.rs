@@ -417,7 +417,7 @@ fn inspect_and_eval_write_svg_and_png_figures() {
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("time: prefill"),
+        stderr(&output).contains("; prefill "),
         "{}",
         stderr(&output)
     );
@@ -433,4 +433,44 @@ fn inspect_and_eval_write_svg_and_png_figures() {
     }
     let table = std::fs::read_to_string(eval_dir.join("table.md")).unwrap();
     assert!(table.contains("| knorm |"), "{table}");
+
+    // Two worker processes compute the same rows into one results file.
+    let workers_dir = dir.path().join("workers");
+    let output = kvpress(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        workers_dir.to_str().unwrap(),
+        "--jobs",
+        "2",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let sorted_rows = |dir: &std::path::Path| {
+        let mut rows: Vec<String> = std::fs::read_to_string(dir.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(sorted_rows(&workers_dir), sorted_rows(&eval_dir));
+    assert_eq!(
+        std::fs::read_to_string(workers_dir.join("table.md")).unwrap(),
+        table
+    );
+    let output = kvpress(&[
+        "eval",
+        "--config",
+        config.to_str().unwrap(),
+        "--shard",
+        "2/2",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("expected K/N with 0 <= K < N"),
+        "{}",
+        stderr(&output)
+    );
 }

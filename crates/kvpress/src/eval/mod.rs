@@ -28,5 +28,7 @@ mod words;
 pub use config::{EvalConfig, EvalPress, Setting};
 pub use fidelity::{fidelity, Fidelity};
 pub use metric::string_match;
-pub use runner::{run, Progress, ResultRow, RunOutput, Timings};
+pub use runner::{
+    read_results, run, run_shard, Progress, ResultRow, RunOutput, Shard, Timings, RESULTS_FILE,
+};
 pub use tasks::{generate, Haystack, NeedleValue, Question, Sample, TaskKind};

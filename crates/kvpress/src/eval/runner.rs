@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use hooks::{ContextSession, PromptSplit, RecordedPrefill};
 use kvpress_core::press::{press_from_value, Press};
 use kvpress_core::NoPress;
@@ -242,6 +242,80 @@ fn press_groups(config: &EvalConfig) -> Result<Vec<PressGroup>> {
     std::iter::once(Ok(full)).chain(presses).collect()
 }
 
+/// Rows of this grid (`units` × settings × questions × presses and ratios) already in `done`.
+fn found_rows(
+    units: &[Unit],
+    config: &EvalConfig,
+    groups: &[PressGroup],
+    done: &HashSet<String>,
+) -> usize {
+    let mut found = 0;
+    for unit in units {
+        for &setting in &config.settings {
+            for question in 0..unit.sample.questions.len() {
+                for group in groups {
+                    for &ratio in &group.ratios {
+                        let row = ResultRow {
+                            task: unit.task.clone(),
+                            setting: setting_name(setting).to_string(),
+                            context_length: unit.context_length,
+                            sample: unit.sample_idx,
+                            question,
+                            press: group.name.clone(),
+                            compression_ratio: ratio,
+                            score: 0.0,
+                            answer: String::new(),
+                            context_tokens: 0,
+                        };
+                        found += usize::from(done.contains(&row.key()));
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The results file in an output folder.
+pub const RESULTS_FILE: &str = "results.jsonl";
+
+/// Every row in `out_dir/results.jsonl` (none when it does not exist). A last line cut short
+/// (a run killed while writing it) is ignored; any other malformed line is an error.
+pub fn read_results(out_dir: &Path) -> Result<Vec<ResultRow>> {
+    let path = out_dir.join(RESULTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a result row", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Which part of the grid a run computes: samples `index`, `index + count`, ... (several
+/// processes, one per shard, share the cores better than one process's threads on small
+/// products; they append to the same results file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, in `0..count`.
+    pub index: usize,
+    /// Shards in all.
+    pub count: usize,
+}
+
+impl Shard {
+    /// The whole grid.
+    pub const WHOLE: Self = Self { index: 0, count: 1 };
+}
+
 /// Runs the grid of `config` on `model`, appending rows to `out_dir/results.jsonl` (rows already
 /// there are skipped) and reporting progress; returns every row of the grid.
 pub fn run(
@@ -251,6 +325,26 @@ pub fn run(
     skip_bad: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RunOutput> {
+    run_shard(model, config, out_dir, skip_bad, Shard::WHOLE, progress)
+}
+
+/// [`run`] for the samples of one `shard`; the rows returned are those in the results file plus
+/// this shard's new ones.
+pub fn run_shard(
+    model: &LoadedModel,
+    config: &EvalConfig,
+    out_dir: &Path,
+    skip_bad: bool,
+    shard: Shard,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunOutput> {
+    if shard.count == 0 || shard.index >= shard.count {
+        bail!(
+            "shard {}/{} does not exist: the index must be below the count",
+            shard.index,
+            shard.count
+        );
+    }
     config.check()?;
     // Each answer prefills its question: without kept f32 weights, every one of those prefills
     // dequantizes every layer's weights again.
@@ -259,29 +353,28 @@ pub fn run(
     let model = &local;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let results_path = out_dir.join("results.jsonl");
-    let mut rows: Vec<ResultRow> = match std::fs::read_to_string(&results_path) {
-        Ok(text) => text
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(serde_json::from_str)
-            .collect::<std::result::Result<_, _>>()
-            .with_context(|| format!("{} is not a results file", results_path.display()))?,
-        Err(_) => Vec::new(),
-    };
+    let results_path = out_dir.join(RESULTS_FILE);
+    let mut rows = read_results(out_dir)?;
     let done: HashSet<String> = rows.iter().map(ResultRow::key).collect();
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&results_path)?;
     let (units, warnings) = units(model, config, skip_bad)?;
+    let units: Vec<Unit> = units
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % shard.count == shard.index)
+        .map(|(_, unit)| unit)
+        .collect();
     let groups = press_groups(config)?;
     let per_question: usize = groups.iter().map(|g| g.ratios.len()).sum();
     let total: usize = units
         .iter()
         .map(|u| u.sample.questions.len() * per_question * config.settings.len())
         .sum();
-    let (start, done_before) = (Instant::now(), rows.len().min(total));
+    let found = found_rows(&units, config, &groups, &done);
+    let (start, mut new) = (Instant::now(), 0);
     let mut timings = Timings::default();
     for unit in &units {
         let generation = GenerationConfig {
@@ -390,17 +483,18 @@ pub fn run(
                                 context_tokens: context_ids.len(),
                                 ..base.clone()
                             };
-                            writeln!(file, "{}", serde_json::to_string(&row)?)?;
-                            file.flush()?;
+                            // One write per row: shards running at once append whole lines.
+                            let line = format!("{}\n", serde_json::to_string(&row)?);
+                            file.write_all(line.as_bytes())?;
                             rows.push(row);
                             let elapsed = start.elapsed().as_secs_f64();
-                            let new = rows.len() - done_before;
+                            new += 1;
                             progress(Progress {
-                                done: rows.len().min(total),
+                                done: found + new,
                                 total,
                                 elapsed_seconds: elapsed,
                                 eta_seconds: elapsed / new as f64
-                                    * total.saturating_sub(rows.len()) as f64,
+                                    * total.saturating_sub(found + new) as f64,
                                 timings,
                             });
                         }

@@ -148,6 +148,14 @@ pub enum Command {
         /// (comma-separated).
         #[arg(long, value_delimiter = ',')]
         settings: Vec<SettingArg>,
+        /// Worker processes, each with its share of the cores and of the samples (on small
+        /// models one single-threaded process per core finishes sooner than one process
+        /// running every product on all cores).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Compute only shard K of N (`K/N`, K from 0): what each `--jobs` worker runs.
+        #[arg(long, hide = true, value_parser = parse_shard)]
+        shard: Option<kvpress::eval::Shard>,
     },
     /// How closely a compressed cache follows the full one: continue a text from both (its last
     /// --continuation tokens, teacher-forced) and compare KL, top-1 agreement, perplexity and
@@ -233,4 +241,16 @@ impl From<SettingArg> for kvpress::eval::Setting {
             SettingArg::QuestionAware => Self::QuestionAware,
         }
     }
+}
+
+/// `K/N` with `K < N`.
+fn parse_shard(text: &str) -> std::result::Result<kvpress::eval::Shard, String> {
+    let invalid = || format!("`{text}` is not a shard: expected K/N with 0 <= K < N, e.g. 0/2");
+    let (index, count) = text.split_once('/').ok_or_else(invalid)?;
+    let index: usize = index.trim().parse().map_err(|_| invalid())?;
+    let count: usize = count.trim().parse().map_err(|_| invalid())?;
+    if index >= count {
+        return Err(invalid());
+    }
+    Ok(kvpress::eval::Shard { index, count })
 }

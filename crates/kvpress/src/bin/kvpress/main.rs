@@ -28,11 +28,12 @@ fn keep_freed_memory() {
 }
 
 mod cli;
+mod eval_command;
 
 use cli::{Cli, Command};
 
 /// Writes `svg` as `dir/stem.svg` and its rendering as `dir/stem.png`.
-fn write_figure(dir: &std::path::Path, stem: &str, svg: &str) -> Result<()> {
+pub(crate) fn write_figure(dir: &std::path::Path, stem: &str, svg: &str) -> Result<()> {
     let path = dir.join(format!("{stem}.svg"));
     std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
     let path = dir.join(format!("{stem}.png"));
@@ -174,44 +175,14 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             out,
             skip_bad,
             settings,
+            jobs,
+            shard,
         } => {
             let mut config = kvpress::eval::EvalConfig::from_file(&config)?;
             if !settings.is_empty() {
                 config.settings = settings.into_iter().map(Into::into).collect();
             }
-            let loaded = model.load()?;
-            let output = kvpress::eval::run(&loaded, &config, &out, skip_bad, &mut |p| {
-                eprint!(
-                    "\r[{}/{}] {:.1}% | {:.0} s elapsed | ETA {:.0} s   ",
-                    p.done,
-                    p.total,
-                    100.0 * p.done as f64 / p.total.max(1) as f64,
-                    p.elapsed_seconds,
-                    p.eta_seconds
-                );
-            })?;
-            eprintln!();
-            for warning in &output.warnings {
-                eprintln!("warning: {warning}");
-            }
-            let t = output.timings;
-            eprintln!(
-                "time: prefill {:.0} s, compression {:.0} s, questions {:.0} s, decoding {:.0} s \
-                 ({} answer tokens)",
-                t.prefill_seconds,
-                t.compression_seconds,
-                t.question_seconds,
-                t.decoding_seconds,
-                t.answer_tokens
-            );
-            let rows = output.rows;
-            let table = kvpress::eval::report::markdown(&rows);
-            std::fs::write(out.join("table.md"), &table)?;
-            for (setting, svg) in kvpress::eval::report::svg_plots(&rows) {
-                write_figure(&out, &format!("plot_{setting}"), &svg)?;
-            }
-            print!("{table}");
-            eprintln!("results in {}", out.display());
+            eval_command::run(&model, &config, &out, skip_bad, jobs, shard)?;
         }
         Command::Run {
             model,
