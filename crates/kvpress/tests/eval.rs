@@ -131,3 +131,23 @@ fn fidelity_is_exact_for_the_full_cache_and_measures_compression() {
     assert!((0.0..=1.0).contains(&pressed.top1_agreement));
     assert!(pressed.attention_error_per_layer.iter().any(|&e| e > 0.0));
 }
+
+#[test]
+fn a_results_line_cut_short_is_dropped_and_repaired() {
+    use kvpress::eval::{read_results, repair_results, RESULTS_FILE};
+    let dir = tempfile::tempdir().unwrap();
+    assert!(read_results(dir.path()).unwrap().is_empty(), "no file yet");
+    let row = r#"{"task":"niah_single","setting":"question_agnostic","context_length":512,"sample":0,"question":0,"press":"knorm","compression_ratio":0.5,"score":1.0,"answer":" 42","context_tokens":500}"#;
+    let path = dir.path().join(RESULTS_FILE);
+    std::fs::write(&path, format!("{row}\n{}", &row[..40])).unwrap();
+    assert_eq!(read_results(dir.path()).unwrap().len(), 1);
+    assert!(repair_results(dir.path()).unwrap());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{row}\n"));
+    assert!(
+        !repair_results(dir.path()).unwrap(),
+        "nothing left to repair"
+    );
+    std::fs::write(&path, format!("{}\n{row}\n", &row[..40])).unwrap();
+    let error = format!("{:#}", read_results(dir.path()).unwrap_err());
+    assert!(error.contains("results.jsonl:1:"), "{error}");
+}

@@ -29,6 +29,7 @@ pub use config::{EvalConfig, EvalPress, Setting};
 pub use fidelity::{fidelity, Fidelity};
 pub use metric::string_match;
 pub use runner::{
-    read_results, run, run_shard, Progress, ResultRow, RunOutput, Shard, Timings, RESULTS_FILE,
+    read_results, repair_results, run, run_shard, Progress, ResultRow, RunOutput, Shard, Timings,
+    RESULTS_FILE,
 };
 pub use tasks::{generate, Haystack, NeedleValue, Question, Sample, TaskKind};

@@ -32,7 +32,8 @@ fn means(rows: &[ResultRow]) -> BTreeMap<(String, String, String, String), f64> 
 }
 
 /// One Markdown table per setting: a row per (press, ratio), a column per task, and the
-/// average over tasks; the full cache first.
+/// average over tasks, the full cache first; then, when the rows span several context lengths,
+/// the mean per press, ratio and length.
 pub fn markdown(rows: &[ResultRow]) -> String {
     let means = means(rows);
     let tasks: BTreeSet<&String> = rows.iter().map(|r| &r.task).collect();
@@ -73,8 +74,50 @@ pub fn markdown(rows: &[ResultRow]) -> String {
             );
         }
         out.push('\n');
+        by_context_length(&mut out, rows, setting);
     }
     out
+}
+
+/// Mean score (over tasks and samples) per press and ratio and context length, when the rows
+/// span several lengths.
+fn by_context_length(out: &mut String, rows: &[ResultRow], setting: &str) {
+    let rows: Vec<&ResultRow> = rows.iter().filter(|r| r.setting == setting).collect();
+    let lengths: BTreeSet<usize> = rows.iter().map(|r| r.context_length).collect();
+    if lengths.len() < 2 {
+        return;
+    }
+    let mut sums: BTreeMap<(bool, String, String, usize), (f64, usize)> = BTreeMap::new();
+    for row in &rows {
+        let key = (
+            row.press != FULL_CACHE,
+            row.press.clone(),
+            ratio_key(row.compression_ratio),
+            row.context_length,
+        );
+        let entry = sums.entry(key).or_default();
+        entry.0 += row.score;
+        entry.1 += 1;
+    }
+    let header: Vec<String> = lengths.iter().map(|l| format!("{l} tokens")).collect();
+    let _ = writeln!(out, "By context length (mean over tasks and samples):\n");
+    let _ = writeln!(out, "| press | ratio | {} |", header.join(" | "));
+    let _ = writeln!(out, "|---|---:|{}", "---:|".repeat(lengths.len()));
+    let configs: BTreeSet<(bool, String, String)> = sums
+        .keys()
+        .map(|k| (k.0, k.1.clone(), k.2.clone()))
+        .collect();
+    for (compressed, press, ratio) in configs {
+        let cells: Vec<String> = lengths
+            .iter()
+            .map(|&l| {
+                sums.get(&(compressed, press.clone(), ratio.clone(), l))
+                    .map_or("–".to_string(), |(s, n)| format!("{:.2}", s / *n as f64))
+            })
+            .collect();
+        let _ = writeln!(out, "| {press} | {ratio} | {} |", cells.join(" | "));
+    }
+    out.push('\n');
 }
 
 /// Accuracy (averaged over tasks) against compression ratio, one line per press, the full
@@ -181,4 +224,58 @@ pub fn svg_plots(rows: &[ResultRow]) -> BTreeMap<String, String> {
         plots.insert(setting, svg);
     }
     plots
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(press: &str, ratio: f64, length: usize, task: &str, score: f64) -> ResultRow {
+        ResultRow {
+            task: task.to_string(),
+            setting: "question_agnostic".to_string(),
+            context_length: length,
+            sample: 0,
+            question: 0,
+            press: press.to_string(),
+            compression_ratio: ratio,
+            score,
+            answer: String::new(),
+            context_tokens: length,
+        }
+    }
+
+    #[test]
+    fn tables_average_tasks_and_lengths() {
+        let rows = [
+            row(FULL_CACHE, 0.0, 2048, "a", 1.0),
+            row(FULL_CACHE, 0.0, 4096, "a", 0.5),
+            row(FULL_CACHE, 0.0, 2048, "b", 1.0),
+            row("knorm", 0.5, 2048, "a", 0.0),
+            row("knorm", 0.5, 4096, "a", 1.0),
+            row("knorm", 0.5, 4096, "b", 0.5),
+        ];
+        let table = markdown(&rows);
+        // Per task over lengths: full cache a = 0.75, b = 1.0; knorm a = 0.5, b = 0.5.
+        assert!(
+            table.contains("| full cache | 0.000 | 0.75 | 1.00 | 0.88 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| knorm | 0.500 | 0.50 | 0.50 | 0.50 |"),
+            "{table}"
+        );
+        // Per length over tasks and samples: full cache 2048 = 1.0, 4096 = 0.5; knorm 0.0, 0.75.
+        assert!(
+            table.contains("| press | ratio | 2048 tokens | 4096 tokens |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| full cache | 0.000 | 1.00 | 0.50 |"),
+            "{table}"
+        );
+        assert!(table.contains("| knorm | 0.500 | 0.00 | 0.75 |"), "{table}");
+        let one_length = markdown(&rows[..1]);
+        assert!(!one_length.contains("By context length"), "{one_length}");
+    }
 }

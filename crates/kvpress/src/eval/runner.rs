@@ -300,6 +300,31 @@ pub fn read_results(out_dir: &Path) -> Result<Vec<ResultRow>> {
         .collect()
 }
 
+/// Cuts a last line without its newline (a run killed while writing it) off
+/// `out_dir/results.jsonl`, so that appended rows start on a line of their own; returns whether
+/// it did. Call it before starting workers, never while one runs.
+pub fn repair_results(out_dir: &Path) -> Result<bool> {
+    let path = out_dir.join(RESULTS_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if text.is_empty() || text.ends_with(b"\n") {
+        return Ok(false);
+    }
+    let complete = text
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |end| end + 1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_len(complete as u64))
+        .with_context(|| format!("cannot repair {}", path.display()))?;
+    Ok(true)
+}
+
 /// Which part of the grid a run computes: samples `index`, `index + count`, ... (several
 /// processes, one per shard, share the cores better than one process's threads on small
 /// products; they append to the same results file).

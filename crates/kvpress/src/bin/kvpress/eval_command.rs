@@ -6,7 +6,9 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use kvpress::eval::{read_results, report, run_shard, EvalConfig, Progress, ResultRow, Shard};
+use kvpress::eval::{
+    read_results, repair_results, report, run_shard, EvalConfig, Progress, ResultRow, Shard,
+};
 
 use crate::cli::ModelArgs;
 use crate::write_figure;
@@ -25,6 +27,9 @@ pub fn run(
         bail!("--jobs must be at least 1");
     }
     let start = Instant::now();
+    if shard.is_none() && repair_results(out)? {
+        eprintln!("note: dropped an unfinished last line of the results file (it is recomputed)");
+    }
     if jobs > 1 && shard.is_none() {
         run_workers(jobs)?;
         eprintln!(
