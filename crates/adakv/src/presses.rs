@@ -63,6 +63,26 @@ fn inner_scores(
     scores_at_ratios(inner_scorer(press, inner)?, input, ratios)
 }
 
+/// A head-wise press's compressions at each of `ratios`: the inner scores (once when they do
+/// not depend on the ratio) allocated by `allocate`; ratio 0 keeps everything.
+fn head_wise_at_ratios(
+    press: &str,
+    inner: &dyn Press,
+    input: &PressInput<'_>,
+    ratios: &[f64],
+    allocate: impl Fn(Tensor, f64) -> Result<Compression>,
+) -> Result<Vec<Compression>> {
+    let scores = inner_scores(press, inner, input, ratios)?;
+    ratios
+        .iter()
+        .zip(scores)
+        .map(|(&ratio, scores)| match scores {
+            Some(scores) => allocate(scores, ratio),
+            None => Compression::keep_all(input),
+        })
+        .collect()
+}
+
 /// AdaKV: one budget per layer (the inner press's ratio) shared across its KV heads by a
 /// global top-k of the inner press's scores; every head keeps at least `alpha_safeguard` of its
 /// uniform share. Heads then store different numbers of tokens, in the flattened cache.
@@ -153,26 +173,19 @@ impl Press for AdaKv {
         input: &PressInput<'_>,
         ratios: &[f64],
     ) -> Result<Vec<Compression>> {
-        let scores = inner_scores("adakv", self.inner.as_ref(), input, ratios)?;
-        ratios
-            .iter()
-            .zip(scores)
-            .map(|(&ratio, scores)| self.allocate(input, scores, ratio))
-            .collect()
+        head_wise_at_ratios(
+            "adakv",
+            self.inner.as_ref(),
+            input,
+            ratios,
+            |scores, ratio| self.allocate(input, scores, ratio),
+        )
     }
 }
 
 impl AdaKv {
-    /// What one layer keeps at `ratio` given the inner scores (`None`: keep everything).
-    fn allocate(
-        &self,
-        input: &PressInput<'_>,
-        scores: Option<Tensor>,
-        ratio: f64,
-    ) -> Result<Compression> {
-        let Some(scores) = scores else {
-            return Compression::keep_all(input);
-        };
+    /// What one layer keeps at `ratio` given the inner scores.
+    fn allocate(&self, input: &PressInput<'_>, scores: Tensor, ratio: f64) -> Result<Compression> {
         let layer = LayerPosition {
             layer_idx: input.layer_idx,
             n_layers: input.n_layers,
@@ -264,26 +277,19 @@ impl Press for CriticalAdaKv {
         input: &PressInput<'_>,
         ratios: &[f64],
     ) -> Result<Vec<Compression>> {
-        let scores = inner_scores("critical_adakv", self.inner.as_ref(), input, ratios)?;
-        ratios
-            .iter()
-            .zip(scores)
-            .map(|(&ratio, scores)| self.allocate(input, scores, ratio))
-            .collect()
+        head_wise_at_ratios(
+            "critical_adakv",
+            self.inner.as_ref(),
+            input,
+            ratios,
+            |scores, ratio| self.allocate(input, scores, ratio),
+        )
     }
 }
 
 impl CriticalAdaKv {
-    /// What one layer keeps at `ratio` given the inner scores (`None`: keep everything).
-    fn allocate(
-        &self,
-        input: &PressInput<'_>,
-        scores: Option<Tensor>,
-        ratio: f64,
-    ) -> Result<Compression> {
-        let Some(scores) = scores else {
-            return Compression::keep_all(input);
-        };
+    /// What one layer keeps at `ratio` given the inner scores.
+    fn allocate(&self, input: &PressInput<'_>, scores: Tensor, ratio: f64) -> Result<Compression> {
         let (rows, batch, n_kv_heads) = score_rows(&input.mask_padding(scores.clone())?)?;
         let n_tokens = rows.first().map_or(0, Vec::len);
         let allocator = AdaKvAllocator::kvpress(self.alpha_safeguard);
