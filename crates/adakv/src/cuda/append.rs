@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CudaStorage, InplaceOp2, InplaceOp3, Layout, Tenso
 use half::{bf16, f16};
 use kvpress_core::{Error, Result};
 
-use super::kernels::{self, check_cuda, check_u32_vector, cuda_storage, dtype_suffix, view};
+use super::kernels::{self, check_cuda, check_u32_vector, dtype_suffix, tensor_view, view};
 
 /// Writes `new_keys[h]` and `new_values[h]` (`(heads, head_dim)`, one token per head) at row
 /// `offsets[h] + lengths[h]` of `kv[0]` and `kv[1]`, then adds 1 to `lengths[h]`.
@@ -116,21 +116,9 @@ impl InplaceOp3 for AppendRows<'_> {
         let (offsets, offsets_layout) = self.offsets.storage_and_layout();
         let (lengths, lengths_layout) = self.lengths.storage_and_layout();
         let (capacities, capacities_layout) = self.capacities.storage_and_layout();
-        let offsets = view::<u32>(
-            cuda_storage(&offsets, "offsets")?,
-            offsets_layout,
-            "offsets",
-        )?;
-        let lengths = view::<u32>(
-            cuda_storage(&lengths, "lengths")?,
-            lengths_layout,
-            "lengths",
-        )?;
-        let capacities = view::<u32>(
-            cuda_storage(&capacities, "capacities")?,
-            capacities_layout,
-            "capacities",
-        )?;
+        let offsets = tensor_view::<u32>(&offsets, offsets_layout, "offsets")?;
+        let lengths = tensor_view::<u32>(&lengths, lengths_layout, "lengths")?;
+        let capacities = tensor_view::<u32>(&capacities, capacities_layout, "capacities")?;
         let heads = offsets.len() as u32;
         let cfg = LaunchConfig {
             grid_dim: (heads, 2, 1),

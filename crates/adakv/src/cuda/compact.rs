@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use kvpress_core::{Error, Result};
 
-use super::kernels::{self, check_cuda, check_u32_vector, cuda_storage, dtype_suffix, view};
+use super::kernels::{self, check_cuda, check_u32_vector, dtype_suffix, tensor_view, view};
 
 /// Where the kept rows of a compaction come from and go to.
 #[derive(Debug, Clone, Copy)]
@@ -112,27 +112,12 @@ impl CustomOp1 for Compact<'_> {
         let (kept, kept_layout) = self.selection.kept.storage_and_layout();
         let (starts, starts_layout) = self.selection.kept_starts.storage_and_layout();
         let (dst_offsets, dst_offsets_layout) = self.dst_offsets.storage_and_layout();
-        let offsets = view::<u32>(
-            cuda_storage(&offsets, "offsets")?,
-            offsets_layout,
-            "offsets",
-        )?;
-        let lengths = view::<u32>(
-            cuda_storage(&lengths, "lengths")?,
-            lengths_layout,
-            "lengths",
-        )?;
-        let kept = view::<u32>(cuda_storage(&kept, "kept")?, kept_layout, "kept")?;
-        let starts = view::<u32>(
-            cuda_storage(&starts, "kept starts")?,
-            starts_layout,
-            "starts",
-        )?;
-        let dst_offsets = view::<u32>(
-            cuda_storage(&dst_offsets, "destination offsets")?,
-            dst_offsets_layout,
-            "destination offsets",
-        )?;
+        let offsets = tensor_view::<u32>(&offsets, offsets_layout, "offsets")?;
+        let lengths = tensor_view::<u32>(&lengths, lengths_layout, "lengths")?;
+        let kept = tensor_view::<u32>(&kept, kept_layout, "kept")?;
+        let starts = tensor_view::<u32>(&starts, starts_layout, "kept starts")?;
+        let dst_offsets =
+            tensor_view::<u32>(&dst_offsets, dst_offsets_layout, "destination offsets")?;
         let heads = offsets.len() as u32;
         let src_rows =
             (kv_layout.shape().elem_count() / (2 * self.head_dim.max(1) as usize)) as u32;

@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
 use half::{bf16, f16};
 use kvpress_core::{Error, Result};
 
-use super::kernels::{self, check_cuda, check_u32_vector, cuda_storage, dtype_suffix, view};
+use super::kernels::{self, check_cuda, check_u32_vector, dtype_suffix, tensor_view, view};
 
 /// Keys per split the launch aims for: long heads are cut into shares of about this size, so a
 /// layer's few KV heads still spread over every multiprocessor.
@@ -129,16 +129,8 @@ impl CustomOp2 for DecodeAttention<'_> {
         let device = queries.device().clone();
         let (offsets, offsets_layout) = self.offsets.storage_and_layout();
         let (lengths, lengths_layout) = self.lengths.storage_and_layout();
-        let offsets = view::<u32>(
-            cuda_storage(&offsets, "offsets")?,
-            offsets_layout,
-            "offsets",
-        )?;
-        let lengths = view::<u32>(
-            cuda_storage(&lengths, "lengths")?,
-            lengths_layout,
-            "lengths",
-        )?;
+        let offsets = tensor_view::<u32>(&offsets, offsets_layout, "offsets")?;
+        let lengths = tensor_view::<u32>(&lengths, lengths_layout, "lengths")?;
         let rows = kv_layout.dims()[1] as u32;
         let partials = (self.heads * self.splits * self.group) as usize;
         // SAFETY (three allocations): pass 1 writes every partial before pass 2 reads it (every

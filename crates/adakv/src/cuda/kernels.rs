@@ -103,6 +103,15 @@ pub(crate) fn view<'a, T: CudaDType + DeviceRepr>(
     }
 }
 
+/// The elements of a contiguous CUDA tensor, given its storage and layout, as a device view.
+pub(crate) fn tensor_view<'a, T: CudaDType + DeviceRepr>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> candle_core::Result<CudaView<'a, T>> {
+    view(cuda_storage(storage, what)?, layout, what)
+}
+
 /// Converts a size to the u32 the kernels take, or an error naming the limit.
 pub(crate) fn to_u32(value: usize, what: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| {
