@@ -1,117 +1,149 @@
 //! Several compressed contexts answered together: each context keeps its own (compressed) cache
-//! and question; the decoding steps run as one batch over a per-head cache that holds every
-//! sequence's heads with their own lengths and positions.
+//! and question; every decoding step runs all unfinished answers through the model at once
+//! ([`models::Model::forward_sequences`]), so the weights are read once per step instead of once
+//! per answer. Each answer is exactly the one-at-a-time greedy answer.
 
-use anyhow::{ensure, Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
 use candle_core::Tensor;
 use hooks::ContextSession;
-use kvpress_core::{LayerCache, LayerSnapshot, ModelCache};
-use models::{argmax, LoadedModel};
+use kvpress_core::ModelCache;
+use models::{argmax, LoadedModel, StopReason};
+
+/// One answer of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchAnswer {
+    /// Generated token ids (ending with the EOS id when the model stopped by itself).
+    pub tokens: Vec<u32>,
+    /// Why this answer ended.
+    pub stop_reason: StopReason,
+    /// Time of this answer's question forward.
+    pub question_time: Duration,
+}
+
+/// The answers of a batch, in the order of the sessions, and the time of the shared decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchAnswers {
+    /// One answer per session.
+    pub answers: Vec<BatchAnswer>,
+    /// Time of all decoding steps (shared by the answers).
+    pub decode_time: Duration,
+}
 
 /// Answers `question_ids[i]` from `sessions[i]` greedily (at most `max_new_tokens` tokens,
-/// stopping at end-of-sequence), decoding all sequences in one batch. Each question is first
-/// run on its own session's cache; the caches are then put side by side (per-head layout,
-/// per-sequence positions) and decoded together. Sessions are rewound afterwards, so they can
-/// answer again. The answers equal those of one-at-a-time greedy answering.
+/// stopping at end-of-sequence), decoding all sequences in one batch; returns the answers.
+/// The sessions are rewound afterwards, so they can answer again.
 pub fn answer_batch(
     model: &LoadedModel,
     sessions: &mut [ContextSession],
     question_ids: &[Vec<u32>],
     max_new_tokens: usize,
 ) -> Result<Vec<Vec<u32>>> {
+    let mut sessions: Vec<&mut ContextSession> = sessions.iter_mut().collect();
+    let batch = answer_batch_until(
+        model,
+        &mut sessions,
+        question_ids,
+        max_new_tokens,
+        &mut |_, _| false,
+    )?;
+    Ok(batch.answers.into_iter().map(|a| a.tokens).collect())
+}
+
+/// [`answer_batch`], also ending answer `i` as soon as `stop(i, tokens so far)` holds (checked
+/// after end-of-sequence and the token limit, like [`models::generate_until`]). Finished answers
+/// leave the batch. Each answer equals, token for token, what
+/// [`ContextSession::answer_until`] gives for that session alone with greedy sampling.
+pub fn answer_batch_until(
+    model: &LoadedModel,
+    sessions: &mut [&mut ContextSession],
+    question_ids: &[Vec<u32>],
+    max_new_tokens: usize,
+    stop: &mut dyn FnMut(usize, &[u32]) -> bool,
+) -> Result<BatchAnswers> {
     ensure!(
         sessions.len() == question_ids.len() && !sessions.is_empty(),
         "one question per context is needed ({} contexts, {} questions)",
         sessions.len(),
         question_ids.len()
     );
-    let m = &model.model;
-    let eos = model.tokenizer.eos_ids();
-    let mut answers: Vec<Vec<u32>> = vec![Vec::new(); sessions.len()];
-    if max_new_tokens == 0 {
-        return Ok(answers);
-    }
-    let mut next = Vec::with_capacity(sessions.len());
-    for (session, question) in sessions.iter_mut().zip(question_ids) {
-        ensure!(!question.is_empty(), "an empty question");
-        let input = Tensor::new(question.as_slice(), m.device())?.unsqueeze(0)?;
-        let logits = m.forward(&input, session.cache_mut(), None)?;
-        next.push(argmax(&logits.squeeze(0)?.to_vec1()?));
-    }
-    let mut cache = merge(sessions, m.config().n_kv_heads)?;
+    let result = answer_and_decode(model, sessions, question_ids, max_new_tokens, stop);
     for session in sessions.iter_mut() {
         session.rewind()?;
     }
-    let mut done = vec![false; next.len()];
+    result
+}
+
+/// The questions one session at a time, then the answers in batched decoding steps.
+fn answer_and_decode(
+    model: &LoadedModel,
+    sessions: &mut [&mut ContextSession],
+    question_ids: &[Vec<u32>],
+    max_new_tokens: usize,
+    stop: &mut dyn FnMut(usize, &[u32]) -> bool,
+) -> Result<BatchAnswers> {
+    let m = &model.model;
+    let eos = model.tokenizer.eos_ids();
+    let mut answers = Vec::with_capacity(sessions.len());
+    let mut next = Vec::with_capacity(sessions.len());
+    for (session, question) in sessions.iter_mut().zip(question_ids) {
+        ensure!(!question.is_empty(), "an empty question");
+        let start = Instant::now();
+        let input = Tensor::new(question.as_slice(), m.device())?.unsqueeze(0)?;
+        let logits = m.forward(&input, session.cache_mut(), None)?;
+        next.push(argmax(&logits.squeeze(0)?.to_vec1()?));
+        answers.push(BatchAnswer {
+            tokens: Vec::new(),
+            stop_reason: StopReason::MaxNewTokens,
+            question_time: start.elapsed(),
+        });
+    }
+    let decode_start = Instant::now();
+    let mut active = vec![max_new_tokens > 0; sessions.len()];
     loop {
-        for (i, &token) in next.iter().enumerate() {
-            if !done[i] {
-                answers[i].push(token);
-                done[i] = eos.contains(&token) || answers[i].len() >= max_new_tokens;
+        for (i, answer) in answers.iter_mut().enumerate() {
+            if !active[i] {
+                continue;
+            }
+            answer.tokens.push(next[i]);
+            let ended = if eos.contains(&next[i]) {
+                Some(StopReason::Eos)
+            } else if answer.tokens.len() >= max_new_tokens {
+                Some(StopReason::MaxNewTokens)
+            } else if stop(i, &answer.tokens) {
+                Some(StopReason::Stopped)
+            } else if sessions[i].cache().seen_tokens() >= m.config().max_position_embeddings {
+                Some(StopReason::ContextFull)
+            } else {
+                None
+            };
+            if let Some(reason) = ended {
+                answer.stop_reason = reason;
+                active[i] = false;
             }
         }
-        if done.iter().all(|&d| d) || cache.seen_tokens() >= m.config().max_position_embeddings {
+        let tokens: Vec<u32> = (0..next.len())
+            .filter(|&i| active[i])
+            .map(|i| next[i])
+            .collect();
+        if tokens.is_empty() {
             break;
         }
-        // Finished sequences keep decoding their last token; their outputs are ignored.
-        let input = Tensor::new(next.as_slice(), m.device())?.unsqueeze(1)?;
-        let logits = m.forward(&input, &mut cache, None)?;
-        for (i, row) in logits.to_vec2::<f32>()?.iter().enumerate() {
+        let mut caches: Vec<&mut ModelCache> = sessions
+            .iter_mut()
+            .zip(&active)
+            .filter(|(_, &a)| a)
+            .map(|(s, _)| s.cache_mut())
+            .collect();
+        let logits: Vec<Vec<f32>> = m.forward_sequences(&tokens, &mut caches)?.to_vec2()?;
+        let active_rows = (0..next.len()).filter(|&i| active[i]);
+        for (i, row) in active_rows.zip(&logits) {
             next[i] = argmax(row);
         }
     }
-    Ok(answers)
-}
-
-/// Every session's cache as one batch: layer by layer, the heads of sequence `i` become heads
-/// `i * n_kv_heads ..` of a flattened cache; positions stay per sequence.
-fn merge(sessions: &[ContextSession], n_kv_heads: usize) -> Result<ModelCache> {
-    let n_layers = sessions[0].cache().n_layers();
-    let mut layers: Vec<Box<dyn LayerCache>> = Vec::with_capacity(n_layers);
-    for layer_idx in 0..n_layers {
-        let mut keys = Vec::new();
-        let mut values = Vec::new();
-        let mut lengths = Vec::new();
-        for session in sessions {
-            let layer = session
-                .cache()
-                .layer(layer_idx)
-                .context("a layer of a session's cache")?;
-            match layer.snapshot()? {
-                LayerSnapshot::Dense(Some((k, v))) => {
-                    let (b, h, len, d) = k.dims4()?;
-                    ensure!(b == 1, "batched answering takes single-sequence sessions");
-                    keys.push(k.reshape((h * len, d))?);
-                    values.push(v.reshape((h * len, d))?);
-                    lengths.extend(std::iter::repeat_n(len, h));
-                }
-                LayerSnapshot::PerHead {
-                    keys: k,
-                    values: v,
-                    head_lengths,
-                    batch,
-                    ..
-                } => {
-                    ensure!(
-                        batch == 1,
-                        "batched answering takes single-sequence sessions"
-                    );
-                    keys.push(k);
-                    values.push(v);
-                    lengths.extend(head_lengths);
-                }
-                LayerSnapshot::Dense(None) => anyhow::bail!("a session's cache is empty"),
-            }
-        }
-        layers.push(Box::new(adakv::FlatLayerCache::from_rows(
-            &Tensor::cat(&keys, 0)?,
-            &Tensor::cat(&values, 0)?,
-            &lengths,
-            sessions.len(),
-            n_kv_heads,
-        )?));
-    }
-    let mut cache = ModelCache::from_layers(layers);
-    cache.set_sequence_positions(sessions.iter().map(|s| s.cache().seen_tokens()).collect());
-    Ok(cache)
+    Ok(BatchAnswers {
+        answers,
+        decode_time: decode_start.elapsed(),
+    })
 }

@@ -1,7 +1,7 @@
 //! Several contexts of different lengths, each compressed with its own (per-head) budgets,
 //! answered in one batch: the answers equal one-at-a-time answers.
 
-use kvpress::batch::answer_batch;
+use kvpress::batch::{answer_batch, answer_batch_until};
 use kvpress::candle::Device;
 use kvpress::core::press::press_from_toml;
 use kvpress::hooks::{ContextSession, PromptSplit};
@@ -66,5 +66,80 @@ fn a_batch_of_four_contexts_answers_like_one_at_a_time() {
     assert_eq!(
         answer_batch(&model, &mut sessions, &questions, 24).unwrap(),
         batched
+    );
+}
+
+#[test]
+fn many_sessions_with_kept_weights_and_a_stop_rule_answer_like_alone() {
+    // More sessions than the one-sequence kernels take in a prefill (16 rows), with kept f32
+    // weights as the evaluation uses them, and a stop rule that ends some answers early.
+    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
+    let mut model = load_model(&path, None, &Device::Cpu).expect("the default model loads");
+    model.model.keep_dequantized_weights(usize::MAX).unwrap();
+    let haystack = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/needle-haystack.txt"),
+    )
+    .unwrap();
+    let end = haystack.floor_char_boundary(haystack.len() / 3);
+    let split = PromptSplit::new(
+        &model,
+        &haystack[..end],
+        "What is the special magic number for ocean mentioned in the provided text?",
+    )
+    .unwrap();
+    let mut sessions = Vec::new();
+    for press in [
+        "knorm",
+        "streaming_llm",
+        "snapkv",
+        "expected_attention",
+        "tova",
+        "random",
+    ] {
+        for ratio in [0.2, 0.5, 0.8] {
+            let config = format!("press = \"{press}\"\ncompression_ratio = {ratio}\n");
+            let press = press_from_toml(&config).unwrap();
+            let (session, _) =
+                ContextSession::compress(&model.model, &split.context_ids, press.as_ref(), &[])
+                    .unwrap();
+            sessions.push(session);
+        }
+    }
+    assert!(sessions.len() > 16);
+    let questions = vec![split.question_ids.clone(); sessions.len()];
+    // Odd sessions stop once their answer holds a digit.
+    let tokenizer = &model.tokenizer;
+    let mut stop_rule = |i: usize, tokens: &[u32]| {
+        i % 2 == 1
+            && tokenizer
+                .decode(tokens, true)
+                .is_ok_and(|t| t.chars().any(|c| c.is_ascii_digit()))
+    };
+    let mut refs: Vec<&mut ContextSession> = sessions.iter_mut().collect();
+    let batched = answer_batch_until(&model, &mut refs, &questions, 20, &mut stop_rule).unwrap();
+    let config = GenerationConfig {
+        max_new_tokens: 20,
+        sampling: Sampling::Greedy,
+    };
+    let mut stopped_early = 0;
+    for (i, session) in sessions.iter_mut().enumerate() {
+        let alone = session
+            .answer_until(
+                &model.model,
+                &split.question_ids,
+                model.tokenizer.eos_ids(),
+                &config,
+                &mut |_| Ok(()),
+                &mut |tokens| stop_rule(i, tokens),
+            )
+            .unwrap();
+        let answer = &batched.answers[i];
+        assert_eq!(answer.tokens, alone.tokens, "session {i}");
+        assert_eq!(answer.stop_reason, alone.stop_reason, "session {i}");
+        stopped_early += usize::from(answer.stop_reason == kvpress::models::StopReason::Stopped);
+    }
+    assert!(
+        stopped_early > 0,
+        "the stop rule ended no answer: the test checks nothing"
     );
 }

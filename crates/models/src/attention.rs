@@ -33,6 +33,33 @@ impl Attention {
         Ok(y.transpose(1, 2)?.contiguous()?)
     }
 
+    /// Queries, keys and values of the new tokens `x` `(b, s, hidden)`, rotated:
+    /// `(b, heads, s, head_dim)` each.
+    fn project(&self, x: &Tensor, step: &ForwardStep<'_>) -> Result<[Tensor; 3]> {
+        let shape = self.shape;
+        let (q_norm, k_norm) = match &self.qk_norm {
+            Some((q, k)) => (Some(q), Some(k)),
+            None => (None, None),
+        };
+        let projected = self.qkv_proj.forward(x, step.row_mode)?;
+        let q = self.split_heads(&projected[0], shape.n_heads, q_norm)?;
+        let k = self.split_heads(&projected[1], shape.n_kv_heads, k_norm)?;
+        let v = self.split_heads(&projected[2], shape.n_kv_heads, None)?;
+        let q = kvpress_core::RotaryEmbedding::apply(&q, &step.cos, &step.sin)?;
+        let k = kvpress_core::RotaryEmbedding::apply(&k, &step.cos, &step.sin)?;
+        Ok([q, k, v])
+    }
+
+    /// The output projection of attention outputs `(b, n_heads, s, head_dim)`.
+    fn project_output(&self, attended: &Tensor, step: &ForwardStep<'_>) -> Result<Tensor> {
+        let (b, _, s, _) = attended.dims4()?;
+        let output =
+            attended
+                .transpose(1, 2)?
+                .reshape((b, s, self.shape.n_heads * self.shape.head_dim))?;
+        self.o_proj.forward_rows(&output, step.row_mode)
+    }
+
     /// Attention of the new tokens `x` (normalised hidden states, `(b, s, hidden)`): appends their
     /// keys/values to `cache`, attends, calls the hook, and applies the output projection.
     pub(crate) fn forward(
@@ -43,19 +70,7 @@ impl Attention {
         cache: &mut dyn LayerCache,
         hook: Option<&mut (dyn AttentionHook + '_)>,
     ) -> Result<Tensor> {
-        let (b, s, _) = x.dims3()?;
-        let shape = self.shape;
-        let (q_norm, k_norm) = match &self.qk_norm {
-            Some((q, k)) => (Some(q), Some(k)),
-            None => (None, None),
-        };
-        let projected = self.qkv_proj.forward(x)?;
-        let q = self.split_heads(&projected[0], shape.n_heads, q_norm)?;
-        let k = self.split_heads(&projected[1], shape.n_kv_heads, k_norm)?;
-        let v = self.split_heads(&projected[2], shape.n_kv_heads, None)?;
-        let q = kvpress_core::RotaryEmbedding::apply(&q, &step.cos, &step.sin)?;
-        let k = kvpress_core::RotaryEmbedding::apply(&k, &step.cos, &step.sin)?;
-
+        let [q, k, v] = self.project(x, step)?;
         cache.append(&k, &v)?;
         let want_weights = hook
             .as_ref()
@@ -67,7 +82,7 @@ impl Attention {
                 n_layers: step.n_layers,
                 phase: step.phase,
                 position_offset: step.position_offset,
-                shape,
+                shape: self.shape,
                 hidden_states: x,
                 queries: &q,
                 keys: &k,
@@ -79,12 +94,25 @@ impl Attention {
             };
             hook.after_attention(&mut context)?;
         }
-        let output =
-            attention
-                .output
-                .transpose(1, 2)?
-                .reshape((b, s, shape.n_heads * shape.head_dim))?;
-        self.o_proj.forward(&output)
+        self.project_output(&attention.output, step)
+    }
+
+    /// Attention of one new token of each of several independent sequences: row `i` of `x`
+    /// `(n, 1, hidden)` is appended to `caches[i]` and attends over it alone, exactly as a
+    /// forward of that sequence alone would.
+    pub(crate) fn forward_per_sequence(
+        &self,
+        x: &Tensor,
+        step: &ForwardStep<'_>,
+        caches: &mut [&mut dyn LayerCache],
+    ) -> Result<Tensor> {
+        let [q, k, v] = self.project(x, step)?;
+        let mut outputs = Vec::with_capacity(caches.len());
+        for (i, cache) in caches.iter_mut().enumerate() {
+            cache.append(&k.narrow(0, i, 1)?, &v.narrow(0, i, 1)?)?;
+            outputs.push(cache.attend(&q.narrow(0, i, 1)?, false)?.output);
+        }
+        self.project_output(&Tensor::cat(&outputs, 0)?, step)
     }
 }
 

@@ -3,13 +3,16 @@
 use candle_core::Tensor;
 use kvpress_core::{ForwardPhase, RotaryEmbedding};
 
+use crate::linear::RowMode;
+
 /// What every layer of one forward needs to know besides its input.
 pub(crate) struct ForwardStep<'a> {
-    /// Cosines for the new tokens' positions, `(s, head_dim / 2)`.
+    /// Cosines for the new tokens' positions, `(s, head_dim / 2)`, or `(batch, s, head_dim / 2)`
+    /// for sequences at different positions.
     pub cos: Tensor,
-    /// Sines for the new tokens' positions, `(s, head_dim / 2)`.
+    /// Sines, shaped like the cosines.
     pub sin: Tensor,
-    /// Position of the first new token.
+    /// Position of the first new token (of the first sequence).
     pub position_offset: usize,
     /// Prefill or decode.
     pub phase: ForwardPhase,
@@ -17,4 +20,6 @@ pub(crate) struct ForwardStep<'a> {
     pub n_layers: usize,
     /// The model's rotary tables.
     pub rotary: &'a RotaryEmbedding,
+    /// How the linear layers treat the rows of the input.
+    pub row_mode: RowMode,
 }

@@ -5,7 +5,7 @@ use kvpress_core::{AttentionHook, LayerCache};
 
 use crate::attention::Attention;
 use crate::forward::ForwardStep;
-use crate::linear::Linear;
+use crate::linear::{Linear, RowMode};
 use crate::projection_group::ProjectionGroup;
 use crate::Result;
 
@@ -18,13 +18,13 @@ pub(crate) struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let projected = self.gate_up_proj.forward(x)?;
+    fn forward(&self, x: &Tensor, mode: RowMode) -> Result<Tensor> {
+        let projected = self.gate_up_proj.forward(x, mode)?;
         let hidden = match kvpress_core::cpu::silu_mul(&projected[0], &projected[1])? {
             Some(hidden) => hidden,
             None => (candle_nn::ops::silu(&projected[0])? * &projected[1])?,
         };
-        self.down_proj.forward(&hidden)
+        self.down_proj.forward_rows(&hidden, mode)
     }
 }
 
@@ -39,6 +39,7 @@ pub(crate) struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The layer over `hidden` `(b, s, hidden)`, appending to `cache` and calling `hook`.
     pub fn forward(
         &self,
         hidden: &Tensor,
@@ -47,12 +48,34 @@ impl DecoderLayer {
         cache: &mut dyn LayerCache,
         hook: Option<&mut (dyn AttentionHook + '_)>,
     ) -> Result<Tensor> {
+        self.block(hidden, step, |normed| {
+            self.attention.forward(normed, step, layer_idx, cache, hook)
+        })
+    }
+
+    /// The layer over one new token of each of several independent sequences: row `i` of
+    /// `hidden` `(n, 1, hidden)` uses `caches[i]` alone.
+    pub fn forward_per_sequence(
+        &self,
+        hidden: &Tensor,
+        step: &ForwardStep<'_>,
+        caches: &mut [&mut dyn LayerCache],
+    ) -> Result<Tensor> {
+        self.block(hidden, step, |normed| {
+            self.attention.forward_per_sequence(normed, step, caches)
+        })
+    }
+
+    /// `h += attend(norm(h)); h += mlp(norm(h))`.
+    fn block(
+        &self,
+        hidden: &Tensor,
+        step: &ForwardStep<'_>,
+        attend: impl FnOnce(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         let normed = candle_nn::ops::rms_norm(hidden, &self.attention_norm, self.rms_norm_eps)?;
-        let attended = self
-            .attention
-            .forward(&normed, step, layer_idx, cache, hook)?;
-        let hidden = (hidden + attended)?;
+        let hidden = (hidden + attend(&normed)?)?;
         let normed = candle_nn::ops::rms_norm(&hidden, &self.mlp_norm, self.rms_norm_eps)?;
-        Ok((&hidden + self.mlp.forward(&normed)?)?)
+        Ok((&hidden + self.mlp.forward(&normed, step.row_mode)?)?)
     }
 }

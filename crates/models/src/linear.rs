@@ -98,24 +98,18 @@ impl Linear {
 
     /// Applies the layer to `x` of shape `(..., in)`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_rows(x, RowMode::Batched)
+    }
+
+    /// Applies the layer to `x` of shape `(..., in)`, choosing kernels by `mode`.
+    pub fn forward_rows(&self, x: &Tensor, mode: RowMode) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (batch_dims, in_features) = dims.split_at(dims.len() - 1);
         let rows: usize = batch_dims.iter().product();
         let x2 = x.reshape((rows, in_features[0]))?;
-        let y = match &self.weight {
-            Weight::Quantized(q) => match &self.dense_copy {
-                Some(dense) if rows >= DEQUANTIZE_FROM_ROWS => {
-                    match dense_matmul_f32(&x2, dense)? {
-                        Some(y) => y,
-                        None => quantized_matmul(&x2, q)?,
-                    }
-                }
-                _ => quantized_matmul(&x2, q)?,
-            },
-            Weight::Dense(w) => match dense_matmul_f32(&x2, w)? {
-                Some(y) => y,
-                None => x2.matmul(&w.t()?)?,
-            },
+        let y = match mode {
+            RowMode::Batched => self.product(&x2, rows)?,
+            RowMode::Independent => self.product_row_by_row(&x2)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -125,6 +119,52 @@ impl Linear {
         out_dims.push(self.out_features());
         Ok(y.reshape(out_dims)?)
     }
+
+    /// `x (rows, in) @ W^T`, each row computed exactly as it would be alone: the row kernels
+    /// for Q4_1/Q8_0 and f32 weights read the weight once for all rows; other weights fall back
+    /// to [`Self::product`].
+    fn product_row_by_row(&self, x: &Tensor) -> Result<Tensor> {
+        let (rows, _) = x.dims2()?;
+        let y = match &self.weight {
+            Weight::Quantized(q) => crate::kernels::quantized_matvec(x, q, usize::MAX)?,
+            Weight::Dense(w) => dense_matmul_f32(x, w, usize::MAX)?,
+        };
+        match y {
+            Some(y) => Ok(y),
+            None => self.product(x, rows),
+        }
+    }
+
+    /// `x (rows, in) @ W^T` with the fastest kernel for `rows`.
+    fn product(&self, x2: &Tensor, rows: usize) -> Result<Tensor> {
+        Ok(match &self.weight {
+            Weight::Quantized(q) => match &self.dense_copy {
+                Some(dense) if rows >= DEQUANTIZE_FROM_ROWS => {
+                    match dense_matmul_f32(x2, dense, MATVEC_MAX_ROWS)? {
+                        Some(y) => y,
+                        None => quantized_matmul(x2, q)?,
+                    }
+                }
+                _ => quantized_matmul(x2, q)?,
+            },
+            Weight::Dense(w) => match dense_matmul_f32(x2, w, MATVEC_MAX_ROWS)? {
+                Some(y) => y,
+                None => x2.matmul(&w.t()?)?,
+            },
+        })
+    }
+}
+
+/// How a product over several input rows is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RowMode {
+    /// The fastest kernel for the number of rows (rows of one sequence: a prefill); results may
+    /// differ in the last bits from one row at a time.
+    #[default]
+    Batched,
+    /// Every row exactly as it would be computed alone (one decoded token of each of several
+    /// independent sequences), reading the weight once for all rows.
+    Independent,
 }
 
 /// Rows of input from which a quantized weight is dequantized and multiplied in f32 (a prefill),
@@ -139,20 +179,20 @@ fn quantized_matmul(x: &Tensor, q: &Arc<QTensor>) -> Result<Tensor> {
     let (rows, _) = x.dims2()?;
     if rows >= DEQUANTIZE_FROM_ROWS && kvpress_core::cpu::is_cpu_f32(x) {
         let w = q.dequantize(&q.device())?;
-        if let Some(y) = dense_matmul_f32(x, &w)? {
+        if let Some(y) = dense_matmul_f32(x, &w, MATVEC_MAX_ROWS)? {
             return Ok(y);
         }
     }
-    if let Some(y) = crate::kernels::quantized_matvec(x, q)? {
+    if let Some(y) = crate::kernels::quantized_matvec(x, q, crate::kernels::MAX_ROWS)? {
         return Ok(y);
     }
     // Other GGML types (or devices): candle's kernels. Wrapping the shared tensor copies nothing.
     Ok(QMatMul::from_arc(q.clone())?.forward(x)?)
 }
 
-/// `x (m, in) @ W^T` with `W (out, in)` through the CPU sgemm; `None` unless both are f32 CPU
-/// tensors.
-fn dense_matmul_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
+/// `x (m, in) @ W^T` with `W (out, in)`: matrix-vector products (each row alone) up to
+/// `matvec_max_rows` rows, the CPU sgemm above; `None` unless both are f32 CPU tensors.
+fn dense_matmul_f32(x: &Tensor, w: &Tensor, matvec_max_rows: usize) -> Result<Option<Tensor>> {
     use kvpress_core::cpu::{f32_slice, is_cpu_f32, matvec_f32, sgemm, GemmDims, MatMut, MatRef};
     if !is_cpu_f32(x) || !is_cpu_f32(w) {
         return Ok(None);
@@ -163,7 +203,7 @@ fn dense_matmul_f32(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let mut out = vec![0f32; m * n];
     let done = f32_slice(&x, |xs, x_start, _| {
         f32_slice(&w, |ws, w_start, _| {
-            if m <= MATVEC_MAX_ROWS {
+            if m <= matvec_max_rows {
                 // Decode steps are bound by reading W: stream it once, all rows at a time.
                 matvec_f32(&ws[w_start..], n, k, &xs[x_start..], m, &mut out);
                 return;

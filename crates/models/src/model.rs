@@ -7,11 +7,13 @@ use crate::attention::Attention;
 use crate::config::ModelConfig;
 use crate::forward::ForwardStep;
 use crate::layer::{DecoderLayer, Mlp};
-use crate::linear::{Embedding, Linear};
+use crate::linear::{Embedding, Linear, RowMode};
 use crate::param::{LayerParam, Param};
 use crate::projection_group::ProjectionGroup;
 use crate::weights::{WeightLoader, WeightMode};
 use crate::{Error, Result};
+
+mod sequences;
 
 /// Which positions the output projection is applied to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,14 +283,7 @@ impl Model {
                         positions.len()
                     )));
                 }
-                let mut cos = Vec::with_capacity(batch);
-                let mut sin = Vec::with_capacity(batch);
-                for &start in positions {
-                    let (c, s) = self.rotary.tables_for_range(start, n_new, self.dtype)?;
-                    cos.push(c);
-                    sin.push(s);
-                }
-                (Tensor::stack(&cos, 0)?, Tensor::stack(&sin, 0)?)
+                self.rotary_tables_per_sequence(positions, n_new)?
             }
             None => self
                 .rotary
@@ -301,6 +296,7 @@ impl Model {
             phase,
             n_layers: self.config.n_layers,
             rotary: &self.rotary,
+            row_mode: RowMode::Batched,
         };
         let mut hidden = self.embedding.forward(input_ids, self.dtype)?;
         for (layer_idx, layer) in self.layers.iter().enumerate() {
@@ -314,16 +310,41 @@ impl Model {
             LogitsFor::LastToken => hidden.narrow(1, n_new - 1, 1)?,
             LogitsFor::AllTokens => hidden,
         };
+        let logits = self.logits(&hidden, RowMode::Batched)?;
+        Ok(match logits_for {
+            LogitsFor::LastToken => logits.squeeze(1)?,
+            LogitsFor::AllTokens => logits,
+        })
+    }
+
+    /// Rotary tables for `n_new` tokens of each sequence, starting at `starts[i]` for sequence
+    /// `i`: `(batch, n_new, head_dim / 2)`.
+    fn rotary_tables_per_sequence(
+        &self,
+        starts: &[usize],
+        n_new: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let mut cos = Vec::with_capacity(starts.len());
+        let mut sin = Vec::with_capacity(starts.len());
+        for &start in starts {
+            let (c, s) = self.rotary.tables_for_range(start, n_new, self.dtype)?;
+            cos.push(c);
+            sin.push(s);
+        }
+        Ok((Tensor::stack(&cos, 0)?, Tensor::stack(&sin, 0)?))
+    }
+
+    /// f32 logits of the final hidden states `(b, s, hidden)`: `(b, s, vocab)`.
+    fn logits(&self, hidden: &Tensor, mode: RowMode) -> Result<Tensor> {
         let hidden = candle_nn::ops::rms_norm(
             &hidden.contiguous()?,
             &self.final_norm,
             self.config.rms_norm_eps as f32,
         )?;
-        let logits = self.lm_head.forward(&hidden)?.to_dtype(DType::F32)?;
-        Ok(match logits_for {
-            LogitsFor::LastToken => logits.squeeze(1)?,
-            LogitsFor::AllTokens => logits,
-        })
+        Ok(self
+            .lm_head
+            .forward_rows(&hidden, mode)?
+            .to_dtype(DType::F32)?)
     }
 
     /// Validates token ids, length and cache shape; returns `(batch, n_new)`.
@@ -345,13 +366,26 @@ impl Model {
                 input_ids.dtype()
             )));
         }
-        let max_id = input_ids.max_all()?.to_scalar::<u32>()?;
-        if max_id as usize >= self.config.vocab_size {
-            return Err(Error::InvalidInput(format!(
-                "token id {max_id} is outside the vocabulary (size {})",
-                self.config.vocab_size
-            )));
+        self.check_token_ids(&input_ids.flatten_all()?.to_vec1::<u32>()?)?;
+        self.check_room(cache, n_new)?;
+        Ok((batch, n_new))
+    }
+
+    /// Every id must be inside the vocabulary.
+    fn check_token_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().max() {
+            Some(&max_id) if max_id as usize >= self.config.vocab_size => {
+                Err(Error::InvalidInput(format!(
+                    "token id {max_id} is outside the vocabulary (size {})",
+                    self.config.vocab_size
+                )))
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// `cache` must fit this model and have room for `n_new` more positions.
+    fn check_room(&self, cache: &ModelCache, n_new: usize) -> Result<()> {
         let end = cache.seen_tokens() + n_new;
         if end > self.config.max_position_embeddings {
             return Err(Error::InvalidInput(format!(
@@ -374,6 +408,6 @@ impl Model {
                 self.config.n_layers
             )));
         }
-        Ok((batch, n_new))
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@ use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::{DType, Tensor, D};
 use std::sync::Arc;
 
-use crate::linear::{Linear, Weight};
+use crate::linear::{Linear, RowMode, Weight};
 use crate::Result;
 
 /// Linear layers sharing an input, fused when possible. Only one copy of the weights is kept:
@@ -67,12 +67,12 @@ impl ProjectionGroup {
         }
     }
 
-    /// Outputs of every part for `x (..., in)`.
-    pub fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+    /// Outputs of every part for `x (..., in)`, with kernels chosen by `mode`.
+    pub fn forward(&self, x: &Tensor, mode: RowMode) -> Result<Vec<Tensor>> {
         match self {
-            Self::Separate(parts) => parts.iter().map(|p| p.forward(x)).collect(),
+            Self::Separate(parts) => parts.iter().map(|p| p.forward_rows(x, mode)).collect(),
             Self::Fused { linear, widths } => {
-                let y = linear.forward(x)?;
+                let y = linear.forward_rows(x, mode)?;
                 let mut start = 0;
                 let mut outputs = Vec::with_capacity(widths.len());
                 for &width in widths {
@@ -183,7 +183,12 @@ mod tests {
                 .collect::<Result<_>>()?;
             let group = ProjectionGroup::new(parts.clone())?;
             assert!(matches!(group, ProjectionGroup::Fused { .. }));
-            for (i, (fused, part)) in group.forward(&x)?.iter().zip(&parts).enumerate() {
+            for (i, (fused, part)) in group
+                .forward(&x, RowMode::Batched)?
+                .iter()
+                .zip(&parts)
+                .enumerate()
+            {
                 assert!(max_diff(fused, &part.forward(&x)?) < 1e-4);
                 let weight = group.part_weight(i, DType::F32)?;
                 assert_eq!(max_diff(&weight, &part.weight().to_dense(DType::F32)?), 0.0);
@@ -212,11 +217,10 @@ mod tests {
         assert!(matches!(group, ProjectionGroup::Separate(_)));
         assert_eq!(
             group
-                .forward(&Tensor::zeros(
-                    (1, 64),
-                    candle_core::DType::F32,
-                    &Device::Cpu
-                )?)?
+                .forward(
+                    &Tensor::zeros((1, 64), candle_core::DType::F32, &Device::Cpu)?,
+                    RowMode::Batched
+                )?
                 .len(),
             2
         );

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use hooks::{ContextSession, PromptSplit, RecordedPrefill};
 use kvpress_core::press::{press_from_value, Press};
 use kvpress_core::NoPress;
-use models::{GenerationConfig, LoadedModel, Sampling};
+use models::LoadedModel;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -19,6 +19,7 @@ use super::config::{task_kind, with_ratio, EvalConfig, Setting, DATASET_ANSWER_T
 use super::dataset::read_dataset;
 use super::report::FULL_CACHE;
 use super::{generate, string_match, Sample};
+use crate::batch::answer_batch_until;
 
 /// One answered question of the grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -402,10 +403,6 @@ pub fn run_shard(
     let (start, mut new) = (Instant::now(), 0);
     let mut timings = Timings::default();
     for unit in &units {
-        let generation = GenerationConfig {
-            max_new_tokens: unit.max_new_tokens,
-            sampling: Sampling::Greedy,
-        };
         for &setting in &config.settings {
             let aware = setting == Setting::QuestionAware;
             // Question-agnostic: one prefill serves every question; question-aware: one each.
@@ -467,62 +464,75 @@ pub fn run_shard(
                 let context_ids = PromptSplit::context_ids(model, &context)?;
                 let recorded = RecordedPrefill::record(&model.model, &context_ids)?;
                 timings.prefill_seconds += recorded.prefill_seconds();
+                // Every press configuration still to answer, compressed from the one prefill.
+                let mut configs: Vec<(&PressGroup, f64, ContextSession)> = Vec::new();
                 for (group, ratios) in todo {
                     let compression_start = Instant::now();
                     let sessions = group.compress(model, &recorded, &context_ids, &ratios)?;
                     timings.compression_seconds += compression_start.elapsed().as_secs_f64();
-                    for (mut session, ratio) in sessions.into_iter().zip(ratios) {
-                        for q in missing(&group.name, ratio) {
-                            let question = &unit.sample.questions[q];
-                            let ids = question_ids(
-                                model,
-                                &question.question,
-                                &question.answer_prefix,
-                                aware,
-                            )?;
-                            // Once the answer holds every expected value, no further token can
-                            // change its score: stop there.
-                            let output = session.answer_until(
-                                &model.model,
-                                &ids,
-                                model.tokenizer.eos_ids(),
-                                &generation,
-                                &mut |_| Ok(()),
-                                &mut |tokens| {
-                                    !question.answers.is_empty()
-                                        && model.tokenizer.decode(tokens, true).is_ok_and(|text| {
-                                            string_match(&text, &question.answers) == 1.0
-                                        })
-                                },
-                            )?;
-                            timings.question_seconds += output.prefill_time.as_secs_f64();
-                            timings.decoding_seconds += output.decode_time.as_secs_f64();
-                            timings.answer_tokens += output.tokens.len();
-                            let answer = model.tokenizer.decode(&output.tokens, true)?;
-                            let row = ResultRow {
-                                question: q,
-                                press: group.name.clone(),
-                                compression_ratio: ratio,
-                                score: string_match(&answer, &question.answers),
-                                answer,
-                                context_tokens: context_ids.len(),
-                                ..base.clone()
-                            };
-                            // One write per row: shards running at once append whole lines.
-                            let line = format!("{}\n", serde_json::to_string(&row)?);
-                            file.write_all(line.as_bytes())?;
-                            rows.push(row);
-                            let elapsed = start.elapsed().as_secs_f64();
-                            new += 1;
-                            progress(Progress {
-                                done: found + new,
-                                total,
-                                elapsed_seconds: elapsed,
-                                eta_seconds: elapsed / new as f64
-                                    * total.saturating_sub(found + new) as f64,
-                                timings,
-                            });
-                        }
+                    configs.extend(
+                        sessions
+                            .into_iter()
+                            .zip(ratios)
+                            .map(|(session, ratio)| (group, ratio, session)),
+                    );
+                }
+                drop(recorded);
+                for &q in &questions {
+                    let question = &unit.sample.questions[q];
+                    let ids =
+                        question_ids(model, &question.question, &question.answer_prefix, aware)?;
+                    let (answering, mut sessions): (Vec<(&PressGroup, f64)>, Vec<_>) = configs
+                        .iter_mut()
+                        .filter(|(group, ratio, _)| missing(&group.name, *ratio).contains(&q))
+                        .map(|(group, ratio, session)| ((*group, *ratio), session))
+                        .unzip();
+                    if sessions.is_empty() {
+                        continue;
+                    }
+                    // All configurations answer together; each answer stops once it holds every
+                    // expected value, since no further token can change its score.
+                    let batch = answer_batch_until(
+                        model,
+                        &mut sessions,
+                        &vec![ids; answering.len()],
+                        unit.max_new_tokens,
+                        &mut |_, tokens| {
+                            !question.answers.is_empty()
+                                && model
+                                    .tokenizer
+                                    .decode(tokens, true)
+                                    .is_ok_and(|text| string_match(&text, &question.answers) == 1.0)
+                        },
+                    )?;
+                    timings.decoding_seconds += batch.decode_time.as_secs_f64();
+                    for ((group, ratio), output) in answering.into_iter().zip(batch.answers) {
+                        timings.question_seconds += output.question_time.as_secs_f64();
+                        timings.answer_tokens += output.tokens.len();
+                        let answer = model.tokenizer.decode(&output.tokens, true)?;
+                        let row = ResultRow {
+                            question: q,
+                            press: group.name.clone(),
+                            compression_ratio: ratio,
+                            score: string_match(&answer, &question.answers),
+                            answer,
+                            context_tokens: context_ids.len(),
+                            ..base.clone()
+                        };
+                        // One write per row: shards running at once append whole lines.
+                        let line = format!("{}\n", serde_json::to_string(&row)?);
+                        file.write_all(line.as_bytes())?;
+                        rows.push(row);
+                        let elapsed = start.elapsed().as_secs_f64();
+                        new += 1;
+                        progress(Progress {
+                            done: found + new,
+                            total,
+                            elapsed_seconds: elapsed,
+                            eta_seconds: elapsed / new as f64
+                                * total.saturating_sub(found + new) as f64,
+                            timings,
+                        });
                     }
                 }
             }

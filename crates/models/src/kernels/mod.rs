@@ -19,19 +19,20 @@ mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_512;
 
-/// Most input rows handled here (decode steps and short question chunks).
-const MAX_ROWS: usize = 16;
+/// Most input rows of one sequence handled here (decode steps and short question chunks); more
+/// rows of one sequence are faster dequantized through the sgemm.
+pub(crate) const MAX_ROWS: usize = 16;
 
-/// `x (m, in) @ W^T` for Q4_1 / Q8_0 `W (out, in)` on the CPU; `None` for other types, devices
-/// or shapes.
-pub(crate) fn quantized_matvec(x: &Tensor, w: &QTensor) -> Result<Option<Tensor>> {
+/// `x (m, in) @ W^T` for Q4_1 / Q8_0 `W (out, in)` on the CPU, each row computed exactly as
+/// alone; `None` for other types, devices or shapes, or more than `max_rows` rows.
+pub(crate) fn quantized_matvec(x: &Tensor, w: &QTensor, max_rows: usize) -> Result<Option<Tensor>> {
     let (rows, k) = x.dims2()?;
     let kind = match w.dtype() {
         GgmlDType::Q4_1 => BlockKind::Q4_1,
         GgmlDType::Q8_0 => BlockKind::Q8_0,
         _ => return Ok(None),
     };
-    if rows > MAX_ROWS || !kvpress_core::cpu::is_cpu_f32(x) || !w.device().is_cpu() || k % 32 != 0 {
+    if rows > max_rows || !kvpress_core::cpu::is_cpu_f32(x) || !w.device().is_cpu() || k % 32 != 0 {
         return Ok(None);
     }
     let (n, wk) = w.shape().dims2()?;
@@ -165,7 +166,8 @@ mod tests {
             let deq = q.dequantize(&Device::Cpu)?;
             for rows in [1, 3, 16] {
                 let x = Tensor::randn(0f32, 1.0, (rows, 96), &Device::Cpu)?;
-                let got = quantized_matvec(&x, &q)?.expect("Q4_1/Q8_0 on CPU are handled");
+                let got =
+                    quantized_matvec(&x, &q, MAX_ROWS)?.expect("Q4_1/Q8_0 on CPU are handled");
                 let want = x.matmul(&deq.t()?)?;
                 let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(diff < 1e-4, "{dtype:?} rows={rows}: {diff}");
@@ -192,22 +194,31 @@ mod tests {
                 );
             }
         }
-        // Several rows at once give exactly what one row at a time gives.
+        // Several rows at once give exactly what one row at a time gives, also beyond
+        // `MAX_ROWS` (independent sequences decoded together).
         for dtype in [GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let q = QTensor::quantize(&w, dtype)?;
-            let x = Tensor::randn(0f32, 1.0, (7, 96), &Device::Cpu)?;
-            let together = quantized_matvec(&x, &q)?
-                .expect("handled")
-                .to_vec2::<f32>()?;
-            for (r, row) in together.iter().enumerate() {
-                let alone = quantized_matvec(&x.narrow(0, r, 1)?, &q)?.expect("handled");
-                assert_eq!(row, &alone.to_vec2::<f32>()?[0], "{dtype:?} row {r}");
+            for rows in [7, 37] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 96), &Device::Cpu)?;
+                let together = quantized_matvec(&x, &q, usize::MAX)?
+                    .expect("handled")
+                    .to_vec2::<f32>()?;
+                for (r, row) in together.iter().enumerate() {
+                    let alone = quantized_matvec(&x.narrow(0, r, 1)?, &q, 1)?.expect("handled");
+                    assert_eq!(row, &alone.to_vec2::<f32>()?[0], "{dtype:?} row {r}");
+                }
             }
         }
+        let x = Tensor::randn(0f32, 1.0, (MAX_ROWS + 1, 96), &Device::Cpu)?;
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1)?;
+        assert!(
+            quantized_matvec(&x, &q, MAX_ROWS)?.is_none(),
+            "more rows than allowed go to the sgemm"
+        );
         let q = QTensor::quantize(&w, GgmlDType::Q4_0)?;
         let x = Tensor::randn(0f32, 1.0, (1, 96), &Device::Cpu)?;
         assert!(
-            quantized_matvec(&x, &q)?.is_none(),
+            quantized_matvec(&x, &q, MAX_ROWS)?.is_none(),
             "other types fall back to candle"
         );
         Ok(())
