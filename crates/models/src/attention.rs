@@ -97,9 +97,9 @@ impl Attention {
         self.project_output(&attention.output, step)
     }
 
-    /// Attention of one new token of each of several independent sequences: row `i` of `x`
-    /// `(n, 1, hidden)` is appended to `caches[i]` and attends over it alone, exactly as a
-    /// forward of that sequence alone would.
+    /// Attention of the new tokens of several independent sequences: row `i` of `x`
+    /// `(n, s, hidden)` is appended to `caches[i]` and attends over it alone, as a forward of
+    /// that sequence alone would.
     pub(crate) fn forward_per_sequence(
         &self,
         x: &Tensor,

@@ -53,8 +53,8 @@ impl DecoderLayer {
         })
     }
 
-    /// The layer over one new token of each of several independent sequences: row `i` of
-    /// `hidden` `(n, 1, hidden)` uses `caches[i]` alone.
+    /// The layer over the new tokens of several independent sequences: row `i` of `hidden`
+    /// `(n, s, hidden)` uses `caches[i]` alone.
     pub fn forward_per_sequence(
         &self,
         hidden: &Tensor,

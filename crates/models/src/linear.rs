@@ -110,6 +110,7 @@ impl Linear {
         let y = match mode {
             RowMode::Batched => self.product(&x2, rows)?,
             RowMode::Independent => self.product_row_by_row(&x2)?,
+            RowMode::Sgemm => self.product_sgemm(&x2)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
@@ -133,6 +134,22 @@ impl Linear {
             Some(y) => Ok(y),
             None => self.product(x, rows),
         }
+    }
+
+    /// `x (rows, in) @ W^T` through the sgemm over the dense f32 weight (the kept copy of a
+    /// quantized one) for any number of rows; [`Self::product_row_by_row`] without one.
+    fn product_sgemm(&self, x: &Tensor) -> Result<Tensor> {
+        let dense = match (&self.weight, &self.dense_copy) {
+            (_, Some(copy)) => Some(copy),
+            (Weight::Dense(w), None) => Some(w),
+            (Weight::Quantized(_), None) => None,
+        };
+        if let Some(w) = dense {
+            if let Some(y) = dense_matmul_f32(x, w, 0)? {
+                return Ok(y);
+            }
+        }
+        self.product_row_by_row(x)
     }
 
     /// `x (rows, in) @ W^T` with the fastest kernel for `rows`.
@@ -165,6 +182,12 @@ pub enum RowMode {
     /// Every row exactly as it would be computed alone (one decoded token of each of several
     /// independent sequences), reading the weight once for all rows.
     Independent,
+    /// Every product through the sgemm over the dense f32 weights (kept copies of quantized
+    /// ones), whatever the number of rows: many independent sequences decoded together, several
+    /// times faster than the one-row kernels. The kernel does not change as sequences finish;
+    /// results differ from the one-row kernels in rounding only. Weights without a dense f32
+    /// form run as in `Independent`.
+    Sgemm,
 }
 
 /// Rows of input from which a quantized weight is dequantized and multiplied in f32 (a prefill),

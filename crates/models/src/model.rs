@@ -37,6 +37,8 @@ pub struct Model {
     dtype: DType,
     cache_dtype: DType,
     device: Device,
+    /// Whether [`Self::keep_dequantized_weights`] kept f32 copies of the quantized weights.
+    dense_weights_kept: bool,
 }
 
 impl Model {
@@ -140,6 +142,7 @@ impl Model {
             dtype: weights.dtype(),
             cache_dtype: weights.dtype(),
             device: device.clone(),
+            dense_weights_kept: false,
             config,
         })
     }
@@ -197,14 +200,16 @@ impl Model {
         Ok(())
     }
 
-    /// Keeps f32 copies of the decoder layers' quantized weights, so that prefills (and presses
-    /// that read `W_q`/`W_o`) stop dequantizing them on every call: worth it when many short
-    /// prefills run on one model (answering many questions, evaluation grids). Outputs are
-    /// unchanged; decode steps still read the quantized weights. The copies cost 4 bytes per
-    /// weight: they are kept only if that is at most `max_bytes`. Returns the bytes added, or
-    /// `None` when over the limit (nothing is kept then).
+    /// Keeps f32 copies of the quantized weights (decoder layers and output projection), so
+    /// that prefills (and presses that read `W_q`/`W_o`) stop dequantizing them on every call
+    /// and [`Self::forward_sequences`] multiplies through the sgemm: worth it when many short
+    /// prefills and many answers run on one model (evaluation grids). [`Self::forward`]'s
+    /// outputs are unchanged: its prefills dequantize anyway and its decode steps still read the
+    /// quantized weights. The copies cost 4 bytes per weight: they are kept only if that is at
+    /// most `max_bytes`. Returns the bytes added, or `None` when over the limit (nothing is kept
+    /// then).
     pub fn keep_dequantized_weights(&mut self, max_bytes: usize) -> Result<Option<usize>> {
-        let mut linears: Vec<&mut Linear> = Vec::new();
+        let mut linears: Vec<&mut Linear> = vec![&mut self.lm_head];
         for layer in &mut self.layers {
             linears.extend(layer.attention.qkv_proj.linears_mut());
             linears.push(&mut layer.attention.o_proj);
@@ -218,7 +223,13 @@ impl Model {
         for linear in linears {
             linear.keep_dense_copy()?;
         }
+        self.dense_weights_kept = true;
         Ok(Some(bytes))
+    }
+
+    /// Whether [`Self::keep_dequantized_weights`] kept f32 copies of the weights.
+    pub fn keeps_dequantized_weights(&self) -> bool {
+        self.dense_weights_kept
     }
 
     /// A fresh dense cache with one layer cache per decoder layer, storing [`Self::cache_dtype`].

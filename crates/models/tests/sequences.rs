@@ -1,6 +1,7 @@
 //! Decoding several independent sequences in one step gives each sequence, bit for bit, the
 //! logits of decoding it alone — also with more sequences than the one-sequence kernels take
-//! (where a prefill would switch to the sgemm) and with kept f32 copies of quantized weights.
+//! (where a prefill would switch to the sgemm). With kept f32 copies of quantized weights the
+//! step multiplies through the sgemm: the same logits up to rounding.
 
 mod common;
 
@@ -27,20 +28,41 @@ fn prefilled_caches(model: &Model) -> Vec<ModelCache> {
         .collect()
 }
 
-fn check_sequences_match_alone(model: &Model, label: &str) {
+/// How closely decoding together must match decoding alone.
+#[derive(Clone, Copy, PartialEq)]
+enum Match {
+    Exact,
+    UpToRounding,
+}
+
+/// One new token per sequence.
+fn one_each(tokens: &[u32]) -> Vec<&[u32]> {
+    tokens.iter().map(std::slice::from_ref).collect()
+}
+
+fn check_sequences_match_alone(model: &Model, label: &str, expected: Match) {
     let mut together = prefilled_caches(model);
     let mut alone = prefilled_caches(model);
     let mut tokens: Vec<u32> = (0..SEQUENCES as u32).map(|i| 3 + i % 30).collect();
     for step in 0..3 {
         let mut refs: Vec<&mut ModelCache> = together.iter_mut().collect();
         let logits: Vec<Vec<f32>> = model
-            .forward_sequences(&tokens, &mut refs)
+            .forward_sequences(&one_each(&tokens), &mut refs)
             .unwrap()
             .to_vec2()
             .unwrap();
         for (i, cache) in alone.iter_mut().enumerate() {
             let want = forward_vec(model, cache, &[tokens[i]]);
-            assert_eq!(logits[i], want, "{label}: step {step}, sequence {i}");
+            match expected {
+                Match::Exact => assert_eq!(logits[i], want, "{label}: step {step}, sequence {i}"),
+                Match::UpToRounding => {
+                    let diff = max_abs_diff(&logits[i], &want);
+                    assert!(
+                        diff < 1e-4 * max_abs(&want).max(1.0),
+                        "{label}: step {step}, sequence {i}: {diff}"
+                    );
+                }
+            }
             assert_eq!(together[i].seen_tokens(), cache.seen_tokens());
             assert_eq!(together[i].lengths(), cache.lengths());
         }
@@ -58,12 +80,31 @@ fn sequences_decoded_together_equal_each_alone() {
             (GgmlDType::F32, F32),
         ] {
             let mut loaded = tiny.gguf(dtype).load(mode).unwrap();
-            check_sequences_match_alone(&loaded.model, &format!("{arch:?} {dtype:?}"));
+            let label = format!("{arch:?} {dtype:?}");
+            check_sequences_match_alone(&loaded.model, &label, Match::Exact);
             if mode == WeightMode::Quantized {
-                // With kept f32 copies (what prefills use), decoding still takes the quantized
-                // one-row kernels.
+                // With kept f32 copies the sgemm multiplies the dequantized weights.
                 loaded.model.keep_dequantized_weights(usize::MAX).unwrap();
-                check_sequences_match_alone(&loaded.model, &format!("{arch:?} {dtype:?} kept"));
+                check_sequences_match_alone(
+                    &loaded.model,
+                    &format!("{label} kept"),
+                    Match::UpToRounding,
+                );
+                // And does so the same way every time.
+                let mut a = prefilled_caches(&loaded.model);
+                let mut b = prefilled_caches(&loaded.model);
+                let tokens: Vec<u32> = (0..SEQUENCES as u32).collect();
+                let mut refs_a: Vec<&mut ModelCache> = a.iter_mut().collect();
+                let mut refs_b: Vec<&mut ModelCache> = b.iter_mut().collect();
+                let first = loaded
+                    .model
+                    .forward_sequences(&tokens, &mut refs_a)
+                    .unwrap();
+                let again = loaded
+                    .model
+                    .forward_sequences(&tokens, &mut refs_b)
+                    .unwrap();
+                assert_eq!(flat(&first), flat(&again), "{label} kept: deterministic");
             }
         }
     }
@@ -80,15 +121,61 @@ fn bad_sequence_inputs_are_errors_that_leave_caches_alone() {
         .map(|c| (c.lengths(), c.seen_tokens()))
         .collect();
     let mut refs: Vec<&mut ModelCache> = caches.iter_mut().take(2).collect();
-    let err = model.forward_sequences(&[1], &mut refs).unwrap_err();
-    assert!(err.to_string().contains("1 tokens for 2 caches"), "{err}");
-    let err = model.forward_sequences(&[1, 4000], &mut refs).unwrap_err();
+    let err = model.forward_sequences(&[&[1]], &mut refs).unwrap_err();
+    assert!(err.to_string().contains("1 lists for 2 caches"), "{err}");
+    let err = model
+        .forward_sequences(&[&[1], &[4000]], &mut refs)
+        .unwrap_err();
     assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let err = model
+        .forward_sequences(&[&[1, 2], &[3]], &mut refs)
+        .unwrap_err();
+    assert!(err.to_string().contains("same, non-zero number"), "{err}");
     let err = model.forward_sequences(&[], &mut []).unwrap_err();
-    assert!(err.to_string().contains("one token per sequence"), "{err}");
+    assert!(
+        err.to_string().contains("one token list per sequence"),
+        "{err}"
+    );
     let after: Vec<_> = caches
         .iter()
         .map(|c| (c.lengths(), c.seen_tokens()))
         .collect();
     assert_eq!(before, after);
+}
+
+#[test]
+fn a_question_put_to_many_caches_matches_each_alone() {
+    // Several new tokens per sequence (the same question to many contexts): each row's logits
+    // are those of that sequence alone, up to rounding (the products run over all rows).
+    let tiny = Spec::new(Arch::Qwen3).build();
+    for kept in [false, true] {
+        let mut loaded = tiny
+            .gguf(GgmlDType::Q4_1)
+            .load(WeightMode::Quantized)
+            .unwrap();
+        if kept {
+            loaded.model.keep_dequantized_weights(usize::MAX).unwrap();
+        }
+        let model = &loaded.model;
+        let mut together = prefilled_caches(model);
+        let mut alone = prefilled_caches(model);
+        let question = [11u32, 12, 13, 14];
+        let mut refs: Vec<&mut ModelCache> = together.iter_mut().collect();
+        let tokens = vec![&question[..]; SEQUENCES];
+        let logits: Vec<Vec<f32>> = model
+            .forward_sequences(&tokens, &mut refs)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        for (i, cache) in alone.iter_mut().enumerate() {
+            let want = forward_vec(model, cache, &question);
+            let diff = max_abs_diff(&logits[i], &want);
+            assert!(
+                diff < 1e-4 * max_abs(&want).max(1.0),
+                "kept {kept}, sequence {i}: {diff}"
+            );
+            assert_eq!(together[i].seen_tokens(), cache.seen_tokens());
+            assert_eq!(together[i].lengths(), cache.lengths());
+        }
+    }
 }

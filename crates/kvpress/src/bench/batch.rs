@@ -54,7 +54,7 @@ pub fn measure_batch(
     }
     let questions = vec![question; batch];
     let start = Instant::now();
-    let mut one_at_a_time = 0;
+    let mut one_at_a_time = Vec::with_capacity(batch);
     for (session, question) in sessions.iter_mut().zip(&questions) {
         let answer = crate::batch::answer_batch(
             model,
@@ -62,7 +62,7 @@ pub fn measure_batch(
             std::slice::from_ref(question),
             max_new_tokens,
         )?;
-        one_at_a_time += answer[0].len();
+        one_at_a_time.extend(answer);
     }
     let one_seconds = start.elapsed().as_secs_f64();
     let start = Instant::now();
@@ -70,8 +70,8 @@ pub fn measure_batch(
     let batched_seconds = start.elapsed().as_secs_f64();
     let generated: usize = answers.iter().map(Vec::len).sum();
     ensure!(
-        generated == one_at_a_time,
-        "batched answers differ in length"
+        answers == one_at_a_time,
+        "batched answers differ from one-at-a-time answers"
     );
     Ok(BatchRow {
         press: name.to_string(),

@@ -373,7 +373,8 @@ pub fn run_shard(
     }
     config.check()?;
     // Each answer prefills its question: without kept f32 weights, every one of those prefills
-    // dequantizes every layer's weights again.
+    // dequantizes every layer's weights again. The kept weights also let the batched decoding
+    // multiply through the sgemm (`Model::forward_sequences`).
     let mut local = model.clone();
     local.model.keep_dequantized_weights(DENSE_WEIGHTS_LIMIT)?;
     let model = &local;
@@ -505,9 +506,9 @@ pub fn run_shard(
                                     .is_ok_and(|text| string_match(&text, &question.answers) == 1.0)
                         },
                     )?;
+                    timings.question_seconds += batch.question_time.as_secs_f64();
                     timings.decoding_seconds += batch.decode_time.as_secs_f64();
                     for ((group, ratio), output) in answering.into_iter().zip(batch.answers) {
-                        timings.question_seconds += output.question_time.as_secs_f64();
                         timings.answer_tokens += output.tokens.len();
                         let answer = model.tokenizer.decode(&output.tokens, true)?;
                         let row = ResultRow {
