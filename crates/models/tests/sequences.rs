@@ -98,11 +98,11 @@ fn sequences_decoded_together_equal_each_alone() {
                 let mut refs_b: Vec<&mut ModelCache> = b.iter_mut().collect();
                 let first = loaded
                     .model
-                    .forward_sequences(&tokens, &mut refs_a)
+                    .forward_sequences(&one_each(&tokens), &mut refs_a)
                     .unwrap();
                 let again = loaded
                     .model
-                    .forward_sequences(&tokens, &mut refs_b)
+                    .forward_sequences(&one_each(&tokens), &mut refs_b)
                     .unwrap();
                 assert_eq!(flat(&first), flat(&again), "{label} kept: deterministic");
             }

@@ -24,12 +24,20 @@ pub struct BatchRow {
     pub generated_tokens: usize,
     /// Tokens per second answering one context after the other.
     pub one_at_a_time_tokens_per_second: f64,
-    /// Tokens per second answering all contexts in one batch.
+    /// Tokens per second answering all contexts in one batch (one-row kernels: the same
+    /// answers bit for bit).
     pub batched_tokens_per_second: f64,
+    /// Tokens per second answering all contexts in one batch with kept f32 weights (every
+    /// product an sgemm, as `kvpress eval` runs).
+    pub batched_sgemm_tokens_per_second: f64,
+    /// Answers of the sgemm batch equal to the one-at-a-time ones (they may differ at a rare
+    /// near-tie: the sums are rounded in another order).
+    pub sgemm_answers_equal: usize,
 }
 
-/// Compresses `batch` filler contexts with `press`, then times answering them one at a time and
-/// together (`max_new_tokens` each, greedy, stopping at end-of-sequence).
+/// Compresses `batch` filler contexts with `press`, then times answering them one at a time,
+/// together, and together with kept f32 weights (`max_new_tokens` each, greedy, stopping at
+/// end-of-sequence).
 pub fn measure_batch(
     model: &LoadedModel,
     name: &str,
@@ -73,6 +81,13 @@ pub fn measure_batch(
         answers == one_at_a_time,
         "batched answers differ from one-at-a-time answers"
     );
+    let mut with_copies = model.clone();
+    with_copies.model.keep_dequantized_weights(usize::MAX)?;
+    let start = Instant::now();
+    let sgemm_answers =
+        crate::batch::answer_batch(&with_copies, &mut sessions, &questions, max_new_tokens)?;
+    let sgemm_seconds = start.elapsed().as_secs_f64();
+    let sgemm_generated: usize = sgemm_answers.iter().map(Vec::len).sum();
     Ok(BatchRow {
         press: name.to_string(),
         batch,
@@ -80,24 +95,34 @@ pub fn measure_batch(
         generated_tokens: generated,
         one_at_a_time_tokens_per_second: generated as f64 / one_seconds,
         batched_tokens_per_second: generated as f64 / batched_seconds,
+        batched_sgemm_tokens_per_second: sgemm_generated as f64 / sgemm_seconds,
+        sgemm_answers_equal: sgemm_answers
+            .iter()
+            .zip(&one_at_a_time)
+            .filter(|(a, b)| a == b)
+            .count(),
     })
 }
 
 /// A Markdown table of batch rows.
 pub fn batch_table(rows: &[BatchRow]) -> String {
     let mut out = String::from(
-        "| press | contexts | longest context | tokens | one at a time tok/s | batched tok/s |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "| press | contexts | longest context | tokens | one at a time tok/s | batched tok/s | \
+         batched, kept f32 weights (sgemm) tok/s | sgemm answers equal |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {:.1} | {:.1} |\n",
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {}/{} |\n",
             r.press,
             r.batch,
             r.context_tokens,
             r.generated_tokens,
             r.one_at_a_time_tokens_per_second,
-            r.batched_tokens_per_second
+            r.batched_tokens_per_second,
+            r.batched_sgemm_tokens_per_second,
+            r.sgemm_answers_equal,
+            r.batch
         ));
     }
     out
