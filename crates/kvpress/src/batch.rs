@@ -96,10 +96,10 @@ fn answer_and_decode(
     );
     let question_start = Instant::now();
     let mut next = Vec::with_capacity(sessions.len());
-    if question_ids
+    let same_length = question_ids
         .iter()
-        .all(|q| q.len() == question_ids[0].len())
-    {
+        .all(|q| q.len() == question_ids[0].len());
+    if m.keeps_dequantized_weights() && same_length {
         let tokens: Vec<&[u32]> = question_ids.iter().map(Vec::as_slice).collect();
         let mut caches: Vec<&mut ModelCache> = sessions.iter_mut().map(|s| s.cache_mut()).collect();
         for row in m

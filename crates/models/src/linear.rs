@@ -108,7 +108,7 @@ impl Linear {
         let rows: usize = batch_dims.iter().product();
         let x2 = x.reshape((rows, in_features[0]))?;
         let y = match mode {
-            RowMode::Batched => self.product(&x2, rows)?,
+            RowMode::Batched => self.product(&x2)?,
             RowMode::Independent => self.product_row_by_row(&x2)?,
             RowMode::Sgemm => self.product_sgemm(&x2)?,
         };
@@ -125,14 +125,13 @@ impl Linear {
     /// for Q4_1/Q8_0 and f32 weights read the weight once for all rows; other weights fall back
     /// to [`Self::product`].
     fn product_row_by_row(&self, x: &Tensor) -> Result<Tensor> {
-        let (rows, _) = x.dims2()?;
         let y = match &self.weight {
             Weight::Quantized(q) => crate::kernels::quantized_matvec(x, q, usize::MAX)?,
             Weight::Dense(w) => dense_matmul_f32(x, w, usize::MAX)?,
         };
         match y {
             Some(y) => Ok(y),
-            None => self.product(x, rows),
+            None => self.product(x),
         }
     }
 
@@ -153,7 +152,8 @@ impl Linear {
     }
 
     /// `x (rows, in) @ W^T` with the fastest kernel for `rows`.
-    fn product(&self, x2: &Tensor, rows: usize) -> Result<Tensor> {
+    fn product(&self, x2: &Tensor) -> Result<Tensor> {
+        let (rows, _) = x2.dims2()?;
         Ok(match &self.weight {
             Weight::Quantized(q) => match &self.dense_copy {
                 Some(dense) if rows >= DEQUANTIZE_FROM_ROWS => {
