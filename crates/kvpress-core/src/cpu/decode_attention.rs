@@ -4,8 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::matvec::dot_generic;
-use super::softmax::exp_and_sum_generic;
+use super::decode_block::{block_scores, block_values};
+use super::softmax::exp_and_sum;
 use super::view::CacheData;
 
 /// Most query rows per KV head (group size x new tokens) handled here.
@@ -13,7 +13,7 @@ pub(super) const MAX_ROWS: usize = 16;
 /// Fewest keys per parallel chunk.
 const MIN_KEYS_PER_CHUNK: usize = 256;
 /// Keys converted at a time from a 16-bit cache.
-const CONVERSION_BLOCK: usize = 128;
+const CONVERSION_BLOCK: usize = 64;
 
 /// One KV head's keys or values inside a cache view.
 #[derive(Clone, Copy)]
@@ -30,8 +30,9 @@ pub(super) struct F32Rows<'a> {
 }
 
 impl F32Rows<'_> {
+    /// Row `j`.
     #[inline(always)]
-    fn row(&self, j: usize, head_dim: usize) -> &[f32] {
+    pub(super) fn row(&self, j: usize, head_dim: usize) -> &[f32] {
         &self.data[j * self.row_stride..j * self.row_stride + head_dim]
     }
 }
@@ -152,36 +153,6 @@ fn chunk_partials(
     head_dim: usize,
     scale: f32,
 ) -> Vec<Partial> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function is compiled for.
-            return unsafe { chunk_partials_avx2(problem, start, end, head_dim, scale) };
-        }
-    }
-    chunk_partials_generic(problem, start, end, head_dim, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn chunk_partials_avx2(
-    problem: &HeadProblem<'_>,
-    start: usize,
-    end: usize,
-    head_dim: usize,
-    scale: f32,
-) -> Vec<Partial> {
-    chunk_partials_generic(problem, start, end, head_dim, scale)
-}
-
-#[inline(always)]
-fn chunk_partials_generic(
-    problem: &HeadProblem<'_>,
-    start: usize,
-    end: usize,
-    head_dim: usize,
-    scale: f32,
-) -> Vec<Partial> {
     let rows = problem.positions.len();
     let len = end.saturating_sub(start);
     let mut scores = vec![0f32; rows * len];
@@ -192,44 +163,37 @@ fn chunk_partials_generic(
         let keys = problem
             .keys
             .rows_f32(block, block_len, head_dim, &mut buffer);
-        for j in block..block + block_len {
-            let key = keys.row(j - block, head_dim);
-            for row in 0..rows {
-                let q = &problem.queries[row * head_dim..(row + 1) * head_dim];
-                scores[row * len + j - start] = dot_generic(q, key) * scale;
-            }
-        }
+        let scores = &mut scores[block - start..];
+        block_scores(
+            &problem.queries,
+            &keys,
+            block_len,
+            head_dim,
+            scale,
+            scores,
+            len,
+        );
     }
-    let mut partials: Vec<Partial> = scores
-        .chunks_mut(len.max(1))
-        .zip(&problem.positions)
-        .map(|(s, &position)| {
-            // Keys after the row's own position (when several tokens are new) are masked.
-            let (max, sum) = exp_and_sum_generic(s, (position + 1).saturating_sub(start));
-            Partial {
-                max,
-                sum,
-                out: vec![0f32; head_dim],
-            }
-        })
-        .collect();
+    let mut partials = Vec::with_capacity(rows);
+    for (row_scores, &position) in scores.chunks_mut(len.max(1)).zip(&problem.positions) {
+        // Keys after the row's own position (when several tokens are new) are masked.
+        let (max, sum) = exp_and_sum(row_scores, (position + 1).saturating_sub(start));
+        partials.push(Partial {
+            max,
+            sum,
+            out: Vec::new(),
+        });
+    }
+    let mut outputs = vec![0f32; rows * head_dim];
     for (block, block_len) in conversion_blocks(start, end) {
         let values = problem
             .values
             .rows_f32(block, block_len, head_dim, &mut buffer);
-        for j in block..block + block_len {
-            let value = values.row(j - block, head_dim);
-            for (row, partial) in partials.iter_mut().enumerate() {
-                let p = scores[row * len + j - start];
-                if p != 0.0 {
-                    partial
-                        .out
-                        .iter_mut()
-                        .zip(value)
-                        .for_each(|(o, v)| *o += p * v);
-                }
-            }
-        }
+        let weights = &scores[block - start..];
+        block_values(weights, len, &values, block_len, head_dim, &mut outputs);
+    }
+    for (partial, out) in partials.iter_mut().zip(outputs.chunks_exact(head_dim)) {
+        partial.out = out.to_vec();
     }
     partials
 }

@@ -12,6 +12,7 @@ mod activation;
 mod attention;
 mod blas;
 mod decode_attention;
+mod decode_block;
 mod matvec;
 mod sgemm;
 pub(crate) mod softmax;

@@ -26,6 +26,24 @@ fn masked_softmax_generic(row: &mut [f32], visible: usize) {
     row[..visible].iter_mut().for_each(|x| *x *= inv);
 }
 
+/// [`exp_and_sum_generic`], vectorised with AVX2 when the CPU has it.
+pub(super) fn exp_and_sum(row: &mut [f32], visible: usize) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            return unsafe { exp_and_sum_avx2(row, visible) };
+        }
+    }
+    exp_and_sum_generic(row, visible)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_and_sum_avx2(row: &mut [f32], visible: usize) -> (f32, f32) {
+    exp_and_sum_generic(row, visible)
+}
+
 /// The unnormalised half of [`masked_softmax`]: `row[..visible]` becomes `exp(x - max)` and the
 /// rest 0; returns `(max, sum)` (`-inf` and 0 when nothing is visible), from which partial
 /// softmaxes over chunks of keys are merged.

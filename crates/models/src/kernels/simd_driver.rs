@@ -11,12 +11,16 @@ pub(super) trait BlockLanes: Copy {
     unsafe fn add(self, other: Self) -> Self;
     /// Sum of all lanes.
     unsafe fn reduce(self) -> f32;
-    /// A Q4_1 block's quantized weights unpacked to floats, with its scale `d`: the work every
-    /// input row multiplying the block shares.
+    /// A Q4_1 block unpacked: the work every input row multiplying the block shares.
     type Q4Block: Copy;
+    /// Whether [`Self::q4_1_apply`] adds the block's whole product `sum((d * q + m) * x)`;
+    /// otherwise it adds `d * sum(q * x)` and the driver adds `m * sum(x)` from the input's
+    /// block sums.
+    const Q4_1_APPLY_ADDS_MIN: bool;
     /// Unpacks the Q4_1 block at `w`.
     unsafe fn q4_1_unpack(w: *const u8) -> Self::Q4Block;
-    /// `acc + d * sum(q * x)` for an unpacked Q4_1 block (without the `m * sum(x)` term).
+    /// Adds the product of an unpacked Q4_1 block with `x` to `acc` (see
+    /// [`Self::Q4_1_APPLY_ADDS_MIN`]).
     unsafe fn q4_1_apply(block: Self::Q4Block, x: *const f32, acc: Self) -> Self;
     /// A Q8_0 block's weights as floats, with its scale.
     type Q8Block: Copy;
@@ -26,6 +30,17 @@ pub(super) trait BlockLanes: Copy {
     unsafe fn q8_0_apply(block: Self::Q8Block, x: *const f32, acc: Self) -> Self;
     /// The f16 at `ptr` (unaligned), as f32.
     unsafe fn f16_at(ptr: *const u8) -> f32;
+}
+
+/// `m * x_block_sum`: the minimum's share of a Q4_1 block's product, when the lanes leave it
+/// to the driver.
+#[inline(always)]
+unsafe fn q4_1_min_term<L: BlockLanes>(block: *const u8, x_block_sum: f32) -> f32 {
+    if L::Q4_1_APPLY_ADDS_MIN {
+        0.0
+    } else {
+        L::f16_at(block.add(2)) * x_block_sum
+    }
 }
 
 /// Q4_1 row dot product with two independent accumulator chains.
@@ -42,14 +57,14 @@ pub(super) unsafe fn dot_q4_1<L: BlockLanes>(w_row: &[u8], x: &[f32], x_block_su
         let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
         acc0 = L::q4_1_apply(L::q4_1_unpack(w0), x.add(b * 32), acc0);
         acc1 = L::q4_1_apply(L::q4_1_unpack(w1), x.add((b + 1) * 32), acc1);
-        offset0 += L::f16_at(w0.add(2)) * x_block_sums[b];
-        offset1 += L::f16_at(w1.add(2)) * x_block_sums[b + 1];
+        offset0 += q4_1_min_term::<L>(w0, x_block_sums[b]);
+        offset1 += q4_1_min_term::<L>(w1, x_block_sums[b + 1]);
         b += 2;
     }
     if b < n_blocks {
         let w0 = w.add(b * Q4_1_BYTES);
         acc0 = L::q4_1_apply(L::q4_1_unpack(w0), x.add(b * 32), acc0);
-        offset0 += L::f16_at(w0.add(2)) * x_block_sums[b];
+        offset0 += q4_1_min_term::<L>(w0, x_block_sums[b]);
     }
     acc0.add(acc1).reduce() + offset0 + offset1
 }
@@ -106,21 +121,21 @@ unsafe fn q4_1_pass<L: BlockLanes, const R: usize>(
     while b + 2 <= n_blocks {
         let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
         let (u0, u1) = (L::q4_1_unpack(w0), L::q4_1_unpack(w1));
-        let (m0, m1) = (L::f16_at(w0.add(2)), L::f16_at(w1.add(2)));
+
         for r in 0..R {
             acc0[r] = L::q4_1_apply(u0, x.add(r * k + b * 32), acc0[r]);
             acc1[r] = L::q4_1_apply(u1, x.add(r * k + (b + 1) * 32), acc1[r]);
-            offset0[r] += m0 * sums[r * bpr + b];
-            offset1[r] += m1 * sums[r * bpr + b + 1];
+            offset0[r] += q4_1_min_term::<L>(w0, sums[r * bpr + b]);
+            offset1[r] += q4_1_min_term::<L>(w1, sums[r * bpr + b + 1]);
         }
         b += 2;
     }
     if b < n_blocks {
         let w0 = w.add(b * Q4_1_BYTES);
-        let (u0, m0) = (L::q4_1_unpack(w0), L::f16_at(w0.add(2)));
+        let u0 = L::q4_1_unpack(w0);
         for r in 0..R {
             acc0[r] = L::q4_1_apply(u0, x.add(r * k + b * 32), acc0[r]);
-            offset0[r] += m0 * sums[r * bpr + b];
+            offset0[r] += q4_1_min_term::<L>(w0, sums[r * bpr + b]);
         }
     }
     for r in 0..R {

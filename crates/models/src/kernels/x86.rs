@@ -43,6 +43,7 @@ impl BlockLanes for Avx2 {
     }
 
     type Q4Block = ([__m256; 4], f32);
+    const Q4_1_APPLY_ADDS_MIN: bool = false;
 
     #[inline(always)]
     unsafe fn q4_1_unpack(w: *const u8) -> Self::Q4Block {

@@ -1,5 +1,5 @@
-//! AVX-512 block kernels: one 512-bit vector holds 16 weights, halving the conversion work of the
-//! AVX2 kernels.
+//! AVX-512 block kernels: one 512-bit vector holds 16 weights; Q4_1 blocks are dequantized by a
+//! lane permutation of their 16 possible values.
 
 use std::arch::x86_64::*;
 
@@ -31,28 +31,38 @@ impl BlockLanes for Avx512 {
         _mm512_reduce_add_ps(self.0)
     }
 
-    type Q4Block = (__m512, __m512, f32);
+    /// The block's 32 weights dequantized (`d * q + m`), as two vectors of 16.
+    type Q4Block = (__m512, __m512);
+    const Q4_1_APPLY_ADDS_MIN: bool = true;
 
+    /// A Q4_1 nibble takes one of 16 values, `d * q + m` for `q < 16`: one vector holds them
+    /// all, and a lane permutation indexed by the nibbles dequantizes the block (instead of
+    /// converting every nibble to float and scaling the block's product).
     #[inline(always)]
     unsafe fn q4_1_unpack(w: *const u8) -> Self::Q4Block {
-        let low_nibbles = _mm_set1_epi8(0x0F);
-        let qs = _mm_loadu_si128(w.add(4) as *const __m128i);
-        let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(qs, low_nibbles)));
-        let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-            _mm_srli_epi16(qs, 4),
-            low_nibbles,
-        )));
-        (lo, hi, Self::f16_at(w))
+        let scale_and_min = _mm_cvtph_ps(_mm_cvtsi32_si128((w as *const i32).read_unaligned()));
+        let d = _mm512_broadcastss_ps(scale_and_min);
+        let m = _mm512_broadcastss_ps(_mm_movehdup_ps(scale_and_min));
+        let nibble_values = _mm512_fmadd_ps(
+            _mm512_setr_ps(
+                0., 1., 2., 3., 4., 5., 6., 7., 8., 9., 10., 11., 12., 13., 14., 15.,
+            ),
+            d,
+            m,
+        );
+        // Byte i in the low bits of lane i: the permutation reads only bits 0..4 of each lane,
+        // so the low nibble needs no mask and the high one a shift.
+        let bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128(w.add(4) as *const __m128i));
+        (
+            _mm512_permutexvar_ps(bytes, nibble_values),
+            _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), nibble_values),
+        )
     }
 
     #[inline(always)]
-    unsafe fn q4_1_apply((lo, hi, d): Self::Q4Block, x: *const f32, acc: Self) -> Self {
-        let t = _mm512_fmadd_ps(
-            hi,
-            _mm512_loadu_ps(x.add(16)),
-            _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
-        );
-        Self(_mm512_fmadd_ps(_mm512_set1_ps(d), t, acc.0))
+    unsafe fn q4_1_apply((lo, hi): Self::Q4Block, x: *const f32, acc: Self) -> Self {
+        let acc = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc.0);
+        Self(_mm512_fmadd_ps(hi, _mm512_loadu_ps(x.add(16)), acc))
     }
 
     type Q8Block = (__m512, __m512, f32);
