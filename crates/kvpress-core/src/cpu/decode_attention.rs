@@ -12,8 +12,8 @@ use super::view::CacheData;
 pub(super) const MAX_ROWS: usize = 16;
 /// Fewest keys per parallel chunk.
 const MIN_KEYS_PER_CHUNK: usize = 256;
-/// Keys converted at a time from a 16-bit cache.
-const CONVERSION_BLOCK: usize = 64;
+/// Keys read per block.
+const KEYS_PER_BLOCK: usize = 64;
 
 /// One KV head's keys or values inside a cache view.
 #[derive(Clone, Copy)]
@@ -157,21 +157,20 @@ fn chunk_partials(
     let len = end.saturating_sub(start);
     let mut scores = vec![0f32; rows * len];
     let mut buffer = Vec::new();
-    // Keys and values are read in sub-blocks, so that a 16-bit cache converts into a buffer
-    // that stays in the core's cache.
-    for (block, block_len) in conversion_blocks(start, end) {
-        let keys = problem
-            .keys
-            .rows_f32(block, block_len, head_dim, &mut buffer);
+    // Keys and values are read in blocks, so that a 16-bit cache widened into a buffer (the
+    // portable path) stays in the core's cache.
+    for (block, block_len) in key_blocks(start, end) {
         let scores = &mut scores[block - start..];
         block_scores(
             &problem.queries,
-            &keys,
+            &problem.keys,
+            block,
             block_len,
             head_dim,
             scale,
             scores,
             len,
+            &mut buffer,
         );
     }
     let mut partials = Vec::with_capacity(rows);
@@ -185,12 +184,18 @@ fn chunk_partials(
         });
     }
     let mut outputs = vec![0f32; rows * head_dim];
-    for (block, block_len) in conversion_blocks(start, end) {
-        let values = problem
-            .values
-            .rows_f32(block, block_len, head_dim, &mut buffer);
+    for (block, block_len) in key_blocks(start, end) {
         let weights = &scores[block - start..];
-        block_values(weights, len, &values, block_len, head_dim, &mut outputs);
+        block_values(
+            weights,
+            len,
+            &problem.values,
+            block,
+            block_len,
+            head_dim,
+            &mut outputs,
+            &mut buffer,
+        );
     }
     for (partial, out) in partials.iter_mut().zip(outputs.chunks_exact(head_dim)) {
         partial.out = out.to_vec();
@@ -198,9 +203,9 @@ fn chunk_partials(
     partials
 }
 
-/// `(first key, number of keys)` of the conversion blocks covering `start..end`.
-fn conversion_blocks(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> {
+/// `(first key, number of keys)` of the blocks covering `start..end`.
+fn key_blocks(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> {
     (start..end)
-        .step_by(CONVERSION_BLOCK)
-        .map(move |block| (block, CONVERSION_BLOCK.min(end - block)))
+        .step_by(KEYS_PER_BLOCK)
+        .map(move |block| (block, KEYS_PER_BLOCK.min(end - block)))
 }

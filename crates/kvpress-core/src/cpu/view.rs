@@ -44,6 +44,20 @@ pub enum CacheData<'a> {
 }
 
 impl<'a> CacheData<'a> {
+    /// Number of stored elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(data) => data.len(),
+            Self::F16(data) => data.len(),
+            Self::BF16(data) => data.len(),
+        }
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// `len` elements from `start` as f32: borrowed when stored as f32, else converted into
     /// `buffer`.
     pub fn f32_range<'b>(&self, start: usize, len: usize, buffer: &'b mut Vec<f32>) -> &'b [f32]
