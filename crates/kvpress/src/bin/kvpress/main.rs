@@ -299,6 +299,12 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             generate,
             batch,
         } => {
+            if cfg!(debug_assertions) {
+                eprintln!(
+                    "note: this binary was built with debug assertions (the dev profile), which \
+                     slow the kernels down; measure with `cargo run --release -p kvpress -- bench ...`"
+                );
+            }
             if let Some(batch) = batch {
                 let loaded = model.load()?;
                 let n = context.first().copied().unwrap_or(1024);
