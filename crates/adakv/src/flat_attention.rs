@@ -1,7 +1,7 @@
 //! Attention over a flattened cache: every KV head attends with its own length.
 
 use candle_core::{DType, Tensor};
-use kvpress_core::cpu::{dot, exp, masked_softmax};
+use kvpress_core::cpu::{decode_attention, dot, masked_softmax, CacheData, HeadProblem, HeadRows};
 use kvpress_core::{Error, Result};
 use rayon::prelude::*;
 
@@ -122,20 +122,8 @@ fn attend_one_kv_head(
     }
 }
 
-/// Keys per work item of the decode kernel: small enough to balance heads of different lengths
-/// across threads, large enough to amortise the merge.
-const DECODE_CHUNK: usize = 512;
-
-/// A chunk's partial softmax for one query head: the chunk's maximum score, the sum of
-/// `exp(score - max)`, and the value rows weighted by those exponentials (not normalised).
-struct Partial {
-    max: f32,
-    sum: f32,
-    weighted: Vec<f32>,
-}
-
-/// One query token (decoding): every KV head's keys are split into chunks processed in parallel
-/// (split-K), each producing partial softmaxes for the head's query group, merged exactly.
+/// One query token (decoding): each KV head is a problem of the split-K decode kernel of
+/// `kvpress_core::cpu` with its own number of keys.
 fn decode_split_k(
     heads: &RaggedHeads<'_>,
     queries: &[f32],
@@ -144,101 +132,24 @@ fn decode_split_k(
     scale: f32,
 ) {
     let d = heads.head_dim;
-    let items: Vec<(usize, usize, usize)> = heads
+    let rows = |data, head: usize| HeadRows {
+        data: CacheData::F32(data),
+        start: heads.offsets[head] * d,
+        row_stride: d,
+    };
+    let problems: Vec<HeadProblem<'_>> = heads
         .lengths
         .iter()
         .enumerate()
-        .flat_map(|(head, &len)| {
-            (0..len)
-                .step_by(DECODE_CHUNK)
-                .map(move |start| (head, start, DECODE_CHUNK.min(len - start)))
+        .map(|(head, &len)| HeadProblem {
+            queries: queries[head * group * d..(head + 1) * group * d].to_vec(),
+            positions: vec![len - 1; group],
+            keys: rows(heads.keys, head),
+            values: rows(heads.values, head),
+            n_keys: len,
         })
         .collect();
-    let partials: Vec<(usize, Vec<Partial>)> = items
-        .par_iter()
-        .map(|&(head, start, len)| {
-            let q = &queries[head * group * d..(head + 1) * group * d];
-            (
-                head,
-                chunk_partials(heads, head, start, len, q, group, scale),
-            )
-        })
-        .collect();
-    let mut merged: Vec<Option<Vec<Partial>>> = (0..heads.lengths.len()).map(|_| None).collect();
-    for (head, parts) in partials {
-        match &mut merged[head] {
-            None => merged[head] = Some(parts),
-            Some(acc) => acc.iter_mut().zip(parts).for_each(|(a, p)| merge(a, p)),
-        }
+    for (head, out) in decode_attention(&problems, d, scale).iter().enumerate() {
+        output[head * group * d..(head + 1) * group * d].copy_from_slice(out);
     }
-    for (head, parts) in merged.into_iter().enumerate() {
-        for (j, part) in parts.into_iter().flatten().enumerate() {
-            let out = &mut output[(head * group + j) * d..(head * group + j + 1) * d];
-            let inv = 1.0 / part.sum;
-            out.iter_mut()
-                .zip(&part.weighted)
-                .for_each(|(o, &w)| *o = w * inv);
-        }
-    }
-}
-
-/// Partial softmaxes of the `group` query rows `q` over keys `start..start + len` of `head`.
-fn chunk_partials(
-    heads: &RaggedHeads<'_>,
-    head: usize,
-    start: usize,
-    len: usize,
-    q: &[f32],
-    group: usize,
-    scale: f32,
-) -> Vec<Partial> {
-    let d = heads.head_dim;
-    let base = (heads.offsets[head] + start) * d;
-    let keys = &heads.keys[base..base + len * d];
-    let values = &heads.values[base..base + len * d];
-    let mut scores = vec![0f32; group * len];
-    for (t, key) in keys.chunks_exact(d).enumerate() {
-        for j in 0..group {
-            scores[j * len + t] = dot(&q[j * d..(j + 1) * d], key) * scale;
-        }
-    }
-    let mut partials: Vec<Partial> = scores
-        .chunks_exact_mut(len)
-        .map(|row| {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in row.iter_mut() {
-                *x = exp(*x - max);
-                sum += *x;
-            }
-            Partial {
-                max,
-                sum,
-                weighted: vec![0f32; d],
-            }
-        })
-        .collect();
-    for (t, value) in values.chunks_exact(d).enumerate() {
-        for (j, partial) in partials.iter_mut().enumerate() {
-            let p = scores[j * len + t];
-            partial
-                .weighted
-                .iter_mut()
-                .zip(value)
-                .for_each(|(o, &v)| *o += p * v);
-        }
-    }
-    partials
-}
-
-/// Folds `other` into `acc`: both are partial softmaxes of the same query over disjoint keys.
-fn merge(acc: &mut Partial, other: Partial) {
-    let max = acc.max.max(other.max);
-    let (a, b) = ((acc.max - max).exp(), (other.max - max).exp());
-    acc.sum = acc.sum * a + other.sum * b;
-    acc.weighted
-        .iter_mut()
-        .zip(&other.weighted)
-        .for_each(|(x, &y)| *x = *x * a + y * b);
-    acc.max = max;
 }

@@ -165,11 +165,12 @@ fn decode_into(inputs: &Inputs<'_>, dims: Dims, output: &mut [f32]) {
                     .collect(),
                 keys: inputs.key_rows(b, kv),
                 values: inputs.value_rows(b, kv),
+                n_keys: dims.n_keys,
             });
         }
     }
     let scale = 1.0 / (dims.head_dim as f32).sqrt();
-    for (index, result) in decode_attention(&problems, dims.n_keys, dims.head_dim, scale)
+    for (index, result) in decode_attention(&problems, dims.head_dim, scale)
         .iter()
         .enumerate()
     {

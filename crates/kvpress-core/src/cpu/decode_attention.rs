@@ -15,11 +15,15 @@ const MIN_KEYS_PER_CHUNK: usize = 256;
 /// Keys read per block.
 const KEYS_PER_BLOCK: usize = 64;
 
-/// One KV head's keys or values inside a cache view.
-#[derive(Clone, Copy)]
-pub(super) struct HeadRows<'a> {
+/// One KV head's keys or values inside a cache's storage: row `j` is
+/// `data[start + j * row_stride..][..head_dim]`.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadRows<'a> {
+    /// The storage.
     pub data: CacheData<'a>,
+    /// Element offset of row 0.
     pub start: usize,
+    /// Elements from one row to the next.
     pub row_stride: usize,
 }
 
@@ -40,7 +44,7 @@ impl F32Rows<'_> {
 impl<'a> HeadRows<'a> {
     /// Rows `first..first + n_rows` as f32: borrowed from an f32 cache, converted into `buffer`
     /// (in one pass when the rows are adjacent) from a 16-bit one.
-    pub fn rows_f32<'b>(
+    pub(super) fn rows_f32<'b>(
         &self,
         first: usize,
         n_rows: usize,
@@ -77,13 +81,18 @@ impl<'a> HeadRows<'a> {
     }
 }
 
-/// The problem of one KV head: its query rows (`rows x head_dim`, row `i` at cache position
-/// `positions[i]`), keys and values.
-pub(super) struct HeadProblem<'a> {
+/// The problem of one KV head: its query rows, and its first `n_keys` keys and values.
+pub struct HeadProblem<'a> {
+    /// Query rows, `rows x head_dim`.
     pub queries: Vec<f32>,
+    /// Row `i` sees keys `0..=positions[i]` (causal mask when several tokens are new).
     pub positions: Vec<usize>,
+    /// The head's keys.
     pub keys: HeadRows<'a>,
+    /// The head's values.
     pub values: HeadRows<'a>,
+    /// Keys (and values) the head holds; heads may differ (a flattened cache).
+    pub n_keys: usize,
 }
 
 /// Partial softmax state of one row over one chunk of keys.
@@ -93,29 +102,38 @@ struct Partial {
     out: Vec<f32>,
 }
 
-/// Solves every head problem; returns, per problem, `rows x head_dim` outputs.
-pub(super) fn decode_attention(
+/// Solves every head problem (attention of a few query rows per KV head, scaled by `scale`);
+/// returns, per problem, `rows x head_dim` outputs. Each head's keys are split into up to
+/// `2 x threads / problems` chunks of at least 256 keys, solved in parallel and merged exactly.
+///
+/// # Panics
+/// If a problem's rows reach past its storage, or a query row sees no key.
+pub fn decode_attention(
     problems: &[HeadProblem<'_>],
-    n_keys: usize,
     head_dim: usize,
     scale: f32,
 ) -> Vec<Vec<f32>> {
     let threads = rayon::current_num_threads();
-    let chunks_per_head = (threads * 2)
-        .div_ceil(problems.len().max(1))
-        .min(n_keys.div_ceil(MIN_KEYS_PER_CHUNK))
-        .max(1);
-    let chunk_len = n_keys.div_ceil(chunks_per_head);
-    let tasks: Vec<(usize, usize)> = (0..problems.len())
-        .flat_map(|p| (0..chunks_per_head).map(move |c| (p, c)))
-        .collect();
+    let chunks_per_head = (threads * 2).div_ceil(problems.len().max(1));
+    // (problem, first key, end key) of every task; a problem's tasks are adjacent.
+    let mut tasks = Vec::new();
+    let mut first_task = Vec::with_capacity(problems.len() + 1);
+    for (p, problem) in problems.iter().enumerate() {
+        first_task.push(tasks.len());
+        let n_keys = problem.n_keys;
+        let chunks = chunks_per_head
+            .min(n_keys.div_ceil(MIN_KEYS_PER_CHUNK))
+            .max(1);
+        let chunk_len = n_keys.div_ceil(chunks);
+        for c in 0..chunks {
+            let start = c * chunk_len;
+            tasks.push((p, start, (start + chunk_len).min(n_keys)));
+        }
+    }
+    first_task.push(tasks.len());
     let partials: Vec<Vec<Partial>> = tasks
         .par_iter()
-        .map(|&(p, c)| {
-            let start = c * chunk_len;
-            let end = (start + chunk_len).min(n_keys);
-            chunk_partials(&problems[p], start, end, head_dim, scale)
-        })
+        .map(|&(p, start, end)| chunk_partials(&problems[p], start, end, head_dim, scale))
         .collect();
     problems
         .iter()
@@ -123,8 +141,9 @@ pub(super) fn decode_attention(
         .map(|(p, problem)| {
             let rows = problem.positions.len();
             let mut out = vec![0f32; rows * head_dim];
+            let own = &partials[first_task[p]..first_task[p + 1]];
             for row in 0..rows {
-                let parts = (0..chunks_per_head).map(|c| &partials[p * chunks_per_head + c][row]);
+                let parts = own.iter().map(|chunk| &chunk[row]);
                 let max = parts
                     .clone()
                     .fold(f32::NEG_INFINITY, |m, part| m.max(part.max));

@@ -21,6 +21,7 @@ mod view;
 pub use activation::silu_mul;
 pub use attention::attention_f32;
 pub use blas::blas_backend;
+pub use decode_attention::{decode_attention, HeadProblem, HeadRows};
 pub use matvec::{dot, for_each_output_row, matvec_f32};
 pub use sgemm::{sgemm, GemmDims, MatMut, MatRef};
 pub use softmax::{exp, masked_softmax};

@@ -27,6 +27,17 @@ fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// Commands that report speed say so when this binary has debug assertions (the dev profile):
+/// they slow the kernels down by up to 2x.
+fn note_debug_build() {
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "note: built with debug assertions (the dev profile), which slow the kernels down; \
+             for speed numbers build with `cargo run --release -p kvpress -- ...`"
+        );
+    }
+}
+
 mod cli;
 mod eval_command;
 
@@ -69,6 +80,7 @@ fn run(cli: Cli) -> Result<()> {
             raw,
             press,
         } => {
+            note_debug_build();
             let press = press.as_deref().map(press_from_file).transpose()?;
             let sampling = match temperature {
                 // Temperature 0 means the most likely token, as in most LLM tools.
@@ -193,6 +205,7 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             max_new_tokens,
             compare,
         } => {
+            note_debug_build();
             let loaded = model.load()?;
             if let Some(path) = load {
                 let (mut session, header) = context_file::load(&path, &loaded)?;
@@ -299,12 +312,7 @@ mean KL {:.4} nats | top-1 agreement {:.3} | perplexity {:.3} -> {:.3} (ratio {:
             generate,
             batch,
         } => {
-            if cfg!(debug_assertions) {
-                eprintln!(
-                    "note: this binary was built with debug assertions (the dev profile), which \
-                     slow the kernels down; measure with `cargo run --release -p kvpress -- bench ...`"
-                );
-            }
+            note_debug_build();
             if let Some(batch) = batch {
                 let loaded = model.load()?;
                 let n = context.first().copied().unwrap_or(1024);
