@@ -87,6 +87,6 @@ pub(super) fn blas() -> Option<&'static Blas> {
 pub fn blas_backend() -> String {
     match blas() {
         Some(b) => format!("cblas ({})", b.name),
-        None => "gemm (pure Rust; install OpenBLAS for about 1.7x faster prefill)".to_string(),
+        None => "gemm (pure Rust)".to_string(),
     }
 }
