@@ -1,6 +1,7 @@
-//! The inner loops of decode attention over one block of cached keys held as f32 (in the core's
-//! cache): the scores of a few query rows, and the score-weighted sum of the values. AVX2 kernels
-//! for head dimensions that are multiples of 8, portable loops otherwise.
+//! The inner loops of decode attention over one block of a KV head's cached rows: the scores of a
+//! few query rows, and the score-weighted sum of the values. AVX2 kernels for head dimensions that
+//! are multiples of 8 (f16/bf16 rows widened to f32 in registers as they are loaded), portable
+//! loops over f32 copies otherwise.
 
 use super::decode_attention::{F32Rows, HeadRows};
 use super::matvec::dot_generic;
@@ -81,6 +82,7 @@ pub(super) fn block_values(
     accumulate_generic(weights, stride, &values, n_values, head_dim, outputs);
 }
 
+/// The portable [`block_values`] over f32 rows.
 fn accumulate_generic(
     weights: &[f32],
     stride: usize,
