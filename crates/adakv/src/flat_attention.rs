@@ -64,7 +64,7 @@ pub fn ragged_attention(heads: &RaggedHeads<'_>, queries: &Tensor) -> Result<Ten
     let group_rows = group * n_new * head_dim;
     let mut output = vec![0f32; queries.len()];
     if n_new == 1 {
-        decode_split_k(heads, &queries, &mut output, group, scale);
+        decode_split_k(heads, &queries, &mut output, group, scale)?;
     } else {
         output
             .par_chunks_mut(group_rows)
@@ -130,7 +130,7 @@ fn decode_split_k(
     output: &mut [f32],
     group: usize,
     scale: f32,
-) {
+) -> Result<()> {
     let d = heads.head_dim;
     let rows = |data, head: usize| HeadRows {
         data: CacheData::F32(data),
@@ -149,7 +149,8 @@ fn decode_split_k(
             n_keys: len,
         })
         .collect();
-    for (head, out) in decode_attention(&problems, d, scale).iter().enumerate() {
+    for (head, out) in decode_attention(&problems, d, scale)?.iter().enumerate() {
         output[head * group * d..(head + 1) * group * d].copy_from_slice(out);
     }
+    Ok(())
 }

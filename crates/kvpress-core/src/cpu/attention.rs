@@ -108,7 +108,7 @@ pub fn attention_f32(
         with_cache_data(keys, |k, key_start, key_strides| {
             with_cache_data(values, |v, value_start, value_strides| {
                 if key_strides[3] != 1 || value_strides[3] != 1 {
-                    return false;
+                    return Result::<bool>::Ok(false);
                 }
                 let inputs = Inputs {
                     queries: &q[q_start..],
@@ -120,7 +120,7 @@ pub fn attention_f32(
                     value_strides,
                 };
                 if !want_weights && dims.group() * n_queries <= DECODE_MAX_ROWS {
-                    decode_into(&inputs, dims, &mut output);
+                    decode_into(&inputs, dims, &mut output)?;
                 } else {
                     blocked_into(
                         &inputs,
@@ -129,11 +129,16 @@ pub fn attention_f32(
                         want_weights.then_some(&mut weights),
                     );
                 }
-                true
+                Ok(true)
             })
         })
     });
-    if done != Some(Some(Some(true))) {
+    // `None` at any level: not CPU tensors of a supported dtype; `false`: strided rows.
+    let handled = match done {
+        Some(Some(Some(result))) => result?,
+        _ => false,
+    };
+    if !handled {
         return Ok(None);
     }
     let device = queries.device();
@@ -150,7 +155,7 @@ pub fn attention_f32(
 }
 
 /// Few query rows per KV head: one split-K problem per (batch, KV head).
-fn decode_into(inputs: &Inputs<'_>, dims: Dims, output: &mut [f32]) {
+fn decode_into(inputs: &Inputs<'_>, dims: Dims, output: &mut [f32]) -> Result<()> {
     let group = dims.group();
     let rows_per_head = dims.n_queries * dims.head_dim;
     let mut problems = Vec::with_capacity(dims.batch * dims.n_kv_heads);
@@ -170,7 +175,7 @@ fn decode_into(inputs: &Inputs<'_>, dims: Dims, output: &mut [f32]) {
         }
     }
     let scale = 1.0 / (dims.head_dim as f32).sqrt();
-    for (index, result) in decode_attention(&problems, dims.head_dim, scale)
+    for (index, result) in decode_attention(&problems, dims.head_dim, scale)?
         .iter()
         .enumerate()
     {
@@ -178,6 +183,7 @@ fn decode_into(inputs: &Inputs<'_>, dims: Dims, output: &mut [f32]) {
         let start = dims.query_offset(b, kv * group, 0);
         output[start..start + result.len()].copy_from_slice(result);
     }
+    Ok(())
 }
 
 /// Reusable buffers of the blocked kernel.

@@ -4,6 +4,8 @@
 
 use rayon::prelude::*;
 
+use crate::{Error, Result};
+
 use super::decode_block::{block_scores, block_values};
 use super::softmax::exp_and_sum;
 use super::view::CacheData;
@@ -106,13 +108,18 @@ struct Partial {
 /// returns, per problem, `rows x head_dim` outputs. Each head's keys are split into up to
 /// `2 x threads / problems` chunks of at least 256 keys, solved in parallel and merged exactly.
 ///
-/// # Panics
-/// If a problem's rows reach past its storage, or a query row sees no key.
+/// Errors (before any work) when a problem is inconsistent: queries that are not whole rows of
+/// `head_dim`, one position per row, a row seeing no key or keys past `n_keys`, rows reaching
+/// past the storage.
 pub fn decode_attention(
     problems: &[HeadProblem<'_>],
     head_dim: usize,
     scale: f32,
-) -> Vec<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
+    for (p, problem) in problems.iter().enumerate() {
+        check_problem(problem, head_dim)
+            .map_err(|e| Error::Shape(format!("decode attention, head problem {p}: {e}")))?;
+    }
     let threads = rayon::current_num_threads();
     let chunks_per_head = (threads * 2).div_ceil(problems.len().max(1));
     // (problem, first key, end key) of every task; a problem's tasks are adjacent.
@@ -135,7 +142,7 @@ pub fn decode_attention(
         .par_iter()
         .map(|&(p, start, end)| chunk_partials(&problems[p], start, end, head_dim, scale))
         .collect();
-    problems
+    Ok(problems
         .iter()
         .enumerate()
         .map(|(p, problem)| {
@@ -161,7 +168,43 @@ pub fn decode_attention(
             }
             out
         })
-        .collect()
+        .collect())
+}
+
+/// Why `problem` cannot be solved, if it cannot.
+fn check_problem(problem: &HeadProblem<'_>, head_dim: usize) -> std::result::Result<(), String> {
+    let rows = problem.positions.len();
+    if head_dim == 0 || problem.queries.len() != rows * head_dim {
+        return Err(format!(
+            "{} query values are not {rows} rows of head dim {head_dim}",
+            problem.queries.len()
+        ));
+    }
+    if let Some(&position) = problem.positions.iter().max() {
+        if position >= problem.n_keys {
+            return Err(format!(
+                "a query row at position {position} but only {} keys",
+                problem.n_keys
+            ));
+        }
+    }
+    for (name, rows) in [("keys", &problem.keys), ("values", &problem.values)] {
+        let end = match problem.n_keys {
+            0 => rows.start,
+            n => rows.start + (n - 1) * rows.row_stride + head_dim,
+        };
+        if rows.row_stride < head_dim || end > rows.data.len() {
+            return Err(format!(
+                "{name}: {} rows from element {} with stride {} (head dim {head_dim}) reach \
+                 past the {} stored elements",
+                problem.n_keys,
+                rows.start,
+                rows.row_stride,
+                rows.data.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Unnormalised softmax-weighted sums of the values `start..end` for every query row.
@@ -227,4 +270,93 @@ fn key_blocks(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> 
     (start..end)
         .step_by(KEYS_PER_BLOCK)
         .map(move |block| (block, KEYS_PER_BLOCK.min(end - block)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Softmax attention of one query row over `keys[..=position]` (rows of `d`), in f64.
+    fn naive(q: &[f32], keys: &[f32], values: &[f32], position: usize, d: usize) -> Vec<f64> {
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores: Vec<f64> = (0..=position)
+            .map(|j| {
+                let key = &keys[j * d..(j + 1) * d];
+                q.iter().zip(key).map(|(a, b)| (a * b) as f64).sum::<f64>() * scale
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        (0..d)
+            .map(|i| {
+                weights
+                    .iter()
+                    .enumerate()
+                    .map(|(j, w)| w * values[j * d + i] as f64)
+                    .sum::<f64>()
+                    / total
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heads_of_different_lengths_match_naive_attention_and_bad_problems_are_errors() {
+        let d = 16;
+        let stored: Vec<f32> = (0..3000 * d).map(|i| (i as f32 * 0.013).sin()).collect();
+        let rows = |start: usize| HeadRows {
+            data: CacheData::F32(&stored),
+            start,
+            row_stride: d,
+        };
+        // Three heads: 1, 700 and 1300 keys (several chunks), two query rows each.
+        let lengths = [1, 700, 1300];
+        let problems: Vec<HeadProblem<'_>> = lengths
+            .iter()
+            .enumerate()
+            .map(|(h, &n)| HeadProblem {
+                queries: (0..2 * d).map(|i| ((i + h) as f32 * 0.7).cos()).collect(),
+                positions: vec![n - 1, n / 2],
+                keys: rows(h * 100 * d),
+                values: rows(1500 * d),
+                n_keys: n,
+            })
+            .collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        let outputs = decode_attention(&problems, d, scale).unwrap();
+        for (problem, out) in problems.iter().zip(&outputs) {
+            let keys = &stored[problem.keys.start..];
+            let values = &stored[problem.values.start..];
+            for (r, &position) in problem.positions.iter().enumerate() {
+                let want = naive(
+                    &problem.queries[r * d..(r + 1) * d],
+                    keys,
+                    values,
+                    position,
+                    d,
+                );
+                for (got, want) in out[r * d..(r + 1) * d].iter().zip(&want) {
+                    assert!((*got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+                }
+            }
+        }
+        // Rows past the storage, a position past the keys, ragged queries: errors, no panic.
+        let mut bad = HeadProblem {
+            queries: vec![0.0; d],
+            positions: vec![0],
+            keys: rows(2999 * d),
+            values: rows(0),
+            n_keys: 2,
+        };
+        let error = decode_attention(std::slice::from_ref(&bad), d, scale).unwrap_err();
+        assert!(error.to_string().contains("keys: 2 rows"), "{error}");
+        bad.keys = rows(0);
+        bad.positions = vec![2];
+        let error = decode_attention(std::slice::from_ref(&bad), d, scale).unwrap_err();
+        assert!(error.to_string().contains("position 2"), "{error}");
+        bad.positions = vec![1];
+        bad.queries.pop();
+        let error = decode_attention(std::slice::from_ref(&bad), d, scale).unwrap_err();
+        assert!(error.to_string().contains("not 1 rows"), "{error}");
+    }
 }
