@@ -44,6 +44,16 @@ impl F32Rows<'_> {
 }
 
 impl<'a> HeadRows<'a> {
+    /// Whether rows `first..first + n_rows` (of `head_dim` values) lie inside the storage.
+    pub(super) fn holds(&self, first: usize, n_rows: usize, head_dim: usize) -> bool {
+        let offset = self.start + first * self.row_stride;
+        let end = match n_rows {
+            0 => offset,
+            n => offset + (n - 1) * self.row_stride + head_dim,
+        };
+        end <= self.data.len()
+    }
+
     /// Rows `first..first + n_rows` as f32: borrowed from an f32 cache, converted into `buffer`
     /// (in one pass when the rows are adjacent) from a 16-bit one.
     pub(super) fn rows_f32<'b>(
@@ -97,11 +107,12 @@ pub struct HeadProblem<'a> {
     pub n_keys: usize,
 }
 
-/// Partial softmax state of one row over one chunk of keys.
-struct Partial {
-    max: f32,
-    sum: f32,
-    out: Vec<f32>,
+/// Partial softmax state of every query row of a problem over one chunk of keys: per row the
+/// chunk's maximum score and the sum of `exp(score - max)`, and the values weighted by those
+/// exponentials (`rows x head_dim`, not normalised).
+struct ChunkPartials {
+    max_and_sum: Vec<(f32, f32)>,
+    weighted: Vec<f32>,
 }
 
 /// Solves every head problem (attention of a few query rows per KV head, scaled by `scale`);
@@ -138,7 +149,7 @@ pub fn decode_attention(
         }
     }
     first_task.push(tasks.len());
-    let partials: Vec<Vec<Partial>> = tasks
+    let partials: Vec<ChunkPartials> = tasks
         .par_iter()
         .map(|&(p, start, end)| chunk_partials(&problems[p], start, end, head_dim, scale))
         .collect();
@@ -150,17 +161,18 @@ pub fn decode_attention(
             let mut out = vec![0f32; rows * head_dim];
             let own = &partials[first_task[p]..first_task[p + 1]];
             for row in 0..rows {
-                let parts = own.iter().map(|chunk| &chunk[row]);
-                let max = parts
-                    .clone()
-                    .fold(f32::NEG_INFINITY, |m, part| m.max(part.max));
+                let max = own
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, part| m.max(part.max_and_sum[row].0));
                 let mut total = 0.0;
                 let dst = &mut out[row * head_dim..(row + 1) * head_dim];
-                for part in parts.filter(|part| part.sum > 0.0) {
-                    let weight = (part.max - max).exp();
-                    total += part.sum * weight;
+                for part in own.iter().filter(|part| part.max_and_sum[row].1 > 0.0) {
+                    let (part_max, part_sum) = part.max_and_sum[row];
+                    let weight = (part_max - max).exp();
+                    total += part_sum * weight;
+                    let weighted = &part.weighted[row * head_dim..(row + 1) * head_dim];
                     dst.iter_mut()
-                        .zip(&part.out)
+                        .zip(weighted)
                         .for_each(|(d, o)| *d += weight * o);
                 }
                 let inv = 1.0 / total;
@@ -189,11 +201,7 @@ fn check_problem(problem: &HeadProblem<'_>, head_dim: usize) -> std::result::Res
         }
     }
     for (name, rows) in [("keys", &problem.keys), ("values", &problem.values)] {
-        let end = match problem.n_keys {
-            0 => rows.start,
-            n => rows.start + (n - 1) * rows.row_stride + head_dim,
-        };
-        if rows.row_stride < head_dim || end > rows.data.len() {
+        if rows.row_stride < head_dim || !rows.holds(0, problem.n_keys, head_dim) {
             return Err(format!(
                 "{name}: {} rows from element {} with stride {} (head dim {head_dim}) reach \
                  past the {} stored elements",
@@ -214,7 +222,7 @@ fn chunk_partials(
     end: usize,
     head_dim: usize,
     scale: f32,
-) -> Vec<Partial> {
+) -> ChunkPartials {
     let rows = problem.positions.len();
     let len = end.saturating_sub(start);
     let mut scores = vec![0f32; rows * len];
@@ -235,17 +243,15 @@ fn chunk_partials(
             &mut buffer,
         );
     }
-    let mut partials = Vec::with_capacity(rows);
-    for (row_scores, &position) in scores.chunks_mut(len.max(1)).zip(&problem.positions) {
-        // Keys after the row's own position (when several tokens are new) are masked.
-        let (max, sum) = exp_and_sum(row_scores, (position + 1).saturating_sub(start));
-        partials.push(Partial {
-            max,
-            sum,
-            out: Vec::new(),
-        });
-    }
-    let mut outputs = vec![0f32; rows * head_dim];
+    // Keys after a row's own position (when several tokens are new) are masked.
+    let max_and_sum = scores
+        .chunks_mut(len.max(1))
+        .zip(&problem.positions)
+        .map(|(row_scores, &position)| {
+            exp_and_sum(row_scores, (position + 1).saturating_sub(start))
+        })
+        .collect();
+    let mut weighted = vec![0f32; rows * head_dim];
     for (block, block_len) in key_blocks(start, end) {
         let weights = &scores[block - start..];
         block_values(
@@ -255,14 +261,14 @@ fn chunk_partials(
             block,
             block_len,
             head_dim,
-            &mut outputs,
+            &mut weighted,
             &mut buffer,
         );
     }
-    for (partial, out) in partials.iter_mut().zip(outputs.chunks_exact(head_dim)) {
-        partial.out = out.to_vec();
+    ChunkPartials {
+        max_and_sum,
+        weighted,
     }
-    partials
 }
 
 /// `(first key, number of keys)` of the blocks covering `start..end`.

@@ -159,17 +159,12 @@ mod avx2 {
             n_rows: usize,
             head_dim: usize,
         ) -> Self {
-            let offset = rows.start + first * rows.row_stride;
-            let end = match n_rows {
-                0 => offset,
-                n => offset + (n - 1) * rows.row_stride + head_dim,
-            };
             assert!(
-                end <= rows.data.len(),
+                rows.holds(first, n_rows, head_dim),
                 "decode attention: rows out of bounds"
             );
             Self {
-                offset,
+                offset: rows.start + first * rows.row_stride,
                 row_stride: rows.row_stride,
                 n_rows,
                 head_dim,

@@ -121,7 +121,6 @@ unsafe fn q4_1_pass<L: BlockLanes, const R: usize>(
     while b + 2 <= n_blocks {
         let (w0, w1) = (w.add(b * Q4_1_BYTES), w.add((b + 1) * Q4_1_BYTES));
         let (u0, u1) = (L::q4_1_unpack(w0), L::q4_1_unpack(w1));
-
         for r in 0..R {
             acc0[r] = L::q4_1_apply(u0, x.add(r * k + b * 32), acc0[r]);
             acc1[r] = L::q4_1_apply(u1, x.add(r * k + (b + 1) * 32), acc1[r]);
