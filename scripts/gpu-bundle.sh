@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds, on a machine without a GPU, what the GPU checks need, into gpu-bundle/:
-#   cuda_kernels.gz       the CUDA kernel tests (crates/adakv/tests/cuda_kernels.rs)
-#   cuda_decode_bench.gz  the decode benchmark (crates/adakv/examples/cuda_decode_bench.rs)
+#   cuda_kernels.gz       the CUDA kernel tests (adakv/tests/cuda_kernels.rs)
+#   cuda_decode_bench.gz  the decode benchmark (adakv/examples/cuda_decode_bench.rs)
 #   run.sh                unpacks them, runs the tests, then the benchmark, on the GPU machine
 # Release builds, stripped; each is ~43 MB (mostly candle's PTX, which every binary embeds), so
 # they travel gzipped (~11 MB each) to stay under the 64 MiB carry limit.

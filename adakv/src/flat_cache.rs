@@ -1,0 +1,429 @@
+//! [`FlatLayerCache`]: one layer's keys and values with a length per KV head, stored back to back.
+
+use candle_core::{DType, Device, Tensor};
+use kvpress_core::attention::AttentionOutput;
+use kvpress_core::press::Selection;
+use kvpress_core::{Error, LayerCache, LayerSnapshot, Result};
+
+use kvpress_kernels::{ragged_attention, RaggedHeads};
+
+/// Minimum number of tokens reserved per head when a layer grows.
+const MIN_SLACK_TOKENS: usize = 64;
+
+/// A layer cache whose KV heads keep different numbers of tokens (what a head-wise press
+/// decided), with no padding: one f32 buffer for keys and one for values, each head's rows back
+/// to back, located by `offsets`.
+///
+/// Heads are numbered `batch_idx * n_kv_heads + kv_head`. Every append adds the same new tokens
+/// to every head; when a head's region is full, the layer is laid out again with slack for every
+/// head proportional to the layer's size, so appending is amortized O(1) per head and token.
+/// `len()` is the longest head; `truncate(len)` drops the same number of tokens from every head
+/// (it undoes appends, which is what rewinding after an answer needs).
+#[derive(Debug, Clone)]
+pub struct FlatLayerCache {
+    keys: Vec<f32>,
+    values: Vec<f32>,
+    offsets: Vec<usize>,
+    capacities: Vec<usize>,
+    lengths: Vec<usize>,
+    batch: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    device: Device,
+}
+
+impl Default for FlatLayerCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FlatLayerCache {
+    /// An empty cache; its layout is set by the first append.
+    pub fn new() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+            offsets: Vec::new(),
+            capacities: Vec::new(),
+            lengths: Vec::new(),
+            batch: 0,
+            n_kv_heads: 0,
+            head_dim: 0,
+            device: Device::Cpu,
+        }
+    }
+
+    /// A cache holding `head_lengths[h]` rows per head, taken from `keys`/`values` `(total_rows,
+    /// head_dim)` in head order (the inverse of [`LayerCache::snapshot`]); stored exactly.
+    pub fn from_rows(
+        keys: &Tensor,
+        values: &Tensor,
+        head_lengths: &[usize],
+        batch: usize,
+        n_kv_heads: usize,
+    ) -> Result<Self> {
+        let (rows, head_dim) = keys.dims2()?;
+        if values.dims() != keys.dims()
+            || head_lengths.len() != batch * n_kv_heads
+            || head_lengths.iter().sum::<usize>() != rows
+        {
+            return Err(Error::Shape(format!(
+                "rows {:?}/{:?} do not match {} head lengths summing to {} (batch {batch}, {n_kv_heads} KV heads)",
+                keys.dims(),
+                values.dims(),
+                head_lengths.len(),
+                head_lengths.iter().sum::<usize>()
+            )));
+        }
+        let mut offsets = Vec::with_capacity(head_lengths.len());
+        let mut start = 0;
+        for &len in head_lengths {
+            offsets.push(start);
+            start += len;
+        }
+        Ok(Self {
+            keys: keys.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+            values: values
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            offsets,
+            capacities: head_lengths.to_vec(),
+            lengths: head_lengths.to_vec(),
+            batch,
+            n_kv_heads,
+            head_dim,
+            device: keys.device().clone(),
+        })
+    }
+
+    /// Tokens stored by each head (`batch * n_kv_heads` entries).
+    pub fn head_lengths(&self) -> &[usize] {
+        &self.lengths
+    }
+
+    /// First row of each head's region in the buffers; non-decreasing.
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// Rows allocated to each head (stored tokens plus slack).
+    pub fn capacities(&self) -> &[usize] {
+        &self.capacities
+    }
+
+    /// Rows holding tokens, summed over heads.
+    pub fn stored_rows(&self) -> usize {
+        self.lengths.iter().sum()
+    }
+
+    /// The keys of one head, `(len, head_dim)` row-major.
+    pub fn head_keys(&self, head: usize) -> &[f32] {
+        let start = self.offsets[head] * self.head_dim;
+        &self.keys[start..start + self.lengths[head] * self.head_dim]
+    }
+
+    /// The values of one head, `(len, head_dim)` row-major.
+    pub fn head_values(&self, head: usize) -> &[f32] {
+        let start = self.offsets[head] * self.head_dim;
+        &self.values[start..start + self.lengths[head] * self.head_dim]
+    }
+
+    /// Bytes of the bookkeeping (offsets, capacities, lengths).
+    pub fn metadata_bytes(&self) -> usize {
+        3 * self.lengths.len() * std::mem::size_of::<usize>()
+    }
+
+    fn n_heads_total(&self) -> usize {
+        self.lengths.len()
+    }
+
+    fn ragged(&self) -> RaggedHeads<'_> {
+        RaggedHeads {
+            keys: &self.keys,
+            values: &self.values,
+            offsets: &self.offsets,
+            lengths: &self.lengths,
+            batch: self.batch,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// Lays the buffers out again with `capacities` rows per head, keeping every stored token.
+    fn relayout(&mut self, capacities: Vec<usize>) {
+        let d = self.head_dim;
+        let total: usize = capacities.iter().sum();
+        let mut keys = vec![0f32; total * d];
+        let mut values = vec![0f32; total * d];
+        let mut offsets = Vec::with_capacity(capacities.len());
+        let mut start = 0;
+        for (head, &capacity) in capacities.iter().enumerate() {
+            let n = self.lengths[head] * d;
+            let from = self.offsets.get(head).copied().unwrap_or(0) * d;
+            keys[start * d..start * d + n].copy_from_slice(&self.keys[from..from + n]);
+            values[start * d..start * d + n].copy_from_slice(&self.values[from..from + n]);
+            offsets.push(start);
+            start += capacity;
+        }
+        self.keys = keys;
+        self.values = values;
+        self.offsets = offsets;
+        self.capacities = capacities;
+    }
+
+    fn check_new(&self, keys: &Tensor, values: &Tensor) -> Result<(usize, usize, usize, usize)> {
+        let dims = keys.dims4().map_err(|_| {
+            Error::Shape(format!(
+                "keys {:?} must be (batch, n_kv_heads, tokens, head_dim)",
+                keys.dims()
+            ))
+        })?;
+        if keys.dims() != values.dims() {
+            return Err(Error::Shape(format!(
+                "keys {:?} and values {:?} differ in shape",
+                keys.dims(),
+                values.dims()
+            )));
+        }
+        let (b, h, _, d) = dims;
+        if !self.lengths.is_empty() && (b, h, d) != (self.batch, self.n_kv_heads, self.head_dim) {
+            return Err(Error::Shape(format!(
+                "cannot append {:?} to a cache of batch {}, {} KV heads, head dim {}",
+                keys.dims(),
+                self.batch,
+                self.n_kv_heads,
+                self.head_dim
+            )));
+        }
+        Ok(dims)
+    }
+
+    /// Every head's stored key and value rows, back to back in head order (no slack).
+    fn stored_rows_in_order(&self) -> (Vec<f32>, Vec<f32>) {
+        let rows = self.stored_rows() * self.head_dim;
+        let mut keys = Vec::with_capacity(rows);
+        let mut values = Vec::with_capacity(rows);
+        for head in 0..self.n_heads_total() {
+            keys.extend_from_slice(self.head_keys(head));
+            values.extend_from_slice(self.head_values(head));
+        }
+        (keys, values)
+    }
+
+    fn dense_tensors(&self) -> Result<Option<(Tensor, Tensor)>> {
+        let len = self.len();
+        if len == 0 {
+            return Ok(None);
+        }
+        if self.lengths.iter().any(|&l| l != len) {
+            return Err(Error::Unsupported(format!(
+                "the heads of this layer store different numbers of tokens ({:?}); a dense \
+                 (batch, heads, tokens, dim) view does not exist",
+                self.lengths
+            )));
+        }
+        let (keys, values) = self.stored_rows_in_order();
+        let shape = (self.batch, self.n_kv_heads, len, self.head_dim);
+        Ok(Some((
+            Tensor::from_vec(keys, shape, &self.device)?,
+            Tensor::from_vec(values, shape, &self.device)?,
+        )))
+    }
+}
+
+/// Copies the `n` new rows of every head of `source` `(batch, heads, n, d)` (contiguous f32) after
+/// each head's stored rows in `buffer`.
+fn copy_new_rows(
+    source: &Tensor,
+    buffer: &mut [f32],
+    offsets: &[usize],
+    lengths: &[usize],
+    n: usize,
+    d: usize,
+) -> Result<()> {
+    kvpress_kernels::f32_slice(source, |data, start, _| {
+        for (head, (&offset, &len)) in offsets.iter().zip(lengths).enumerate() {
+            let from = start + head * n * d;
+            let at = (offset + len) * d;
+            buffer[at..at + n * d].copy_from_slice(&data[from..from + n * d]);
+        }
+    })
+    .ok_or_else(|| Error::Unsupported("the flattened cache runs on the CPU".to_string()))
+}
+
+impl LayerCache for FlatLayerCache {
+    fn len(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0)
+    }
+
+    fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
+        let (b, h, n, d) = self.check_new(keys, values)?;
+        if self.lengths.is_empty() {
+            self.batch = b;
+            self.n_kv_heads = h;
+            self.head_dim = d;
+            self.device = keys.device().clone();
+            self.lengths = vec![0; b * h];
+            // The first allocation is exact: a prefilled context stores what it holds.
+            self.relayout(vec![n; b * h]);
+        }
+        if self
+            .lengths
+            .iter()
+            .zip(&self.capacities)
+            .any(|(&len, &cap)| len + n > cap)
+        {
+            let slack = MIN_SLACK_TOKENS.max(self.len() / 4).max(n);
+            let capacities = self.lengths.iter().map(|&len| len + slack).collect();
+            self.relayout(capacities);
+        }
+        let keys = keys.to_dtype(DType::F32)?.contiguous()?;
+        let values = values.to_dtype(DType::F32)?.contiguous()?;
+        copy_new_rows(&keys, &mut self.keys, &self.offsets, &self.lengths, n, d)?;
+        copy_new_rows(
+            &values,
+            &mut self.values,
+            &self.offsets,
+            &self.lengths,
+            n,
+            d,
+        )?;
+        self.lengths.iter_mut().for_each(|l| *l += n);
+        Ok(())
+    }
+
+    fn attend(&self, queries: &Tensor, want_weights: bool) -> Result<AttentionOutput> {
+        let len = self.len();
+        if len == 0 {
+            return Err(Error::Shape("attend called on an empty cache".to_string()));
+        }
+        let n_new = queries.dim(2)?;
+        let uniform = self.lengths.iter().all(|&l| l == len);
+        // A long prefill over equal heads is a dense problem: use the dense kernel.
+        if uniform && (want_weights || n_new > 16) {
+            let (keys, values) = self.dense_tensors()?.expect("non-empty");
+            let attended =
+                kvpress_kernels::grouped_query_attention(queries, &keys, &values, want_weights)?;
+            return Ok(AttentionOutput {
+                output: attended.output,
+                weights: attended.weights,
+            });
+        }
+        if want_weights {
+            return Err(Error::Unsupported(
+                "attention weights over heads of different lengths".to_string(),
+            ));
+        }
+        Ok(AttentionOutput {
+            output: ragged_attention(&self.ragged(), queries)?,
+            weights: None,
+        })
+    }
+
+    fn keys_values(&self) -> Result<Option<(Tensor, Tensor)>> {
+        self.dense_tensors()
+    }
+
+    fn replace(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
+        self.check_new(keys, values)?;
+        self.clear();
+        self.append(keys, values)
+    }
+
+    fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()> {
+        if selection.heads().len() != self.n_heads_total() {
+            return Err(Error::Shape(format!(
+                "a selection of {} heads cannot compact a cache of {} heads",
+                selection.heads().len(),
+                self.n_heads_total()
+            )));
+        }
+        if keys.is_some() {
+            return Err(Error::Unsupported(
+                "replacement keys (key re-rotation) with a head-wise cache".to_string(),
+            ));
+        }
+        let d = self.head_dim;
+        let total: usize = selection.heads().iter().map(Vec::len).sum();
+        let mut new_keys = Vec::with_capacity(total * d);
+        let mut new_values = Vec::with_capacity(total * d);
+        let mut offsets = Vec::with_capacity(self.n_heads_total());
+        let mut lengths = Vec::with_capacity(self.n_heads_total());
+        for (head, kept) in selection.heads().iter().enumerate() {
+            if let Some(&last) = kept.last() {
+                if last as usize >= self.lengths[head] {
+                    return Err(Error::InvalidArgument(format!(
+                        "head {head} keeps token {last} but stores only {} tokens",
+                        self.lengths[head]
+                    )));
+                }
+            }
+            offsets.push(new_keys.len() / d.max(1));
+            let (head_keys, head_values) = (self.head_keys(head), self.head_values(head));
+            for &t in kept {
+                let row = t as usize * d..(t as usize + 1) * d;
+                new_keys.extend_from_slice(&head_keys[row.clone()]);
+                new_values.extend_from_slice(&head_values[row]);
+            }
+            lengths.push(kept.len());
+        }
+        self.keys = new_keys;
+        self.values = new_values;
+        self.offsets = offsets;
+        self.capacities = lengths.clone();
+        self.lengths = lengths;
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: usize) -> Result<()> {
+        let current = self.len();
+        if len > current {
+            return Err(Error::InvalidArgument(format!(
+                "cannot truncate a cache of {current} tokens to {len} tokens"
+            )));
+        }
+        let drop = current - len;
+        if let Some(&shortest) = self.lengths.iter().min() {
+            if shortest < drop {
+                return Err(Error::InvalidArgument(format!(
+                    "cannot drop {drop} tokens from a head that stores {shortest}"
+                )));
+            }
+        }
+        self.lengths.iter_mut().for_each(|l| *l -= drop);
+        Ok(())
+    }
+
+    fn shrink_to_fit(&mut self) -> Result<()> {
+        if self.capacities != self.lengths {
+            self.relayout(self.lengths.clone());
+        }
+        Ok(())
+    }
+
+    fn bytes_used(&self) -> usize {
+        2 * self.stored_rows() * self.head_dim * std::mem::size_of::<f32>() + self.metadata_bytes()
+    }
+
+    fn bytes_reserved(&self) -> usize {
+        (self.keys.len() + self.values.len()) * std::mem::size_of::<f32>() + self.metadata_bytes()
+    }
+
+    fn clear(&mut self) {
+        *self = Self::new();
+    }
+
+    fn snapshot(&self) -> Result<LayerSnapshot> {
+        let (d, rows) = (self.head_dim, self.stored_rows());
+        let (keys, values) = self.stored_rows_in_order();
+        Ok(LayerSnapshot::PerHead {
+            keys: Tensor::from_vec(keys, (rows, d), &self.device)?,
+            values: Tensor::from_vec(values, (rows, d), &self.device)?,
+            head_lengths: self.lengths.clone(),
+            batch: self.batch,
+            n_kv_heads: self.n_kv_heads,
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! The flattened per-head cache against the cache conformance suite.
+
+use adakv::FlatLayerCache;
+use presses_testing::{run_cache_conformance, CacheLayout};
+
+#[test]
+fn the_flattened_cache_conforms() {
+    run_cache_conformance(
+        "flattened",
+        &|| Box::new(FlatLayerCache::new()),
+        CacheLayout {
+            replacement_keys: false,
+            ragged: true,
+            storage_tolerance: 0.0,
+        },
+    );
+}

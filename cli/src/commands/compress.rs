@@ -1,0 +1,55 @@
+//! `kvpress compress`: compresses a context once and saves the compressed cache to a file
+//! (`run --load` answers from it without the context).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use kvpress::core::press::press_from_file;
+use kvpress::hooks::context_file;
+use kvpress::hooks::{check_press, FrontEnd};
+
+use super::read_text;
+use crate::cli::ModelArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file holding the context.
+    #[arg(long)]
+    context: PathBuf,
+    /// Press config (.json or .toml).
+    #[arg(long)]
+    press: PathBuf,
+    /// Output file (safetensors), e.g. CTX.kvp.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// Compresses the context, saves it to `--out` and prints its size against the full cache's.
+pub fn run(args: Args) -> Result<()> {
+    let Args {
+        model,
+        context,
+        press,
+        out,
+    } = args;
+    let press = press_from_file(&press)?;
+    check_press(FrontEnd::Compress, press.as_ref())?;
+    let loaded = model.load()?;
+    let text = read_text(&context)?;
+    let context_ids = kvpress::hooks::PromptSplit::context_ids(&loaded, &text)?;
+    let (session, report) =
+        kvpress::hooks::ContextSession::compress(&loaded.model, &context_ids, press.as_ref(), &[])?;
+    let size = context_file::save(&out, &loaded, &session, &context_ids, press.as_ref())?;
+    println!(
+        "{}: {} bytes ({:.1}% of the {} bytes of the full cache) | {} context tokens, kept {:.1}%",
+        out.display(),
+        size,
+        100.0 * size as f64 / report.kv_bytes_full as f64,
+        report.kv_bytes_full,
+        report.context_tokens,
+        100.0 * report.kept_fraction()
+    );
+    Ok(())
+}

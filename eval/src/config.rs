@@ -1,0 +1,182 @@
+//! The evaluation config (`kvpress eval --config EVAL.toml`).
+
+use std::path::{Path, PathBuf};
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, IoAction, Result};
+use crate::TaskKind;
+
+/// Whether the question is seen by the press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setting {
+    /// kvpress's default: the context is compressed alone, questions come afterwards.
+    QuestionAgnostic,
+    /// The question is part of the compressed prefill (window scorers see it).
+    QuestionAware,
+}
+
+impl Setting {
+    /// The setting's name in configs, results and plot names: `question_agnostic` or
+    /// `question_aware`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QuestionAgnostic => "question_agnostic",
+            Self::QuestionAware => "question_aware",
+        }
+    }
+}
+
+impl fmt::Display for Setting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A press of the grid: a name and its config (its ratio is set from `compression_ratios`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalPress {
+    /// Name in the results.
+    pub name: String,
+    /// Press config, as in a press file (without `compression_ratio`).
+    pub config: Value,
+}
+
+fn default_settings() -> Vec<Setting> {
+    vec![Setting::QuestionAgnostic]
+}
+
+/// Answer tokens for dataset questions unless the config sets `max_new_tokens`.
+pub const DATASET_ANSWER_TOKENS: usize = 32;
+
+/// What to evaluate: tasks × context lengths × samples × settings × presses × ratios, plus the
+/// full cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Generated tasks: niah_single, niah_single_words, niah_single_uuids, niah_multikey,
+    /// niah_multivalue, niah_multiquery, variable_tracking, common_words, frequent_words.
+    #[serde(default)]
+    pub tasks: Vec<String>,
+    /// A JSONL file of `{context, question | questions, answer | answers, answer_prefix?}`.
+    #[serde(default)]
+    pub dataset: Option<PathBuf>,
+    /// Context lengths in tokens (generated tasks).
+    pub context_lengths: Vec<usize>,
+    /// Samples per task and length (needle depths spread evenly).
+    pub samples: usize,
+    /// Compression ratios of every press.
+    pub compression_ratios: Vec<f64>,
+    /// The presses.
+    pub presses: Vec<EvalPress>,
+    /// Question-agnostic, question-aware or both.
+    #[serde(default = "default_settings")]
+    pub settings: Vec<Setting>,
+    /// Answer tokens for every question; by default each task's own
+    /// ([`super::TaskKind::answer_tokens`]), and [`DATASET_ANSWER_TOKENS`] for dataset lines.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// Seed of the generated samples.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+impl EvalConfig {
+    /// Reads and checks a TOML config.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(IoAction::Read, path, e))?;
+        let config: Self = toml::from_str(&text).map_err(|error| Error::ConfigFile {
+            path: path.to_path_buf(),
+            error,
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks names and ranges, naming what is valid.
+    pub fn check(&self) -> Result<()> {
+        self.checked_tasks().map(drop)
+    }
+
+    /// [`Self::check`], returning the kinds of `tasks` (in order).
+    pub(crate) fn checked_tasks(&self) -> Result<Vec<TaskKind>> {
+        let kinds = self
+            .tasks
+            .iter()
+            .map(|task| task_kind(task))
+            .collect::<Result<Vec<_>>>()?;
+        if self.tasks.is_empty() && self.dataset.is_none() {
+            return Err(Error::config(
+                "tasks",
+                "the eval config names no task and no dataset",
+            ));
+        }
+        if self.samples == 0 || self.context_lengths.is_empty() {
+            let field = if self.samples == 0 {
+                "samples"
+            } else {
+                "context_lengths"
+            };
+            return Err(Error::config(
+                field,
+                "samples and context_lengths must not be empty",
+            ));
+        }
+        for &ratio in &self.compression_ratios {
+            if !(0.0..1.0).contains(&ratio) {
+                return Err(Error::config(
+                    "compression_ratios",
+                    format!("compression ratio {ratio} is outside [0, 1)"),
+                ));
+            }
+        }
+        for press in &self.presses {
+            for &ratio in &self.compression_ratios {
+                check_press(press, ratio)?;
+            }
+        }
+        Ok(kinds)
+    }
+}
+
+/// Whether the grid can build and run `press` at `ratio`.
+fn check_press(press: &EvalPress, ratio: f64) -> Result<()> {
+    let config = with_ratio(&press.config, ratio)?;
+    let invalid = |error: Error| Error::InvalidPress {
+        press: press.name.clone(),
+        ratio,
+        error: Box::new(error),
+    };
+    let built = kvpress_core::press::press_from_value(config).map_err(|e| invalid(e.into()))?;
+    kvpress_hooks::check_press(kvpress_hooks::FrontEnd::Eval, built.as_ref())
+        .map_err(|e| invalid(e.into()))
+}
+
+/// The task a name stands for ([`TaskKind::NAMES`]).
+pub fn task_kind(name: &str) -> Result<TaskKind> {
+    name.parse()
+}
+
+/// `config` with `compression_ratio` set on the innermost press (wrappers name their `inner`).
+pub fn with_ratio(config: &Value, ratio: f64) -> Result<Value> {
+    let mut config = config.clone();
+    let mut node = &mut config;
+    while node.get("inner").is_some_and(Value::is_object) {
+        node = node.get_mut("inner").expect("checked");
+    }
+    match node.as_object_mut() {
+        Some(map) => {
+            map.insert("compression_ratio".to_string(), Value::from(ratio));
+            Ok(config)
+        }
+        None => Err(Error::config(
+            "presses",
+            format!("a press config must be a table, found {config}"),
+        )),
+    }
+}

@@ -1,0 +1,85 @@
+//! The front ends that run presses, and the one check each makes before it starts: a press
+//! either does on that path everything its description says ([`Press::describe`]) or is refused
+//! up front with an error naming the press, the front end and why.
+
+use kvpress_core::press::{Press, PressDescription, RatioControl};
+
+use crate::{Error, Result};
+
+/// A way the runtime runs a press.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontEnd {
+    /// Compress a context, then answer questions from it (`kvpress run`, the `Pipeline`).
+    Run,
+    /// Compress a context and save it (`kvpress compress`); answers from the file run the
+    /// press's decode-time schedule like [`FrontEnd::Run`].
+    Compress,
+    /// Generate from a prompt (`kvpress generate`).
+    Generate,
+    /// The evaluation grid (`kvpress eval`): one recorded prefill compressed at every ratio of
+    /// the grid, answers decoded in batches.
+    Eval,
+    /// KL divergence and agreement of a compressed cache over a teacher-forced continuation.
+    Fidelity,
+    /// Pictures of what the prefill compression kept (`kvpress inspect`).
+    Inspect,
+    /// The parity trace of the prefill compression (`kvpress trace`).
+    Trace,
+    /// Decode speed from a compressed context (`kvpress bench --press`).
+    Bench,
+}
+
+impl FrontEnd {
+    /// The command-line name of this front end.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Compress => "compress",
+            Self::Generate => "generate",
+            Self::Eval => "eval",
+            Self::Fidelity => "fidelity",
+            Self::Inspect => "inspect",
+            Self::Trace => "trace",
+            Self::Bench => "bench",
+        }
+    }
+
+    /// Whether this front end decodes with the press's decode-time schedule.
+    fn runs_decoding_schedule(self) -> bool {
+        matches!(self, Self::Run | Self::Compress | Self::Generate)
+    }
+}
+
+/// Checks that `front_end` can run `press` as its description says; the error names the press,
+/// the front end, the reason and what to use instead.
+pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
+    press.validate()?;
+    let description = press.describe();
+    if let Some(reason) = refusal(front_end, &description) {
+        return Err(Error::PressNotSupported {
+            press: kvpress_core::press::press_name(press),
+            front_end: front_end.name(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String> {
+    if description.compresses_while_decoding && !front_end.runs_decoding_schedule() {
+        return Some(format!(
+            "it compresses while tokens are generated, and `{}` only compresses the prefill \
+             (it would report the full cache as compressed); use it with run, compress or \
+             generate",
+            front_end.name()
+        ));
+    }
+    if front_end == FrontEnd::Eval && description.ratio == RatioControl::OwnedByPress {
+        return Some(
+            "it sets its own compression ratios, and the evaluation grid runs every press at \
+             the grid's ratios; list the presses inside it in the grid instead"
+                .to_string(),
+        );
+    }
+    None
+}

@@ -1,0 +1,284 @@
+//! [`PressHook`]: runs a press on every layer after its prefill attention and records what it
+//! kept.
+
+use std::time::Instant;
+
+use candle_core::DType;
+use candle_core::Tensor;
+use kvpress_core::press::{CachedKeysValues, Press, PressInput, Selection};
+use kvpress_core::{AttentionHook, ForwardPhase, LayerCache, LayerContext, LayerSnapshot};
+
+/// What a press did to one layer.
+#[derive(Debug, Clone)]
+pub struct LayerRecord {
+    /// Index of the layer.
+    pub layer_idx: usize,
+    /// The kept tokens of each KV head.
+    pub selection: Selection,
+    /// The press's scores `(batch, n_kv_heads, n_tokens)`, for the layers asked for.
+    pub scores: Option<Tensor>,
+    /// Cache length after compression.
+    pub cache_len: usize,
+    /// Bytes the layer's cache allocated before compression.
+    pub bytes_before: usize,
+    /// Bytes the layer's cache allocates after compression.
+    pub bytes_after: usize,
+    /// Seconds spent reading the cache, scoring, selecting and compacting.
+    pub seconds: f64,
+}
+
+/// An [`AttentionHook`] that compresses each layer's cache with a press after the prefill, and,
+/// for presses with a decode-time schedule ([`Press::decoding`]), every `compression_interval`
+/// generated tokens. Other forwards (questions, decoding without a schedule) are left alone, as
+/// in kvpress.
+#[derive(Debug)]
+pub struct PressHook<'p> {
+    press: &'p dyn Press,
+    score_layers: Vec<usize>,
+    records: Vec<LayerRecord>,
+    decoding: Vec<DecodingState>,
+    decode_compressions: usize,
+    peak_cache_len: usize,
+}
+
+/// Per-layer state of decode-time compression: tokens since the last compression and the recent
+/// forwards' hidden states and queries (kept as they came; joined only when compressing, so a
+/// decode step copies nothing).
+#[derive(Debug, Default)]
+struct DecodingState {
+    steps: usize,
+    /// `(hidden_states (b, n, hidden), queries (b, heads, n, d), first position)` per forward.
+    recent: std::collections::VecDeque<(Tensor, Tensor, usize)>,
+    buffered: usize,
+}
+
+impl DecodingState {
+    /// Remembers one forward's tokens, forgetting forwards no longer needed for the last
+    /// `buffer_size` tokens.
+    fn push(
+        &mut self,
+        hidden: &Tensor,
+        queries: &Tensor,
+        position: usize,
+        buffer_size: usize,
+    ) -> kvpress_core::Result<()> {
+        let n = hidden.dim(1)?;
+        self.recent
+            .push_back((hidden.clone(), queries.clone(), position));
+        self.buffered += n;
+        while let Some((front, _, _)) = self.recent.front() {
+            let front_len = front.dim(1)?;
+            if self.buffered - front_len < buffer_size {
+                break;
+            }
+            self.buffered -= front_len;
+            self.recent.pop_front();
+        }
+        Ok(())
+    }
+
+    /// The last `buffer_size` tokens' hidden states and queries, and the first one's position.
+    fn window(&self, buffer_size: usize) -> kvpress_core::Result<(Tensor, Tensor, usize)> {
+        let hidden: Vec<&Tensor> = self.recent.iter().map(|(h, _, _)| h).collect();
+        let queries: Vec<&Tensor> = self.recent.iter().map(|(_, q, _)| q).collect();
+        let (hidden, queries) = (Tensor::cat(&hidden, 1)?, Tensor::cat(&queries, 2)?);
+        let len = hidden.dim(1)?;
+        let keep = len.min(buffer_size);
+        let first = self.recent.front().map_or(0, |(_, _, p)| *p) + (len - keep);
+        Ok((
+            hidden.narrow(1, len - keep, keep)?,
+            queries.narrow(2, len - keep, keep)?,
+            first,
+        ))
+    }
+}
+
+impl<'p> PressHook<'p> {
+    /// A hook running `press`; it keeps the scores of the layers in `score_layers`.
+    pub fn new(press: &'p dyn Press, score_layers: &[usize]) -> kvpress_core::Result<Self> {
+        press.validate()?;
+        Ok(Self {
+            press,
+            score_layers: score_layers.to_vec(),
+            records: Vec::new(),
+            decoding: Vec::new(),
+            decode_compressions: 0,
+            peak_cache_len: 0,
+        })
+    }
+
+    /// The longest any layer's cache has been when the hook ran (after each forward's tokens
+    /// were appended, before compression).
+    pub fn peak_cache_len(&self) -> usize {
+        self.peak_cache_len
+    }
+
+    /// How many layer compressions decode-time compression made so far.
+    pub fn decode_compressions(&self) -> usize {
+        self.decode_compressions
+    }
+
+    /// Decode-time compression of one layer, when the press has a schedule.
+    fn decode_step(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+        let Some(schedule) = self.press.decoding() else {
+            return Ok(());
+        };
+        if self.decoding.len() <= context.layer_idx {
+            self.decoding
+                .resize_with(context.layer_idx + 1, DecodingState::default);
+        }
+        let state = &mut self.decoding[context.layer_idx];
+        let n_new = context.hidden_states.dim(1)?;
+        state.push(
+            context.hidden_states,
+            context.queries,
+            context.position_offset,
+            schedule.buffer_size,
+        )?;
+        state.steps += n_new;
+        let len = context.cache.len();
+        let target = schedule.target.tokens(context.position_offset + n_new);
+        if state.steps < schedule.compression_interval || len <= target {
+            return Ok(());
+        }
+        let (hidden, queries, first_position) = state.window(schedule.buffer_size)?;
+        // The ratio whose kept count floor(len * (1 - ratio)) is exactly the target.
+        let ratio = 1.0 - (target as f64 + 0.5) / len as f64;
+        let (cached, padding) = padded_keys_values(context.cache)?;
+        let input = PressInput {
+            hidden_states: &hidden,
+            queries: &queries,
+            query_position: first_position,
+            attention_weights: None,
+            front_padding: padding.as_deref(),
+            ..cached.input(context)
+        };
+        let compression = schedule.press.compress_at_ratio(&input, ratio)?;
+        drop(cached);
+        let selection = match &padding {
+            Some(padding) => unpad(&compression.selection, padding, len)?,
+            None => compression.selection,
+        };
+        context
+            .cache
+            .compact(&selection, compression.keys.as_ref())?;
+        *state = DecodingState::default();
+        self.decode_compressions += 1;
+        Ok(())
+    }
+
+    /// What the press did, one record per layer in layer order.
+    pub fn into_records(self) -> Vec<LayerRecord> {
+        self.records
+    }
+}
+
+/// The cache's keys and values as f32 `(batch, kv_heads, len, head_dim)` tensors; a cache whose
+/// heads have different lengths is padded at the front of the shorter heads (with zeros), and
+/// the padding of each head is returned too.
+fn padded_keys_values(
+    cache: &dyn LayerCache,
+) -> kvpress_core::Result<(CachedKeysValues, Option<Vec<usize>>)> {
+    match cache.snapshot()? {
+        LayerSnapshot::Dense(Some((keys, values))) => Ok((
+            CachedKeysValues {
+                keys: keys.to_dtype(DType::F32)?.contiguous()?,
+                values: values.to_dtype(DType::F32)?.contiguous()?,
+            },
+            None,
+        )),
+        LayerSnapshot::Dense(None) => Err(kvpress_core::Error::Shape(
+            "cannot compress an empty cache".to_string(),
+        )),
+        LayerSnapshot::PerHead {
+            keys,
+            values,
+            head_lengths,
+            batch,
+            n_kv_heads,
+        } => {
+            let (_, d) = keys.dims2()?;
+            let len = head_lengths.iter().copied().max().unwrap_or(0);
+            let padding: Vec<usize> = head_lengths.iter().map(|&l| len - l).collect();
+            let pad = |rows: &Tensor| -> kvpress_core::Result<Tensor> {
+                let rows = rows.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; head_lengths.len() * len * d];
+                let mut from = 0;
+                for (head, (&l, &p)) in head_lengths.iter().zip(&padding).enumerate() {
+                    let at = (head * len + p) * d;
+                    out[at..at + l * d].copy_from_slice(&rows[from..from + l * d]);
+                    from += l * d;
+                }
+                Ok(Tensor::from_vec(
+                    out,
+                    (batch, n_kv_heads, len, d),
+                    keys.device(),
+                )?)
+            };
+            Ok((
+                CachedKeysValues {
+                    keys: pad(&keys)?,
+                    values: pad(&values)?,
+                },
+                Some(padding),
+            ))
+        }
+    }
+}
+
+/// A selection made over front-padded heads, in each head's own token indices.
+fn unpad(selection: &Selection, padding: &[usize], len: usize) -> kvpress_core::Result<Selection> {
+    let kept = selection
+        .heads()
+        .iter()
+        .zip(padding)
+        .map(|(kept, &pad)| {
+            kept.iter()
+                .map(|&i| {
+                    (i as usize)
+                        .checked_sub(pad)
+                        .map(|i| i as u32)
+                        .ok_or_else(|| {
+                            kvpress_core::Error::InvalidArgument(
+                                "a press kept a padding position".to_string(),
+                            )
+                        })
+                })
+                .collect::<kvpress_core::Result<Vec<u32>>>()
+        })
+        .collect::<kvpress_core::Result<Vec<_>>>()?;
+    Selection::new(kept, selection.batch(), selection.n_kv_heads(), len)
+}
+
+impl AttentionHook for PressHook<'_> {
+    fn wants_attention_weights(&self, _layer_idx: usize, phase: ForwardPhase) -> bool {
+        phase == ForwardPhase::Prefill && self.press.needs_attention_weights()
+    }
+
+    fn after_attention(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+        self.peak_cache_len = self.peak_cache_len.max(context.cache.len());
+        if context.phase != ForwardPhase::Prefill {
+            return self.decode_step(context);
+        }
+        let start = Instant::now();
+        let bytes_before = context.cache.bytes_reserved();
+        let cached = CachedKeysValues::of(context)?;
+        let compression = self.press.compress(&cached.input(context))?;
+        drop(cached);
+        context
+            .cache
+            .compact(&compression.selection, compression.keys.as_ref())?;
+        context.cache.shrink_to_fit()?;
+        let keep_scores = self.score_layers.contains(&context.layer_idx);
+        self.records.push(LayerRecord {
+            layer_idx: context.layer_idx,
+            selection: compression.selection,
+            scores: compression.scores.filter(|_| keep_scores),
+            cache_len: context.cache.len(),
+            bytes_before,
+            bytes_after: context.cache.bytes_reserved(),
+            seconds: start.elapsed().as_secs_f64(),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! `kvpress run`: compress a context once with a press, then answer questions from it.
+
+use std::io::Write;
+
+use crate::{CompressionReport, ContextSession, Error, PromptSplit, Result};
+use kvpress_core::Press;
+use kvpress_models::{GenerationConfig, LoadedModel, Sampling};
+
+/// One answered question.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The question asked.
+    pub question: String,
+    /// The generated text.
+    pub text: String,
+    /// Seconds to answer (question prefill plus decoding).
+    pub seconds: f64,
+    /// Generated tokens.
+    pub n_tokens: usize,
+    /// Layer compressions decode-time compression made while this answer was generated (0
+    /// when the press does not compress while decoding, or the answer ended before its first
+    /// `compression_interval`).
+    pub decode_compressions: usize,
+}
+
+/// What `kvpress run` did.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// The compression of the context.
+    pub report: CompressionReport,
+    /// One answer per question, in order.
+    pub answers: Vec<Answer>,
+    /// Whether the press compresses while answers are generated (then each answer says how
+    /// often it did).
+    pub compresses_while_decoding: bool,
+}
+
+/// Compresses `context` with `press` (or keeps the full cache) and answers every question
+/// greedily with at most `max_new_tokens` tokens.
+pub fn run(
+    model: &LoadedModel,
+    context: &str,
+    questions: &[String],
+    press: &dyn Press,
+    max_new_tokens: usize,
+) -> Result<RunOutput> {
+    if questions.is_empty() {
+        return Err(Error::InvalidInput(
+            "no question: pass --question at least once".to_string(),
+        ));
+    }
+    if context.trim().is_empty() {
+        return Err(Error::InvalidInput("the context is empty".to_string()));
+    }
+    let context_ids = PromptSplit::context_ids(model, context)?;
+    let (mut session, report) = ContextSession::compress(&model.model, &context_ids, press, &[])?;
+    let answers = answer_all(model, &mut session, questions, max_new_tokens)?;
+    Ok(RunOutput {
+        report,
+        answers,
+        compresses_while_decoding: press.describe().compresses_while_decoding,
+    })
+}
+
+/// Answers every question greedily from `session`'s context (rewound after each).
+pub fn answer_all(
+    model: &LoadedModel,
+    session: &mut ContextSession,
+    questions: &[String],
+    max_new_tokens: usize,
+) -> Result<Vec<Answer>> {
+    let config = GenerationConfig {
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+    };
+    let mut answers = Vec::with_capacity(questions.len());
+    for question in questions {
+        let start = std::time::Instant::now();
+        let output =
+            crate::pipeline::answer_question(model, session, question, &config, &mut |_| Ok(()))?;
+        answers.push(Answer {
+            question: question.clone(),
+            text: model.tokenizer.decode(&output.tokens, true)?,
+            seconds: start.elapsed().as_secs_f64(),
+            n_tokens: output.tokens.len(),
+            decode_compressions: session.last_answer_compressions(),
+        });
+    }
+    Ok(answers)
+}
+
+/// Prints the answers of the full cache and of the compressed one side by side, with the memory
+/// each cache takes and the answering speed.
+pub fn print_comparison(
+    full: &RunOutput,
+    compressed: &RunOutput,
+    press_name: &str,
+    mut out: impl Write,
+) -> std::io::Result<()> {
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    let ms_per_token = |a: &Answer| 1e3 * a.seconds / a.n_tokens.max(1) as f64;
+    for (f, c) in full.answers.iter().zip(&compressed.answers) {
+        writeln!(out, "Q: {}", f.question)?;
+        writeln!(
+            out,
+            "  full cache   ({:7.2} MiB, {:5.1} ms/token): {}",
+            mib(full.report.kv_bytes),
+            ms_per_token(f),
+            f.text.trim()
+        )?;
+        writeln!(
+            out,
+            "  {press_name:<12} ({:7.2} MiB, {:5.1} ms/token): {}",
+            mib(compressed.report.kv_bytes),
+            ms_per_token(c),
+            c.text.trim()
+        )?;
+        if compressed.compresses_while_decoding {
+            writeln!(out, "  {}", decode_time_note(c))?;
+        }
+    }
+    let saved = 1.0 - compressed.report.kv_bytes as f64 / full.report.kv_bytes.max(1) as f64;
+    writeln!(
+        out,
+        "context: {} tokens | {press_name} keeps {:.1}% of the cache: {:.2} MiB -> {:.2} MiB ({:.1}% saved) | compression {:.3} s after a {:.2} s prefill",
+        compressed.report.context_tokens,
+        100.0 * compressed.report.kept_fraction(),
+        mib(full.report.kv_bytes),
+        mib(compressed.report.kv_bytes),
+        100.0 * saved,
+        compressed.report.compression_seconds,
+        compressed.report.prefill_seconds - compressed.report.compression_seconds,
+    )
+}
+
+/// What decode-time compression did during one answer.
+pub fn decode_time_note(answer: &Answer) -> String {
+    match answer.decode_compressions {
+        0 => "decode-time compression did not run: the answer ended before the press's \
+              compression_interval"
+            .to_string(),
+        n => format!("decode-time compression ran {n} times (layers x steps) during this answer"),
+    }
+}
+
+/// Prints the answers and a summary of the compression.
+pub fn print(output: &RunOutput, mut out: impl Write) -> std::io::Result<()> {
+    for answer in &output.answers {
+        writeln!(out, "Q: {}", answer.question)?;
+        writeln!(out, "A: {}", answer.text.trim())?;
+        writeln!(
+            out,
+            "   ({} tokens in {:.2} s)",
+            answer.n_tokens, answer.seconds
+        )?;
+        if output.compresses_while_decoding {
+            writeln!(out, "   {}", decode_time_note(answer))?;
+        }
+    }
+    let report = &output.report;
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    writeln!(
+        out,
+        "context: {} tokens | kept {:.1}% | KV cache {:.2} MiB -> {:.2} MiB ({} -> {} bytes)",
+        report.context_tokens,
+        100.0 * report.kept_fraction(),
+        mib(report.kv_bytes_full),
+        mib(report.kv_bytes),
+        report.kv_bytes_full,
+        report.kv_bytes
+    )?;
+    writeln!(
+        out,
+        "prefill {:.2} s, of which compression {:.3} s ({:.1}%)",
+        report.prefill_seconds,
+        report.compression_seconds,
+        100.0 * report.compression_seconds / report.prefill_seconds.max(1e-9)
+    )
+}

@@ -1,0 +1,191 @@
+//! `kvpress trace`: what the model computes on a prompt, in the field names of the kvpress
+//! reference fixtures, so that parity can be checked number by number.
+
+use std::collections::BTreeMap;
+
+use crate::{ContextSession, Error, PromptSplit, Result};
+use candle_core::Tensor;
+use kvpress_core::Press;
+use kvpress_models::{GenerationConfig, LoadedModel, Sampling};
+use serde::{Deserialize, Serialize};
+
+/// Layers whose first keys/values and press scores are recorded (first, middle, last of the
+/// default model).
+pub const RECORDED_LAYERS: [usize; 3] = [0, 15, 29];
+/// Number of context tokens whose keys/values are recorded.
+pub const RECORDED_TOKENS: usize = 4;
+/// Answer length of the fixtures.
+pub const MAX_NEW_TOKENS: usize = 24;
+
+/// A prompt file: `{"context": ..., "question": ...}` (other fields are ignored).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PromptFile {
+    /// Text that is prefilled (and, with a press, compressed).
+    pub context: String,
+    /// Question asked afterwards.
+    pub question: String,
+}
+
+/// The full-cache part of a trace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FullTrace {
+    /// Logits of the last context token.
+    pub last_logits: Vec<f32>,
+    /// Layer → `[kv_head][token][dim]` post-RoPE keys of the first context tokens.
+    pub keys_first4: BTreeMap<String, Vec<Vec<Vec<f32>>>>,
+    /// Layer → `[kv_head][token][dim]` values of the first context tokens.
+    pub values_first4: BTreeMap<String, Vec<Vec<Vec<f32>>>>,
+    /// Greedy answer ids.
+    pub answer_ids: Vec<u32>,
+    /// Greedy answer text.
+    pub answer_text: String,
+}
+
+/// What one press did to the prompt's context.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PressTrace {
+    /// `[layer][kv_head]` → sorted kept context token indices.
+    pub kept: Vec<Vec<Vec<u32>>>,
+    /// Layer → `[kv_head][token]` scores of the press, for the recorded layers.
+    pub scores: BTreeMap<String, Vec<Vec<f32>>>,
+    /// Cache length of every layer after compression.
+    pub cache_lengths: Vec<usize>,
+    /// Greedy answer ids from the compressed cache.
+    pub answer_ids: Vec<u32>,
+    /// Greedy answer text.
+    pub answer_text: String,
+    /// Bytes the compressed context cache allocates (K and V, all layers), before the question.
+    pub kv_bytes: usize,
+    /// Bytes the uncompressed context cache allocates.
+    pub kv_bytes_full: usize,
+}
+
+/// Output of `kvpress trace`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Trace {
+    /// Context part of the chat-templated prompt.
+    pub context_text: String,
+    /// Question part.
+    pub question_text: String,
+    /// Context token ids.
+    pub context_ids: Vec<u32>,
+    /// Question token ids.
+    pub question_ids: Vec<u32>,
+    /// Full-cache results.
+    pub full: FullTrace,
+    /// Press name → what the press did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub presses: BTreeMap<String, PressTrace>,
+}
+
+/// The fixtures' answer: greedy, at most [`MAX_NEW_TOKENS`] tokens, from the session's context.
+fn greedy_answer(
+    model: &LoadedModel,
+    session: &mut ContextSession,
+    split: &PromptSplit,
+) -> Result<kvpress_models::GenerationOutput> {
+    let config = GenerationConfig {
+        max_new_tokens: MAX_NEW_TOKENS,
+        sampling: Sampling::Greedy,
+    };
+    session.answer(
+        &model.model,
+        &split.question_ids,
+        model.tokenizer.eos_ids(),
+        &config,
+        &mut |_| Ok(()),
+    )
+}
+
+/// Traces `prompt` on `model`: split, prefill, record, answer greedily; then the same with every
+/// press of `presses` (name, press).
+pub fn trace(
+    model: &LoadedModel,
+    prompt: &PromptFile,
+    presses: &[(String, Box<dyn Press>)],
+) -> Result<Trace> {
+    let split = PromptSplit::new(model, &prompt.context, &prompt.question)?;
+    let mut session = ContextSession::prefill(&model.model, &split.context_ids, None)?;
+    let mut keys_first4 = BTreeMap::new();
+    let mut values_first4 = BTreeMap::new();
+    for layer_idx in RECORDED_LAYERS
+        .into_iter()
+        .filter(|&l| l < model.model.config().n_layers)
+    {
+        let (keys, values) = session
+            .cache()
+            .layer(layer_idx)
+            .and_then(|l| l.keys_values().transpose())
+            .ok_or_else(|| Error::InvalidInput("the context left an empty cache".to_string()))??;
+        let n = RECORDED_TOKENS.min(keys.dim(2)?);
+        keys_first4.insert(layer_idx.to_string(), first_tokens(&keys, n)?);
+        values_first4.insert(layer_idx.to_string(), first_tokens(&values, n)?);
+    }
+    let answer = greedy_answer(model, &mut session, &split)?;
+    let mut press_traces = BTreeMap::new();
+    for (name, press) in presses {
+        let press_trace = trace_press(model, &split, press.as_ref()).map_err(|e| Error::Press {
+            press: name.clone(),
+            source: Box::new(e),
+        })?;
+        press_traces.insert(name.clone(), press_trace);
+    }
+    Ok(Trace {
+        full: FullTrace {
+            last_logits: session.last_logits.to_vec1()?,
+            keys_first4,
+            values_first4,
+            answer_text: model.tokenizer.decode(&answer.tokens, true)?,
+            answer_ids: answer.tokens,
+        },
+        context_text: split.context_text,
+        question_text: split.question_text,
+        context_ids: split.context_ids,
+        question_ids: split.question_ids,
+        presses: press_traces,
+    })
+}
+
+/// Compresses the split prompt's context with `press`, then answers greedily.
+pub fn trace_press(
+    model: &LoadedModel,
+    split: &PromptSplit,
+    press: &dyn Press,
+) -> Result<PressTrace> {
+    let (mut session, report) =
+        ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
+    let answer = greedy_answer(model, &mut session, split)?;
+    let mut scores = BTreeMap::new();
+    for layer in &report.layers {
+        if let Some(layer_scores) = &layer.scores {
+            scores.insert(layer.layer_idx.to_string(), layer_scores.get(0)?.to_vec2()?);
+        }
+    }
+    let n_kv_heads = model.model.config().n_kv_heads;
+    Ok(PressTrace {
+        kept: report
+            .layers
+            .iter()
+            .map(|l| {
+                (0..n_kv_heads)
+                    .map(|h| l.selection.head(0, h).to_vec())
+                    .collect()
+            })
+            .collect(),
+        scores,
+        cache_lengths: report.cache_lengths(),
+        answer_text: model.tokenizer.decode(&answer.tokens, true)?,
+        answer_ids: answer.tokens,
+        kv_bytes: report.kv_bytes,
+        kv_bytes_full: report.kv_bytes_full,
+    })
+}
+
+/// `[kv_head][token][dim]` of the first `n` tokens of batch 0.
+fn first_tokens(cached: &Tensor, n: usize) -> Result<Vec<Vec<Vec<f32>>>> {
+    Ok(cached
+        .get(0)?
+        .narrow(1, 0, n)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec3()?)
+}

@@ -1,0 +1,201 @@
+//! The [`Press`] trait: what runs at a layer's hook point and decides what the cache keeps.
+
+use candle_core::Tensor;
+
+use crate::cache::LayerCache;
+use crate::press::{PressInput, Scorer, Selection};
+use crate::Result;
+
+/// What a press decided for one layer.
+#[derive(Debug, Clone)]
+pub struct Compression {
+    /// The tokens each KV head keeps.
+    pub selection: Selection,
+    /// The scores behind the selection, `(batch, n_kv_heads, n_tokens)`, for recorders (`None`
+    /// when the press did not score, e.g. at ratio 0).
+    pub scores: Option<Tensor>,
+    /// Keys to store for the kept tokens instead of the cached ones (key re-rotation), one
+    /// tensor `(batch, n_kv_heads, n_kept, head_dim)` when every head keeps the same number.
+    pub keys: Option<Tensor>,
+}
+
+impl Compression {
+    /// A compression that keeps `selection` with the cached keys.
+    pub fn select(selection: Selection, scores: Option<Tensor>) -> Self {
+        Self {
+            selection,
+            scores,
+            keys: None,
+        }
+    }
+
+    /// Keep everything (ratio 0).
+    pub fn keep_all(input: &PressInput<'_>) -> Result<Self> {
+        Ok(Self::select(
+            Selection::all(input.batch()?, input.shape.n_kv_heads, input.n_tokens()?),
+            None,
+        ))
+    }
+}
+
+/// How many tokens a decode-time compression keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DecodingTarget {
+    /// A fixed number of tokens per head.
+    Tokens(usize),
+    /// A fraction of the tokens seen so far: `max(1, floor(seen * (1 - ratio)))`.
+    CompressionRatio(f64),
+}
+
+impl DecodingTarget {
+    /// Tokens to keep after `seen` tokens.
+    pub fn tokens(&self, seen: usize) -> usize {
+        match *self {
+            Self::Tokens(n) => n,
+            Self::CompressionRatio(r) => ((seen as f64 * (1.0 - r)) as usize).max(1),
+        }
+    }
+}
+
+/// When and how a press compresses while tokens are generated (kvpress's `DecodingPress`):
+/// every `compression_interval` new tokens, each layer's cache is compressed back to the target
+/// by `press`, scoring with the last `buffer_size` tokens' queries and hidden states.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodingSchedule<'a> {
+    /// The press that chooses what to keep (its ratio is set to reach the target).
+    pub press: &'a dyn Press,
+    /// New tokens between compressions.
+    pub compression_interval: usize,
+    /// What to keep.
+    pub target: DecodingTarget,
+    /// Recent tokens whose queries and hidden states the scorer sees.
+    pub buffer_size: usize,
+}
+
+/// The cache layout a press stores its kept tokens in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLayout {
+    /// Every KV head keeps the same number of tokens (the model's dense cache).
+    Dense,
+    /// Heads keep different numbers of tokens (the flattened per-head cache the press brings
+    /// through [`Press::new_layer_cache`]).
+    PerHead,
+}
+
+/// Who sets the compression ratio a press runs at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RatioControl {
+    /// The runtime may run the press at any ratio ([`Press::compress_at_ratio`],
+    /// [`Press::compress_at_ratios`]): evaluation grids do.
+    Settable,
+    /// The press owns its ratios (one per layer, or one per press inside): it only runs at its
+    /// own configuration ([`Press::compress`]).
+    OwnedByPress,
+}
+
+/// What a press needs from the runtime and what it does, read by the runtime so that every
+/// front end (`run`, `compress`, `eval`, `fidelity`, `generate`, ...) either runs the press
+/// fully or refuses it up front, naming the press and what that front end cannot do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PressDescription {
+    /// The model must compute attention weights in the prefill.
+    pub needs_attention_weights: bool,
+    /// Tokens after the compressed context continue at the compressed length.
+    pub rerotates_keys: bool,
+    /// The layout of the compressed cache.
+    pub cache_layout: CacheLayout,
+    /// Whether the runtime may set the ratio.
+    pub ratio: RatioControl,
+    /// The press removes tokens after the prefill.
+    pub compresses_prefill: bool,
+    /// The press compresses while tokens are generated ([`Press::decoding`]).
+    pub compresses_while_decoding: bool,
+}
+
+/// A KV-cache compression method, run on each layer after its prefill attention.
+///
+/// The common press is a [`Scorer`] plus a [`crate::BudgetAllocator`]; wrappers (composed,
+/// per-layer ratios, key re-rotation, chunked, head-wise allocation) are presses around other
+/// presses. Presses are (de)serializable by name through `typetag` (the tag is `"press"`) and
+/// list themselves in the registry ([`crate::press::registry`]).
+#[typetag::serde(tag = "press")]
+pub trait Press: std::fmt::Debug + Send + Sync {
+    /// The fraction of tokens this press removes (nominal; head-wise and per-layer presses
+    /// report their average).
+    fn compression_ratio(&self) -> f64;
+
+    /// Checks the parameters, naming the invalid one and what is valid.
+    fn validate(&self) -> Result<()>;
+
+    /// Whether the model must compute attention weights for the press.
+    fn needs_attention_weights(&self) -> bool {
+        false
+    }
+
+    /// Whether tokens after the compressed context continue at the compressed length (key
+    /// re-rotation) instead of the original positions.
+    fn rerotates_keys(&self) -> bool {
+        false
+    }
+
+    /// Decode-time compression, for presses that compress while generating.
+    fn decoding(&self) -> Option<DecodingSchedule<'_>> {
+        None
+    }
+
+    /// The cache layout this press needs, when it is not the dense one: head-wise presses give
+    /// heads different budgets and return a layer cache that stores ragged heads. The runtime
+    /// calls it once per layer before the prefill.
+    fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
+        None
+    }
+
+    /// The scorer inside, for wrappers that need scores rather than a selection (CriticalKV,
+    /// AdaKV); `None` for presses that do not score tokens.
+    fn scorer(&self) -> Option<&dyn Scorer> {
+        None
+    }
+
+    /// What this press needs and does ([`PressDescription`]); the default reads the other
+    /// methods. Presses that own their ratios or do nothing in the prefill override it.
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: self.needs_attention_weights(),
+            rerotates_keys: self.rerotates_keys(),
+            cache_layout: match self.new_layer_cache() {
+                Some(_) => CacheLayout::PerHead,
+                None => CacheLayout::Dense,
+            },
+            ratio: RatioControl::Settable,
+            compresses_prefill: self.compression_ratio() > 0.0,
+            compresses_while_decoding: self.decoding().is_some(),
+        }
+    }
+
+    /// Decides what one layer keeps at this press's own ratio.
+    fn compress(&self, input: &PressInput<'_>) -> Result<Compression> {
+        self.compress_at_ratio(input, self.compression_ratio())
+    }
+
+    /// Decides what one layer keeps at `compression_ratio` (per-layer ratios and decode-time
+    /// compression set the ratio from outside).
+    fn compress_at_ratio(
+        &self,
+        input: &PressInput<'_>,
+        compression_ratio: f64,
+    ) -> Result<Compression>;
+
+    /// Decides what one layer keeps at each of `compression_ratios`, as
+    /// [`Self::compress_at_ratio`] would one by one (evaluation grids compress one prefill at
+    /// several ratios). Presses whose scores do not depend on the ratio score once.
+    fn compress_at_ratios(
+        &self,
+        input: &PressInput<'_>,
+        compression_ratios: &[f64],
+    ) -> Result<Vec<Compression>> {
+        compression_ratios
+            .iter()
+            .map(|&ratio| self.compress_at_ratio(input, ratio))
+            .collect()
+    }
+}
