@@ -24,7 +24,7 @@ fn note_debug_build() {
     if cfg!(debug_assertions) {
         eprintln!(
             "note: built with debug assertions (the dev profile), which slow the kernels down; \
-             for speed numbers build with `cargo run --release -p kvpress -- ...`"
+             for speed numbers build with `cargo run --release -p kvpress-cli -- ...`"
         );
     }
 }
