@@ -95,16 +95,6 @@ impl CudaFlatLayer {
         &self.host_lengths
     }
 
-    /// First row of each head's region.
-    pub fn head_offsets(&self) -> &[u32] {
-        &self.host_offsets
-    }
-
-    /// Rows allocated to each head (stored tokens plus slack).
-    pub fn head_capacities(&self) -> &[u32] {
-        &self.host_capacities
-    }
-
     /// The longest head.
     pub fn max_len(&self) -> usize {
         self.host_lengths.iter().copied().max().unwrap_or(0) as usize
