@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use crate::ContextSession;
 use candle_core::{Device, Tensor};
 use kvpress_core::{LayerCache, LayerSnapshot, ModelCache};
-use kvpress_models::DenseLayerCache;
 use kvpress_models::LoadedModel;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -333,19 +332,17 @@ fn layers_of(
     for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {
         let keys = tensor(path, file, &format!("layer.{layer_idx}.keys"))?;
         let values = tensor(path, file, &format!("layer.{layer_idx}.values"))?;
-        let layer: Box<dyn LayerCache> = match lengths {
-            None => {
-                let mut cache = DenseLayerCache::new();
-                cache.append(&keys, &values)?;
-                Box::new(cache)
-            }
-            Some(lengths) => {
-                let batch = lengths.len() / n_kv_heads.max(1);
-                Box::new(adakv::FlatLayerCache::from_rows(
-                    &keys, &values, lengths, batch, n_kv_heads,
-                )?)
-            }
+        let snapshot = match lengths {
+            None => LayerSnapshot::Dense(Some((keys, values))),
+            Some(lengths) => LayerSnapshot::PerHead {
+                keys,
+                values,
+                head_lengths: lengths.clone(),
+                batch: lengths.len() / n_kv_heads.max(1),
+                n_kv_heads,
+            },
         };
+        let layer = crate::snapshot::layer_from_snapshot(&snapshot)?;
         layers.push(layer);
     }
     Ok(layers)

@@ -256,39 +256,30 @@ impl ContextSession {
         on_token: &mut dyn FnMut(u32) -> kvpress_models::Result<()>,
         stop: &mut dyn FnMut(&[u32]) -> bool,
     ) -> Result<GenerationOutput> {
-        let Some(press) = self.decoding_press.as_deref() else {
-            self.last_answer_compressions = 0;
-            let result = generate_until(
-                model,
-                &mut self.cache,
-                question_ids,
-                eos_ids,
-                config,
-                None,
-                on_token,
-                stop,
-            );
-            self.rewind()?;
-            return Ok(result?);
-        };
         // Decode-time compression evicts context tokens too: keep the context to restore it.
-        let context = crate::snapshot::snapshot_layers(&self.cache)?;
-        let mut hook = PressHook::new(press, &[])?;
+        let mut hook = match self.decoding_press.as_deref() {
+            Some(press) => Some((
+                PressHook::new(press, &[])?,
+                crate::snapshot::snapshot_layers(&self.cache)?,
+            )),
+            None => None,
+        };
         let result = generate_until(
             model,
             &mut self.cache,
             question_ids,
             eos_ids,
             config,
-            Some(&mut hook),
+            hook.as_mut().map(|(h, _)| h as &mut dyn AttentionHook),
             on_token,
             stop,
         );
-        self.last_answer_compressions = hook.decode_compressions();
-        if self.last_answer_compressions > 0 {
-            self.cache = crate::snapshot::cache_from_snapshots(&context, self.context_seen)?;
-        } else {
-            self.rewind()?;
+        self.last_answer_compressions = hook.as_ref().map_or(0, |(h, _)| h.decode_compressions());
+        match hook {
+            Some((_, context)) if self.last_answer_compressions > 0 => {
+                self.cache = crate::snapshot::cache_from_snapshots(&context, self.context_seen)?;
+            }
+            _ => self.rewind()?,
         }
         Ok(result?)
     }

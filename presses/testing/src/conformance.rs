@@ -2,7 +2,9 @@
 //! ratio 0 keeps everything, determinism, promised tokens kept, no NaN on constant or tiny
 //! inputs, ratio validation, config round trip). A failed check panics with what went wrong.
 
-use kvpress_core::press::{n_kept, press_from_json, press_to_json, Compression, RatioControl};
+use kvpress_core::press::{
+    n_kept, press_from_json, press_name, press_to_json, Compression, RatioControl,
+};
 use kvpress_core::Press;
 
 use crate::{SyntheticLayer, SyntheticShape};
@@ -149,13 +151,6 @@ fn check_ratios_at_once(name: &str, layer: &SyntheticLayer, make: &dyn Fn(f64) -
             "{name}: replacement keys at {ratio}"
         );
     }
-}
-
-fn press_name(press: &dyn Press) -> String {
-    serde_json::to_value(press)
-        .ok()
-        .and_then(|v| v["press"].as_str().map(str::to_string))
-        .unwrap_or_else(|| format!("{press:?}"))
 }
 
 fn random_layer(press: &dyn Press, shape: SyntheticShape, seed: u64) -> SyntheticLayer {
