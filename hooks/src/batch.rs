@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::{ContextSession, Error, Result};
 use candle_core::Tensor;
 use kvpress_core::ModelCache;
-use kvpress_models::{argmax, LoadedModel, StopReason};
+use kvpress_models::{argmax, LoadedModel, StopReason, StopRule};
 
 /// One answer of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +113,11 @@ fn answer_and_decode(
         })
         .collect();
     let decode_start = Instant::now();
+    let rule = StopRule {
+        eos_ids: model.tokenizer.eos_ids(),
+        max_new_tokens,
+        max_positions: model.model.config().max_position_embeddings,
+    };
     let mut active = vec![max_new_tokens > 0; sessions.len()];
     loop {
         for (i, answer) in answers.iter_mut().enumerate() {
@@ -121,7 +126,7 @@ fn answer_and_decode(
             }
             answer.tokens.push(next[i]);
             let seen = sessions[i].cache().seen_tokens();
-            if let Some(reason) = ended(model, answer, max_new_tokens, seen, &mut |t| stop(i, t)) {
+            if let Some(reason) = rule.check(&answer.tokens, seen, &mut |t| stop(i, t)) {
                 answer.stop_reason = reason;
                 active[i] = false;
             }
@@ -164,29 +169,6 @@ fn first_tokens(
         next.push(argmax(&logits.squeeze(0)?.to_vec1()?));
     }
     Ok(next)
-}
-
-/// Why `answer` ends after its last token, if it does: the end-of-sequence token, the token
-/// budget, the caller's stop rule, or the model's last position.
-fn ended(
-    model: &LoadedModel,
-    answer: &BatchAnswer,
-    max_new_tokens: usize,
-    seen_tokens: usize,
-    stop: &mut dyn FnMut(&[u32]) -> bool,
-) -> Option<StopReason> {
-    let last = *answer.tokens.last()?;
-    if model.tokenizer.eos_ids().contains(&last) {
-        Some(StopReason::Eos)
-    } else if answer.tokens.len() >= max_new_tokens {
-        Some(StopReason::MaxNewTokens)
-    } else if stop(&answer.tokens) {
-        Some(StopReason::Stopped)
-    } else if seen_tokens >= model.model.config().max_position_embeddings {
-        Some(StopReason::ContextFull)
-    } else {
-        None
-    }
 }
 
 /// One decoding step of every active answer, in one forward; `next` gets their next tokens.

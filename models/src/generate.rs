@@ -58,6 +58,43 @@ pub enum StopReason {
     Stopped,
 }
 
+/// When an answer ends: the one rule [`generate_until`] and batched answering share. After
+/// each chosen token, in this order: the end-of-sequence token, the token budget, the caller's
+/// stop condition, the model's last position.
+#[derive(Debug, Clone, Copy)]
+pub struct StopRule<'a> {
+    /// Tokens that end the answer (the model's EOS ids).
+    pub eos_ids: &'a [u32],
+    /// The most tokens an answer may have.
+    pub max_new_tokens: usize,
+    /// The model's positions (`max_position_embeddings`).
+    pub max_positions: usize,
+}
+
+impl StopRule<'_> {
+    /// Why an answer whose tokens so far are `tokens` (its cache at `seen_tokens` positions)
+    /// ends after its last token; `None` while it goes on (or before it has a token).
+    pub fn check(
+        &self,
+        tokens: &[u32],
+        seen_tokens: usize,
+        stop: &mut dyn FnMut(&[u32]) -> bool,
+    ) -> Option<StopReason> {
+        let last = tokens.last()?;
+        if self.eos_ids.contains(last) {
+            Some(StopReason::Eos)
+        } else if tokens.len() >= self.max_new_tokens {
+            Some(StopReason::MaxNewTokens)
+        } else if stop(tokens) {
+            Some(StopReason::Stopped)
+        } else if seen_tokens >= self.max_positions {
+            Some(StopReason::ContextFull)
+        } else {
+            None
+        }
+    }
+}
+
 /// What a generation produced, with timings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationOutput {
@@ -238,24 +275,18 @@ pub fn generate_until(
     if config.max_new_tokens == 0 {
         return Ok(output);
     }
+    let rule = StopRule {
+        eos_ids,
+        max_new_tokens: config.max_new_tokens,
+        max_positions: model.config().max_position_embeddings,
+    };
     let mut next = sampler.sample(&logits.squeeze(0)?)?;
     let decode_start = Instant::now();
     loop {
         output.tokens.push(next);
         on_token(next)?;
-        if eos_ids.contains(&next) {
-            output.stop_reason = StopReason::Eos;
-            break;
-        }
-        if output.tokens.len() >= config.max_new_tokens {
-            break;
-        }
-        if stop(&output.tokens) {
-            output.stop_reason = StopReason::Stopped;
-            break;
-        }
-        if cache.seen_tokens() >= model.config().max_position_embeddings {
-            output.stop_reason = StopReason::ContextFull;
+        if let Some(reason) = rule.check(&output.tokens, cache.seen_tokens(), stop) {
+            output.stop_reason = reason;
             break;
         }
         let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
@@ -269,6 +300,31 @@ pub fn generate_until(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stop_rule_checks_eos_budget_caller_and_positions_in_that_order() {
+        let rule = StopRule {
+            eos_ids: &[2],
+            max_new_tokens: 3,
+            max_positions: 100,
+        };
+        let never = &mut |_: &[u32]| false;
+        assert_eq!(rule.check(&[], 0, never), None);
+        assert_eq!(rule.check(&[5], 10, never), None);
+        assert_eq!(
+            rule.check(&[5, 6, 2], 10, &mut |_| true),
+            Some(StopReason::Eos)
+        );
+        assert_eq!(
+            rule.check(&[5, 6, 7], 100, &mut |_| true),
+            Some(StopReason::MaxNewTokens)
+        );
+        assert_eq!(
+            rule.check(&[5], 100, &mut |_| true),
+            Some(StopReason::Stopped)
+        );
+        assert_eq!(rule.check(&[5], 100, never), Some(StopReason::ContextFull));
+    }
 
     #[test]
     fn argmax_takes_the_first_of_ties() {

@@ -45,7 +45,7 @@ pub use dense_cache::{dense_model_cache, DenseLayerCache};
 pub use error::{Error, Result};
 pub use generate::{
     argmax, generate, generate_until, GenerationConfig, GenerationOutput, Sampler, Sampling,
-    StopReason,
+    StopReason, StopRule,
 };
 pub use gguf::GgufFile;
 pub use loader::{load_gguf, load_model, LoadedModel};
