@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
     check_compression_ratio, score_rows, scores_at_ratios, top_k_indices, BudgetAllocator,
-    Compression, LayerPosition, Press, PressInput, Scorer, Selection,
+    Compression, LayerPosition, Press, PressDescription, PressInput, Scorer, Selection,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use presses_ops::projected_value_norms;
@@ -156,8 +156,11 @@ impl Press for AdaKv {
         Ok(())
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        self.inner.needs_attention_weights()
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: self.inner.describe().needs_attention_weights,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
@@ -260,8 +263,11 @@ impl Press for CriticalAdaKv {
         Ok(())
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        self.inner.needs_attention_weights()
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: self.inner.describe().needs_attention_weights,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {

@@ -108,7 +108,7 @@ pub fn fidelity(
     kvpress_hooks::check_press(kvpress_hooks::FrontEnd::Fidelity, press)?;
     let recorded = RecordedPrefill::record(model, context_ids)?;
     let (full_session, _) = recorded.compress(model, &NoPress::default(), &[])?;
-    let (compressed_session, _) = if press.needs_attention_weights() {
+    let (compressed_session, _) = if press.describe().needs_attention_weights {
         ContextSession::compress(model, context_ids, press, &[])?
     } else {
         recorded.compress(model, press, &[])?

@@ -252,7 +252,7 @@ fn unpad(selection: &Selection, padding: &[usize], len: usize) -> kvpress_core::
 
 impl AttentionHook for PressHook<'_> {
     fn wants_attention_weights(&self, _layer_idx: usize, phase: ForwardPhase) -> bool {
-        phase == ForwardPhase::Prefill && self.press.needs_attention_weights()
+        phase == ForwardPhase::Prefill && self.press.describe().needs_attention_weights
     }
 
     fn after_attention(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {

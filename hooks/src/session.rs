@@ -107,7 +107,7 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
 /// Sets where tokens after a compressed context of `context_tokens` tokens go: at the original
 /// positions, or right after the compressed length for presses that re-rotate keys.
 pub(crate) fn continue_positions(press: &dyn Press, cache: &mut ModelCache, context_tokens: usize) {
-    let next = if press.rerotates_keys() {
+    let next = if press.describe().rerotates_keys {
         cache.lengths().into_iter().max().unwrap_or(0)
     } else {
         context_tokens

@@ -113,7 +113,7 @@ impl PressGroup {
         context_ids: &[u32],
         ratios: &[f64],
     ) -> Result<Vec<ContextSession>> {
-        if !self.press.needs_attention_weights() {
+        if !self.press.describe().needs_attention_weights {
             let compressed =
                 recorded.compress_at_ratios(&model.model, self.press.as_ref(), ratios, &[])?;
             return Ok(compressed.into_iter().map(|(session, _)| session).collect());

@@ -112,6 +112,27 @@ pub struct PressDescription {
     pub compresses_while_decoding: bool,
 }
 
+impl PressDescription {
+    /// The description of a press that overrides nothing: no attention weights, no key
+    /// re-rotation, the layout of [`Press::new_layer_cache`], a settable ratio, compressing the
+    /// prefill when its ratio is above 0 and while decoding when it has a [`Press::decoding`]
+    /// schedule. Presses that override [`Press::describe`] start from it
+    /// (`PressDescription { needs_attention_weights: true, ..PressDescription::defaults_for(self) }`).
+    pub fn defaults_for<P: Press + ?Sized>(press: &P) -> Self {
+        Self {
+            needs_attention_weights: false,
+            rerotates_keys: false,
+            cache_layout: match press.new_layer_cache() {
+                Some(_) => CacheLayout::PerHead,
+                None => CacheLayout::Dense,
+            },
+            ratio: RatioControl::Settable,
+            compresses_prefill: press.compression_ratio() > 0.0,
+            compresses_while_decoding: press.decoding().is_some(),
+        }
+    }
+}
+
 /// A KV-cache compression method, run on each layer after its prefill attention.
 ///
 /// The common press is a [`Scorer`] plus a [`crate::BudgetAllocator`]; wrappers (composed,
@@ -126,17 +147,6 @@ pub trait Press: std::fmt::Debug + Send + Sync {
 
     /// Checks the parameters, naming the invalid one and what is valid.
     fn validate(&self) -> Result<()>;
-
-    /// Whether the model must compute attention weights for the press.
-    fn needs_attention_weights(&self) -> bool {
-        false
-    }
-
-    /// Whether tokens after the compressed context continue at the compressed length (key
-    /// re-rotation) instead of the original positions.
-    fn rerotates_keys(&self) -> bool {
-        false
-    }
 
     /// Decode-time compression, for presses that compress while generating.
     fn decoding(&self) -> Option<DecodingSchedule<'_>> {
@@ -156,20 +166,11 @@ pub trait Press: std::fmt::Debug + Send + Sync {
         None
     }
 
-    /// What this press needs and does ([`PressDescription`]); the default reads the other
-    /// methods. Presses that own their ratios or do nothing in the prefill override it.
+    /// What this press needs and does ([`PressDescription`]), the one place the runtime reads
+    /// it from. The default is [`PressDescription::defaults_for`]; presses that need attention
+    /// weights, re-rotate keys or own their ratios override it.
     fn describe(&self) -> PressDescription {
-        PressDescription {
-            needs_attention_weights: self.needs_attention_weights(),
-            rerotates_keys: self.rerotates_keys(),
-            cache_layout: match self.new_layer_cache() {
-                Some(_) => CacheLayout::PerHead,
-                None => CacheLayout::Dense,
-            },
-            ratio: RatioControl::Settable,
-            compresses_prefill: self.compression_ratio() > 0.0,
-            compresses_while_decoding: self.decoding().is_some(),
-        }
+        PressDescription::defaults_for(self)
     }
 
     /// Decides what one layer keeps at this press's own ratio.

@@ -5,8 +5,8 @@
 
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
-    check_compression_ratio, score_and_allocate, Compression, Press, PressInput, Scorer,
-    UniformAllocator,
+    check_compression_ratio, score_and_allocate, Compression, Press, PressDescription, PressInput,
+    Scorer, UniformAllocator,
 };
 use kvpress_core::{Error, Result};
 use presses_ops as ops;
@@ -90,8 +90,11 @@ impl Press for ObservedAttention {
         check_compression_ratio("observed_attention", self.compression_ratio)
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        true
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: true,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn scorer(&self) -> Option<&dyn Scorer> {

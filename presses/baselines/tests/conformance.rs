@@ -35,7 +35,7 @@ fn keydiff(compression_ratio: f64) -> Box<dyn Press> {
 /// The kept sets of `press` at ratio 0.5 on the fixed 48-token synthetic layer.
 fn kept_sets(press: Box<dyn Press>) -> Vec<Vec<u32>> {
     let mut layer = SyntheticLayer::random(SyntheticShape::small(48), 1).unwrap();
-    if press.needs_attention_weights() {
+    if press.describe().needs_attention_weights {
         layer = layer.with_attention_weights().unwrap();
     }
     press

@@ -242,7 +242,7 @@ fn observed_attention_keeps_the_most_observed_tokens() -> Result<()> {
     let press = ObservedAttention {
         compression_ratio: 0.5,
     };
-    assert!(press.needs_attention_weights());
+    assert!(press.describe().needs_attention_weights);
     let compression = press.compress(&layer.input())?;
     assert_eq!(compression.selection.heads(), &[vec![0, 2]]);
     Ok(())

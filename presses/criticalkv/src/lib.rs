@@ -16,7 +16,7 @@
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
     allocate_scores, check_compression_ratio, score_and_allocate, score_rows, scores_at_ratios,
-    top_k_indices, Compression, PressInput, Scorer, UniformAllocator,
+    top_k_indices, Compression, PressDescription, PressInput, Scorer, UniformAllocator,
 };
 use kvpress_core::{Error, Press, Result};
 use serde::{Deserialize, Serialize};
@@ -163,8 +163,11 @@ impl Press for CriticalKv {
         Ok(())
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        self.inner.needs_attention_weights()
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: self.inner.describe().needs_attention_weights,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn scorer(&self) -> Option<&dyn Scorer> {

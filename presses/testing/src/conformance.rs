@@ -164,7 +164,7 @@ fn constant_layer(press: &dyn Press, shape: SyntheticShape) -> SyntheticLayer {
 }
 
 fn with_weights_if_needed(press: &dyn Press, layer: SyntheticLayer) -> SyntheticLayer {
-    if press.needs_attention_weights() {
+    if press.describe().needs_attention_weights {
         layer.with_attention_weights().expect("attention weights")
     } else {
         layer

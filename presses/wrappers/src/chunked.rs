@@ -1,7 +1,9 @@
 //! [`Chunked`]: the context compressed chunk by chunk.
 
 use candle_core::Tensor;
-use kvpress_core::press::{Compression, InputChunk, Press, PressInput, Scorer, Selection};
+use kvpress_core::press::{
+    Compression, InputChunk, Press, PressDescription, PressInput, Scorer, Selection,
+};
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
@@ -35,7 +37,7 @@ impl Press for Chunked {
                 "chunk: chunk_length must be at least 1".to_string(),
             ));
         }
-        if self.inner.needs_attention_weights() {
+        if self.inner.describe().needs_attention_weights {
             return Err(Error::InvalidArgument(
                 "chunk: the inner press needs attention weights, which chunked scoring does not \
                  provide"
@@ -45,8 +47,11 @@ impl Press for Chunked {
         Ok(())
     }
 
-    fn rerotates_keys(&self) -> bool {
-        self.inner.rerotates_keys()
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            rerotates_keys: self.inner.describe().rerotates_keys,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {

@@ -42,7 +42,7 @@ impl Press for Composed {
         }
         for (i, press) in self.presses.iter().enumerate() {
             press.validate()?;
-            if i > 0 && press.needs_attention_weights() {
+            if i > 0 && press.describe().needs_attention_weights {
                 return Err(Error::InvalidArgument(format!(
                     "composed: press {i} needs attention weights, which only the first press \
                      gets (they no longer match the cache after the first press)"
@@ -50,16 +50,6 @@ impl Press for Composed {
             }
         }
         Ok(())
-    }
-
-    fn needs_attention_weights(&self) -> bool {
-        self.presses
-            .first()
-            .is_some_and(|p| p.needs_attention_weights())
-    }
-
-    fn rerotates_keys(&self) -> bool {
-        self.presses.iter().any(|p| p.rerotates_keys())
     }
 
     fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
@@ -75,8 +65,8 @@ impl Press for Composed {
     fn describe(&self) -> PressDescription {
         let members: Vec<PressDescription> = self.presses.iter().map(|p| p.describe()).collect();
         PressDescription {
-            needs_attention_weights: self.needs_attention_weights(),
-            rerotates_keys: self.rerotates_keys(),
+            needs_attention_weights: members.first().is_some_and(|d| d.needs_attention_weights),
+            rerotates_keys: members.iter().any(|d| d.rerotates_keys),
             cache_layout: match members
                 .iter()
                 .any(|d| d.cache_layout == CacheLayout::PerHead)

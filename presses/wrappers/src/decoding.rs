@@ -1,6 +1,8 @@
 //! Decode-time compression: [`Decoding`], [`CompressionRatioDecoding`] and [`PrefillDecoding`].
 
-use kvpress_core::press::{Compression, DecodingSchedule, DecodingTarget, Press, PressInput};
+use kvpress_core::press::{
+    Compression, DecodingSchedule, DecodingTarget, Press, PressDescription, PressInput,
+};
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
@@ -183,10 +185,14 @@ impl Press for PrefillDecoding {
         Ok(())
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        self.prefilling
-            .as_ref()
-            .is_some_and(|p| p.needs_attention_weights())
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: self
+                .prefilling
+                .as_ref()
+                .is_some_and(|p| p.describe().needs_attention_weights),
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn decoding(&self) -> Option<DecodingSchedule<'_>> {

@@ -1,7 +1,7 @@
 //! [`KeyRerotation`]: kept keys rotated to consecutive positions.
 
 use candle_core::{DType, Tensor};
-use kvpress_core::press::{Compression, Press, PressInput, Scorer, Selection};
+use kvpress_core::press::{Compression, Press, PressDescription, PressInput, Scorer, Selection};
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
@@ -25,12 +25,12 @@ impl Press for KeyRerotation {
         self.inner.validate()
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        self.inner.needs_attention_weights()
-    }
-
-    fn rerotates_keys(&self) -> bool {
-        true
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            needs_attention_weights: self.inner.describe().needs_attention_weights,
+            rerotates_keys: true,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {

@@ -37,14 +37,6 @@ impl Press for PerLayer {
             .try_for_each(|&r| check_compression_ratio("per_layer", r))
     }
 
-    fn needs_attention_weights(&self) -> bool {
-        self.inner.needs_attention_weights()
-    }
-
-    fn rerotates_keys(&self) -> bool {
-        self.inner.rerotates_keys()
-    }
-
     fn new_layer_cache(&self) -> Option<Box<dyn LayerCache>> {
         self.inner.new_layer_cache()
     }

@@ -232,7 +232,7 @@ fn rerotated_keys_sit_at_their_rank() {
             "head {kv_head}: re-rotated keys differ by {diff}"
         );
     }
-    assert!(press.rerotates_keys());
+    assert!(press.describe().rerotates_keys);
 }
 
 #[test]
@@ -268,7 +268,7 @@ fn wrappers_load_from_configs() {
     )
     .unwrap();
     assert!((press.compression_ratio() - 0.75).abs() < 1e-12);
-    assert!(press.rerotates_keys());
+    assert!(press.describe().rerotates_keys);
     let error = press_from_json(r#"{"press": "chunk", "inner": {"press": "snapkv"}, "chunk": 3}"#)
         .unwrap_err()
         .to_string();
