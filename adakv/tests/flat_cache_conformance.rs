@@ -1,6 +1,7 @@
 //! The flattened per-head cache against the cache conformance suite.
 
 use adakv::FlatLayerCache;
+use candle_core::Device;
 use presses_testing::{run_cache_conformance, CacheLayout};
 
 #[test]
@@ -12,6 +13,7 @@ fn the_flattened_cache_conforms() {
             replacement_keys: false,
             ragged: true,
             storage_tolerance: 0.0,
+            device: Device::Cpu,
         },
     );
 }

@@ -1,6 +1,6 @@
 //! The dense layer cache against the cache conformance suite, in every storage dtype.
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use kvpress_models::DenseLayerCache;
 use presses_testing::{run_cache_conformance, CacheLayout};
 
@@ -14,6 +14,7 @@ fn the_dense_cache_conforms_in_every_storage_dtype() {
                 replacement_keys: true,
                 ragged: false,
                 storage_tolerance,
+                device: Device::Cpu,
             },
         );
     }

@@ -20,7 +20,7 @@ const MAX_SPLITS: usize = 256;
 /// Query heads one block handles (`MAX_GROUP` in the kernel); larger groups take more blocks.
 const GROUP_PER_BLOCK: usize = 8;
 /// Head dimensions with a kernel instance (`_d<head_dim>`).
-const HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
+pub(super) const HEAD_DIMS: [usize; 4] = [32, 64, 128, 256];
 
 /// Attention of one new token's queries `(batch, n_heads, 1, head_dim)` over a flattened cache:
 /// query head `q` of sequence `b` attends with KV head `b * n_kv_heads + q / G` (`G` = query

@@ -14,16 +14,27 @@
 //!   index (candle's CUDA sort stops at 8192 columns).
 //! - [`protect_selection`]: AdaKV's head-wise allocation (kvpress's safeguard rule) from a
 //!   sequence's scores, on the device.
-//! - [`CudaFlatLayer`]: one layer's cache built from these.
+//! - [`CudaFlatLayer`]: one layer's cache built from these, and a [`kvpress_core::LayerCache`]
+//!   (the semantics of [`crate::FlatLayerCache`]: ragged selections stored as they are,
+//!   replacement keys refused, per-head snapshots). An empty layer ([`CudaFlatLayer::new`])
+//!   learns its layout from the first append. Kernels where they apply: one token per head
+//!   appended in place ([`append_token`]), one query token attended without weights
+//!   ([`decode_attention`], head_dim 32/64/128/256, queries of the cache's dtype), compaction,
+//!   relayout, shrinking and packing ([`compact`]). Elsewhere exact candle operations on the
+//!   device: several tokens per head appended with one copy per head, attention over several
+//!   query tokens, with weights or another head_dim computed in f32 per KV head (or over all
+//!   heads at once when they share a length and capacity), dense key/value views.
 //!
 //! Every function checks devices, dtypes and shapes and returns an error naming what is valid.
 
 mod allocate;
 mod append;
 mod cache;
+mod cache_append;
 mod compact;
 mod decode_attention;
 mod kernels;
+mod layer_cache;
 mod top_k;
 
 pub use allocate::protect_selection;

@@ -8,6 +8,10 @@
 //! replacement keys; a ragged selection (for layouts that store one) followed by decoding, each
 //! head attending over its own tokens; `store_selected` equal to append-compact-shrink;
 //! `shrink_to_fit`; snapshots; `clear`.
+//!
+//! Every tensor the suite hands a cache is created on [`CacheLayout::device`] (the CPU, or the
+//! GPU of a CUDA layout); what the cache returns is compared on the CPU, against references
+//! computed there.
 
 use candle_core::{DType, Device, Tensor};
 use kvpress_core::press::Selection;
@@ -16,8 +20,8 @@ use kvpress_kernels::grouped_query_attention;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-/// What a layout stores.
-#[derive(Debug, Clone, Copy)]
+/// What a layout stores, and where its tensors live.
+#[derive(Debug, Clone)]
 pub struct CacheLayout {
     /// Heads may keep different numbers of tokens (a ragged selection is stored as it is).
     pub ragged: bool,
@@ -26,6 +30,8 @@ pub struct CacheLayout {
     /// Largest difference allowed between what was appended and what is read back (0 for
     /// f32 storage).
     pub storage_tolerance: f32,
+    /// The device every key, value and query given to the cache is created on.
+    pub device: Device,
 }
 
 const BATCH: usize = 1;
@@ -33,27 +39,32 @@ const KV_HEADS: usize = 2;
 const HEADS: usize = 4;
 const HEAD_DIM: usize = 8;
 
-fn random(shape: (usize, usize, usize, usize), seed: u64) -> Tensor {
+fn random(shape: (usize, usize, usize, usize), seed: u64, device: &Device) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = shape.0 * shape.1 * shape.2 * shape.3;
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).expect("a tensor")
+    Tensor::from_vec(data, shape, device).expect("a tensor")
 }
 
-fn kv(n: usize, seed: u64) -> (Tensor, Tensor) {
+fn kv(n: usize, seed: u64, device: &Device) -> (Tensor, Tensor) {
     (
-        random((BATCH, KV_HEADS, n, HEAD_DIM), seed),
-        random((BATCH, KV_HEADS, n, HEAD_DIM), seed + 1),
+        random((BATCH, KV_HEADS, n, HEAD_DIM), seed, device),
+        random((BATCH, KV_HEADS, n, HEAD_DIM), seed + 1, device),
     )
+}
+
+/// A copy of `tensor` on the CPU, where every comparison and reference runs.
+fn cpu(tensor: &Tensor) -> Tensor {
+    tensor.to_device(&Device::Cpu).expect("a copy on the CPU")
 }
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes");
-    let a = a
+    let a = cpu(a)
         .to_dtype(DType::F32)
         .and_then(|t| t.flatten_all())
         .unwrap();
-    let b = b
+    let b = cpu(b)
         .to_dtype(DType::F32)
         .and_then(|t| t.flatten_all())
         .unwrap();
@@ -90,27 +101,28 @@ pub fn run_cache_conformance(
     make: &dyn Fn() -> Box<dyn LayerCache>,
     layout: CacheLayout,
 ) {
-    check_empty(name, make().as_ref());
+    let layout = &layout;
+    check_empty(name, make().as_ref(), &layout.device);
     check_appends_and_attention(name, make, layout);
     check_truncate_undoes_appends(name, make, layout);
     check_uniform_compaction(name, make, layout);
     check_store_selected(name, make, layout);
     if layout.ragged {
-        check_ragged_compaction_then_decoding(name, make);
+        check_ragged_compaction_then_decoding(name, make, &layout.device);
     } else {
-        check_ragged_selection_is_refused(name, make);
+        check_ragged_selection_is_refused(name, make, &layout.device);
     }
-    check_clear(name, make);
+    check_clear(name, make, &layout.device);
 }
 
-fn check_empty(name: &str, cache: &dyn LayerCache) {
+fn check_empty(name: &str, cache: &dyn LayerCache, device: &Device) {
     assert_eq!(cache.len(), 0, "{name}: a new cache is empty");
     assert!(cache.is_empty(), "{name}: is_empty");
     assert!(
         cache.keys_values().unwrap().is_none(),
         "{name}: nothing to view"
     );
-    let queries = random((BATCH, HEADS, 1, HEAD_DIM), 1);
+    let queries = random((BATCH, HEADS, 1, HEAD_DIM), 1, device);
     assert!(
         cache.attend(&queries, false).is_err(),
         "{name}: attending over nothing is an error"
@@ -120,28 +132,28 @@ fn check_empty(name: &str, cache: &dyn LayerCache) {
 fn check_appends_and_attention(
     name: &str,
     make: &dyn Fn() -> Box<dyn LayerCache>,
-    layout: CacheLayout,
+    layout: &CacheLayout,
 ) {
-    let tol = layout.storage_tolerance;
+    let (tol, device) = (layout.storage_tolerance, &layout.device);
     let mut cache = make();
-    let (k1, v1) = kv(37, 10);
+    let (k1, v1) = kv(37, 10, device);
     cache.append(&k1, &v1).unwrap();
     assert_eq!(cache.len(), 37, "{name}: length after a prefill");
     assert_holds(name, "a prefill", cache.as_ref(), &k1, &v1, tol);
-    let mut all = (k1, v1);
+    let mut all = (cpu(&k1), cpu(&v1));
     for step in 0..5 {
-        let (k, v) = kv(1, 20 + step);
+        let (k, v) = kv(1, 20 + step, device);
         cache.append(&k, &v).unwrap();
         all = (
-            Tensor::cat(&[&all.0, &k], 2).unwrap(),
-            Tensor::cat(&[&all.1, &v], 2).unwrap(),
+            Tensor::cat(&[&all.0, &cpu(&k)], 2).unwrap(),
+            Tensor::cat(&[&all.1, &cpu(&v)], 2).unwrap(),
         );
         // One new query (decoding) and several (a question's prefill) against the reference.
         for n_queries in [1, 3] {
-            let queries = random((BATCH, HEADS, n_queries, HEAD_DIM), 40 + step);
+            let queries = random((BATCH, HEADS, n_queries, HEAD_DIM), 40 + step, device);
             let got = cache.attend(&queries, false).unwrap().output;
             let (k, v) = stored(cache.as_ref());
-            let want = grouped_query_attention(&queries, &k, &v, false)
+            let want = grouped_query_attention(&cpu(&queries), &cpu(&k), &cpu(&v), false)
                 .unwrap()
                 .output;
             assert!(
@@ -162,12 +174,13 @@ fn check_appends_and_attention(
 fn check_truncate_undoes_appends(
     name: &str,
     make: &dyn Fn() -> Box<dyn LayerCache>,
-    layout: CacheLayout,
+    layout: &CacheLayout,
 ) {
+    let device = &layout.device;
     let mut cache = make();
-    let (k, v) = kv(20, 50);
+    let (k, v) = kv(20, 50, device);
     cache.append(&k, &v).unwrap();
-    let (q, a) = kv(6, 52);
+    let (q, a) = kv(6, 52, device);
     cache.append(&q, &a).unwrap();
     cache.truncate(20).unwrap();
     assert_eq!(cache.len(), 20, "{name}: truncate");
@@ -188,15 +201,18 @@ fn check_truncate_undoes_appends(
 fn check_uniform_compaction(
     name: &str,
     make: &dyn Fn() -> Box<dyn LayerCache>,
-    layout: CacheLayout,
+    layout: &CacheLayout,
 ) {
-    let tol = layout.storage_tolerance;
+    let (tol, device) = (layout.storage_tolerance, &layout.device);
     let mut cache = make();
-    let (k, v) = kv(16, 60);
+    let (k, v) = kv(16, 60, device);
     cache.append(&k, &v).unwrap();
     let kept: Vec<Vec<u32>> = vec![vec![0, 3, 4, 9, 15], vec![1, 2, 8, 10, 11]];
     let selection = Selection::new(kept, BATCH, KV_HEADS, 16).unwrap();
-    let (want_k, want_v) = (selection.gather(&k).unwrap(), selection.gather(&v).unwrap());
+    let (want_k, want_v) = (
+        selection.gather(&cpu(&k)).unwrap(),
+        selection.gather(&cpu(&v)).unwrap(),
+    );
     cache.compact(&selection, None).unwrap();
     assert_eq!(cache.len(), 5, "{name}: compacted length");
     assert_holds(name, "compaction", cache.as_ref(), &want_k, &want_v, tol);
@@ -206,7 +222,7 @@ fn check_uniform_compaction(
         cache.bytes_used(),
         "{name}: shrink_to_fit"
     );
-    let replacement = random((BATCH, KV_HEADS, 3, HEAD_DIM), 62);
+    let replacement = random((BATCH, KV_HEADS, 3, HEAD_DIM), 62, device);
     let three = Selection::new(vec![vec![0, 1, 2]; KV_HEADS], BATCH, KV_HEADS, 5).unwrap();
     let kept_values = three.gather(&want_v).unwrap();
     if !layout.replacement_keys {
@@ -256,8 +272,8 @@ fn check_uniform_compaction(
     }
 }
 
-fn check_store_selected(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>, layout: CacheLayout) {
-    let (k, v) = kv(24, 70);
+fn check_store_selected(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>, layout: &CacheLayout) {
+    let (k, v) = kv(24, 70, &layout.device);
     let kept = vec![
         (0..24).step_by(3).collect(),
         (0..24).step_by(3).map(|i| i + 1).collect(),
@@ -285,9 +301,13 @@ fn check_store_selected(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>, layo
     );
 }
 
-fn check_ragged_selection_is_refused(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>) {
+fn check_ragged_selection_is_refused(
+    name: &str,
+    make: &dyn Fn() -> Box<dyn LayerCache>,
+    device: &Device,
+) {
     let mut cache = make();
-    let (k, v) = kv(8, 80);
+    let (k, v) = kv(8, 80, device);
     cache.append(&k, &v).unwrap();
     let ragged = Selection::new(vec![vec![0, 1, 2], vec![5]], BATCH, KV_HEADS, 8).unwrap();
     assert!(
@@ -301,9 +321,13 @@ fn check_ragged_selection_is_refused(name: &str, make: &dyn Fn() -> Box<dyn Laye
     );
 }
 
-fn check_ragged_compaction_then_decoding(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>) {
+fn check_ragged_compaction_then_decoding(
+    name: &str,
+    make: &dyn Fn() -> Box<dyn LayerCache>,
+    device: &Device,
+) {
     let mut cache = make();
-    let (k, v) = kv(30, 90);
+    let (k, v) = kv(30, 90, device);
     cache.append(&k, &v).unwrap();
     let kept: Vec<Vec<u32>> = vec![(0..30).step_by(2).collect(), vec![3, 7, 29]];
     let selection = Selection::new(kept.clone(), BATCH, KV_HEADS, 30).unwrap();
@@ -314,13 +338,13 @@ fn check_ragged_compaction_then_decoding(name: &str, make: &dyn Fn() -> Box<dyn 
         .map(|h| (head_rows(&k, h, &kept[h]), head_rows(&v, h, &kept[h])))
         .collect();
     for step in 0..3 {
-        let (nk, nv) = kv(1, 100 + step);
+        let (nk, nv) = kv(1, 100 + step, device);
         cache.append(&nk, &nv).unwrap();
         for (h, (hk, hv)) in heads.iter_mut().enumerate() {
             hk.extend(head_rows(&nk, h, &[0]));
             hv.extend(head_rows(&nv, h, &[0]));
         }
-        let queries = random((BATCH, HEADS, 1, HEAD_DIM), 110 + step);
+        let queries = random((BATCH, HEADS, 1, HEAD_DIM), 110 + step, device);
         let got = cache.attend(&queries, false).unwrap().output;
         for (h, (hk, hv)) in heads.iter().enumerate() {
             check_head_attention(name, &queries, &got, h, hk, hv);
@@ -344,7 +368,7 @@ fn check_ragged_compaction_then_decoding(name: &str, make: &dyn Fn() -> Box<dyn 
 
 /// The rows `rows` of KV head `head` of a `(1, heads, n, d)` tensor, back to back.
 fn head_rows(tensor: &Tensor, head: usize, rows: &[u32]) -> Vec<f32> {
-    let head = tensor.get(0).and_then(|t| t.get(head)).unwrap();
+    let head = cpu(tensor).get(0).and_then(|t| t.get(head)).unwrap();
     rows.iter()
         .flat_map(|&i| {
             head.get(i as usize)
@@ -367,20 +391,20 @@ fn check_head_attention(
     let keys = Tensor::from_vec(keys.to_vec(), (1, 1, n, HEAD_DIM), &Device::Cpu).unwrap();
     let values = Tensor::from_vec(values.to_vec(), (1, 1, n, HEAD_DIM), &Device::Cpu).unwrap();
     let group = HEADS / KV_HEADS;
-    let q = queries.narrow(1, head * group, group).unwrap();
+    let q = cpu(queries).narrow(1, head * group, group).unwrap();
     let want = grouped_query_attention(&q, &keys, &values, false)
         .unwrap()
         .output;
-    let got = got.narrow(1, head * group, group).unwrap();
+    let got = cpu(got).narrow(1, head * group, group).unwrap();
     assert!(
         max_diff(&got, &want) <= 1e-5,
         "{name}: head {head} attends over its own {n} tokens"
     );
 }
 
-fn check_clear(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>) {
+fn check_clear(name: &str, make: &dyn Fn() -> Box<dyn LayerCache>, device: &Device) {
     let mut cache = make();
-    let (k, v) = kv(5, 120);
+    let (k, v) = kv(5, 120, device);
     cache.append(&k, &v).unwrap();
     cache.clear();
     assert!(cache.is_empty(), "{name}: clear empties the cache");
