@@ -1,4 +1,5 @@
-//! Chat templates, rendered with a Jinja engine from the model's own template.
+//! Chat templates, rendered with a Jinja engine from the model's own template, with the
+//! whitespace rules transformers uses (`trim_blocks`, `lstrip_blocks`).
 
 use minijinja::{context, Environment, Error as JinjaError, ErrorKind};
 use serde::Serialize;
@@ -55,6 +56,10 @@ impl ChatTemplate {
 
     fn environment(&self) -> Result<Environment<'_>> {
         let mut env = Environment::new();
+        // transformers renders with `trim_blocks=True, lstrip_blocks=True`: the newline after a
+        // block tag and the spaces before one are dropped.
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function(
@@ -121,6 +126,15 @@ mod tests {
         };
         let err = template.render(&[bad], false).unwrap_err().to_string();
         assert!(err.contains("no bad roles"), "{err}");
+    }
+
+    #[test]
+    fn block_tags_trim_like_transformers() {
+        // jinja2 with trim_blocks and lstrip_blocks (transformers' settings) renders "[Hi][Yo]".
+        let source = "{% for m in messages %}\n    {% if true %}[{{ m.content }}]{% endif %}\n{% endfor %}\n";
+        let template = ChatTemplate::new(source, "", "").unwrap();
+        let messages = [ChatMessage::user("Hi"), ChatMessage::user("Yo")];
+        assert_eq!(template.render(&messages, false).unwrap(), "[Hi][Yo]");
     }
 
     #[test]

@@ -47,6 +47,27 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A config entry asks for something this crate does not implement (a scaled RoPE, biases,
+    /// another activation, quantized safetensors); running anyway would give wrong results.
+    #[error("config entry `{key}` = {value} is not supported (results would be wrong); supported: {supported}")]
+    UnsupportedConfig {
+        /// The entry, with its path inside `config.json` (`rope_parameters.rope_type`).
+        key: String,
+        /// The value found.
+        value: String,
+        /// What this crate implements.
+        supported: String,
+    },
+    /// Two config entries give the same setting different values.
+    #[error("config entries `{first}` and `{second}` disagree: {message}")]
+    ConflictingConfig {
+        /// The first entry.
+        first: String,
+        /// The second entry.
+        second: String,
+        /// Both values, which one transformers would use, and what to do.
+        message: String,
+    },
     /// Tokenizer construction, encoding or decoding failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -82,6 +103,18 @@ impl Error {
         Self::InvalidConfig {
             key: key.to_string(),
             message: message.into(),
+        }
+    }
+
+    pub(crate) fn unsupported(
+        key: impl Into<String>,
+        value: impl ToString,
+        supported: impl Into<String>,
+    ) -> Self {
+        Self::UnsupportedConfig {
+            key: key.into(),
+            value: value.to_string(),
+            supported: supported.into(),
         }
     }
 }

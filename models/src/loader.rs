@@ -1,4 +1,10 @@
 //! Loading a model, its tokenizer and its chat template from a GGUF file or a Hugging Face folder.
+//!
+//! A folder may be written by transformers 4 or 5: `config.json` is read in both layouts
+//! (transformers 5 moved `rope_theta` and the RoPE scaling into `rope_parameters`; see
+//! [`crate::ModelConfig::from_hf_config_file`]), and the chat template is taken from
+//! `chat_template.jinja` when present, else from `tokenizer_config.json`
+//! ([`chat_template_from_folder`]).
 
 use std::path::{Path, PathBuf};
 
@@ -6,8 +12,9 @@ use candle_core::{DType, Device};
 use serde::Deserialize;
 
 use crate::chat::ChatTemplate;
-use crate::config::HfConfig;
 use crate::gguf::GgufFile;
+pub use crate::hf_chat_template::chat_template_from_folder;
+use crate::hf_config::{read_json, HfConfig, TokenIds};
 use crate::model::Model;
 use crate::safetensors::SafetensorsFiles;
 use crate::tokenizer::TextTokenizer;
@@ -30,7 +37,11 @@ pub struct LoadedModel {
 /// Loads a GGUF file (`path` is a file) or a Hugging Face folder (`path` is a directory).
 ///
 /// `mode` defaults to [`WeightMode::Quantized`] for GGUF and `Dense(F32)` for folders;
-/// quantized mode on a folder is an error.
+/// quantized mode on a folder is an error. A folder needs `config.json` (transformers 4 or 5
+/// layout; entries that would change the computation in a way this crate does not implement,
+/// such as a scaled RoPE, are refused), `tokenizer.json` and safetensors weights; the chat
+/// template comes from `chat_template.jinja` or `tokenizer_config.json`, the end-of-sequence
+/// ids from `generation_config.json` or `config.json`.
 pub fn load_model(path: &Path, mode: Option<WeightMode>, device: &Device) -> Result<LoadedModel> {
     if !path.exists() {
         return Err(Error::Io {
@@ -86,67 +97,10 @@ pub fn load_gguf(
     })
 }
 
-/// `tokenizer_config.json` fields that matter here.
-#[derive(Debug, Default, Deserialize)]
-struct TokenizerConfig {
-    #[serde(default)]
-    chat_template: Option<ChatTemplateField>,
-    #[serde(default)]
-    bos_token: Option<TokenField>,
-    #[serde(default)]
-    eos_token: Option<TokenField>,
-}
-
-/// A chat template: a string, or a list of named templates (the one named `default` is used).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ChatTemplateField {
-    One(String),
-    Named(Vec<NamedTemplate>),
-}
-
-#[derive(Debug, Deserialize)]
-struct NamedTemplate {
-    name: String,
-    template: String,
-}
-
-/// A special token, written as a string or as `{"content": ...}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum TokenField {
-    Text(String),
-    Object { content: String },
-}
-
-impl TokenField {
-    fn text(&self) -> &str {
-        match self {
-            Self::Text(t) | Self::Object { content: t } => t,
-        }
-    }
-}
-
 #[derive(Debug, Default, Deserialize)]
 struct GenerationConfig {
     #[serde(default)]
-    eos_token_id: Option<crate::config::TokenIds>,
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>> {
-    if !path.exists() {
-        return Ok(None);
-    }
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| Error::InvalidModelFile {
-            path: path.to_path_buf(),
-            message: format!("invalid JSON: {e}"),
-        })
+    eos_token_id: Option<TokenIds>,
 }
 
 fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<LoadedModel> {
@@ -180,34 +134,7 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
         });
     }
     let tokenizer = TextTokenizer::from_file(&tokenizer_path, bos_id, eos_ids)?;
-    let tokenizer_config: TokenizerConfig =
-        read_json(&folder.join("tokenizer_config.json"))?.unwrap_or_default();
-    let chat_template = match tokenizer_config.chat_template {
-        Some(field) => {
-            let source = match field {
-                ChatTemplateField::One(s) => s,
-                ChatTemplateField::Named(list) => list
-                    .into_iter()
-                    .find(|t| t.name == "default")
-                    .map(|t| t.template)
-                    .ok_or_else(|| {
-                        Error::ChatTemplate(
-                            "tokenizer_config.json has no template named `default`".into(),
-                        )
-                    })?,
-            };
-            let bos = tokenizer_config
-                .bos_token
-                .as_ref()
-                .map_or("", TokenField::text);
-            let eos = tokenizer_config
-                .eos_token
-                .as_ref()
-                .map_or("", TokenField::text);
-            Some(ChatTemplate::new(source, bos, eos)?)
-        }
-        None => None,
-    };
+    let chat_template = chat_template_from_folder(folder)?;
     let mut files = SafetensorsFiles::open(folder, device)?;
     let mut weights = WeightLoader::new(&mut files, mode, device);
     let model = Model::load(config, &mut weights, device)?;

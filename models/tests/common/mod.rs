@@ -8,12 +8,14 @@
 #![allow(dead_code, unused_imports)]
 
 mod gguf;
+mod gguf_to_hf;
 mod hf;
 mod spec;
 mod tensors;
 mod vocab;
 
 pub use gguf::*;
+pub use gguf_to_hf::*;
 pub use hf::*;
 pub use spec::*;
 pub use tensors::*;
