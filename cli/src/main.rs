@@ -1,18 +1,24 @@
-//! The `kvpress` command line: parses the arguments and hands them to the command's module
-//! (see [`commands`]).
+//! The `kvpress` command line: checks the environment ([`env_check`]), parses the arguments and
+//! hands them to the command's module (see [`commands`]).
 
 use anyhow::Result;
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 mod allocator;
+mod answers;
 mod cli;
 mod commands;
+mod env_check;
+mod output;
+mod paths;
+mod values;
 
 use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     allocator::keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = parse_arguments();
+    match env_check::check_environment().and_then(|()| run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             // The whole chain of causes, without a backtrace: these are user-facing errors.
@@ -20,6 +26,23 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The arguments, with every option that takes a value accepting a negative number as its
+/// value (`--max-new-tokens -1` then fails with the option's own range, not as an unknown
+/// argument `-1`); exits with clap's message on a parse error.
+fn parse_arguments() -> Cli {
+    let mut command = Cli::command().mut_subcommands(|sub| {
+        sub.mut_args(|arg| {
+            if arg.get_action().takes_values() {
+                arg.allow_negative_numbers(true)
+            } else {
+                arg
+            }
+        })
+    });
+    let matches = command.get_matches_mut();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.format(&mut command).exit())
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -403,7 +403,7 @@ fn inspect_and_eval_write_svg_and_png_figures() {
     let config = dir.path().join("eval.toml");
     std::fs::write(
         &config,
-        "tasks = [\"niah_single\"]\ncontext_lengths = [512]\nsamples = 1\n\
+        "tasks = [\"niah_single\"]\ncontext_lengths = [512]\nsamples = 2\n\
          compression_ratios = [0.5]\n\n[[presses]]\nname = \"knorm\"\nconfig = { press = \"knorm\" }\n",
     )
     .unwrap();
@@ -434,7 +434,8 @@ fn inspect_and_eval_write_svg_and_png_figures() {
     let table = std::fs::read_to_string(eval_dir.join("table.md")).unwrap();
     assert!(table.contains("| knorm |"), "{table}");
 
-    // Two worker processes compute the same rows into one results file.
+    // Two worker processes (one per sample: --jobs is capped at the samples and the cores)
+    // compute the same rows into one results file.
     let workers_dir = dir.path().join("workers");
     let output = kvpress(&[
         "eval",

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, IoAction, Result};
+use crate::report::FULL_CACHE;
+use crate::results::RatioKey;
 use crate::TaskKind;
 
 /// Whether the question is seen by the press.
@@ -70,7 +72,7 @@ pub struct EvalConfig {
     pub context_lengths: Vec<usize>,
     /// Samples per task and length (needle depths spread evenly).
     pub samples: usize,
-    /// Compression ratios of every press.
+    /// Compression ratios of every press, each in [0, 1) and given once.
     pub compression_ratios: Vec<f64>,
     /// The presses.
     pub presses: Vec<EvalPress>,
@@ -98,7 +100,9 @@ impl EvalConfig {
         Ok(config)
     }
 
-    /// Checks names and ranges, naming what is valid.
+    /// Checks names and ranges, naming what is valid. What needs the model (whether each
+    /// context length holds its task and fits the model's positions) is checked when a run
+    /// plans its grid, before any work.
     pub fn check(&self) -> Result<()> {
         self.checked_tasks().map(drop)
     }
@@ -113,20 +117,65 @@ impl EvalConfig {
         if self.tasks.is_empty() && self.dataset.is_none() {
             return Err(Error::config(
                 "tasks",
-                "the eval config names no task and no dataset",
+                "the eval config names no task and no dataset: list tasks (valid are \
+                 niah_single, niah_multikey, ...) or give a dataset",
             ));
         }
-        if self.samples == 0 || self.context_lengths.is_empty() {
-            let field = if self.samples == 0 {
-                "samples"
-            } else {
-                "context_lengths"
-            };
+        no_duplicates("tasks", &self.tasks)?;
+        if self.samples == 0 {
             return Err(Error::config(
-                field,
-                "samples and context_lengths must not be empty",
+                "samples",
+                "samples = 0 would run no sample: give at least 1",
             ));
         }
+        self.check_context_lengths()?;
+        self.check_ratios()?;
+        if self.settings.is_empty() {
+            return Err(Error::config(
+                "settings",
+                "settings is empty: give question_agnostic and/or question_aware",
+            ));
+        }
+        no_duplicates("settings", &self.settings)?;
+        if self.max_new_tokens == Some(0) {
+            return Err(Error::config(
+                "max_new_tokens",
+                "max_new_tokens = 0 would score empty answers: give at least 1, or leave it out \
+                 for each task's own",
+            ));
+        }
+        self.check_presses()?;
+        Ok(kinds)
+    }
+
+    /// Context lengths: some, none 0, none twice.
+    fn check_context_lengths(&self) -> Result<()> {
+        if self.context_lengths.is_empty() {
+            return Err(Error::config(
+                "context_lengths",
+                "context_lengths is empty: give at least one length in tokens",
+            ));
+        }
+        if self.context_lengths.contains(&0) {
+            return Err(Error::config(
+                "context_lengths",
+                "context length 0 holds no task: give lengths in tokens that hold each task's \
+                 instructions and needles (a few hundred at least)",
+            ));
+        }
+        no_duplicates("context_lengths", &self.context_lengths)
+    }
+
+    /// Ratios: some, each in [0, 1), no two the same to the thousandth (as rows are keyed).
+    fn check_ratios(&self) -> Result<()> {
+        if self.compression_ratios.is_empty() {
+            return Err(Error::config(
+                "compression_ratios",
+                "compression_ratios is empty, which would drop every press: give ratios in \
+                 [0, 1)",
+            ));
+        }
+        let mut seen: Vec<RatioKey> = Vec::new();
         for &ratio in &self.compression_ratios {
             if !(0.0..1.0).contains(&ratio) {
                 return Err(Error::config(
@@ -134,13 +183,85 @@ impl EvalConfig {
                     format!("compression ratio {ratio} is outside [0, 1)"),
                 ));
             }
+            let key = RatioKey::new(ratio);
+            if seen.contains(&key) {
+                return Err(Error::config(
+                    "compression_ratios",
+                    format!(
+                        "compression ratio {ratio} is given twice (rows are keyed by the ratio \
+                         to the thousandth, {key}): give each ratio once"
+                    ),
+                ));
+            }
+            seen.push(key);
         }
+        Ok(())
+    }
+
+    /// Presses: named once each (not as the full cache), without a ratio of their own, and
+    /// runnable by the grid at every ratio.
+    fn check_presses(&self) -> Result<()> {
+        let mut names: Vec<&str> = Vec::new();
         for press in &self.presses {
+            if press.name.trim().is_empty() || press.name == FULL_CACHE {
+                return Err(Error::config(
+                    "presses",
+                    format!(
+                        "a press cannot be named `{}`: give each press a name of its own \
+                         (`{FULL_CACHE}` names the uncompressed reference)",
+                        press.name
+                    ),
+                ));
+            }
+            if names.contains(&press.name.as_str()) {
+                return Err(Error::DuplicatePress {
+                    name: press.name.clone(),
+                });
+            }
+            names.push(&press.name);
+            if let Some(field) = ratio_field(&press.config, "config") {
+                return Err(Error::PressSetsRatio {
+                    press: press.name.clone(),
+                    field,
+                });
+            }
             for &ratio in &self.compression_ratios {
                 check_press(press, ratio)?;
             }
         }
-        Ok(kinds)
+        Ok(())
+    }
+}
+
+/// An [`Error::InvalidConfig`] of `field` if `values` holds one value twice.
+fn no_duplicates<T: PartialEq + fmt::Debug>(field: &'static str, values: &[T]) -> Result<()> {
+    for (i, value) in values.iter().enumerate() {
+        if values[..i].contains(value) {
+            return Err(Error::config(
+                field,
+                format!("{field} lists {value:?} twice: give each once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where `config` (found at `path`) or a press nested in it sets `compression_ratio`.
+fn ratio_field(config: &Value, path: &str) -> Option<String> {
+    match config {
+        Value::Object(map) => map.iter().find_map(|(key, value)| {
+            let here = format!("{path}.{key}");
+            if key == "compression_ratio" {
+                Some(here)
+            } else {
+                ratio_field(value, &here)
+            }
+        }),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, item)| ratio_field(item, &format!("{path}[{i}]"))),
+        _ => None,
     }
 }
 
@@ -152,9 +273,18 @@ fn check_press(press: &EvalPress, ratio: f64) -> Result<()> {
         ratio,
         error: Box::new(error),
     };
-    let built = kvpress_core::press::press_from_value(config).map_err(|e| invalid(e.into()))?;
-    kvpress_hooks::check_press(kvpress_hooks::FrontEnd::Eval, built.as_ref())
-        .map_err(|e| invalid(e.into()))
+    let eval = kvpress_hooks::FrontEnd::Eval;
+    let built = kvpress_core::press::press_from_value(config).map_err(|error| {
+        // A press that takes no ratio (a wrapper without `inner`) may be one the grid refuses
+        // anyway: then that is the reason to give.
+        match kvpress_core::press::press_from_value(press.config.clone()) {
+            Ok(bare) => kvpress_hooks::check_press(eval, bare.as_ref())
+                .err()
+                .map_or_else(|| invalid(error.into()), |e| invalid(e.into())),
+            Err(_) => invalid(error.into()),
+        }
+    })?;
+    kvpress_hooks::check_press(eval, built.as_ref()).map_err(|e| invalid(e.into()))
 }
 
 /// The task a name stands for ([`TaskKind::NAMES`]).

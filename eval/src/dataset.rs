@@ -1,7 +1,9 @@
 //! Users' own datasets: JSONL lines of `{"context", "question" | "questions", "answer" |
 //! "answers", "answer_prefix"?}`.
 
-use std::path::Path;
+use std::fmt;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -40,7 +42,10 @@ struct Line {
     answer_prefix: Option<String>,
 }
 
-fn parse_line(text: &str) -> std::result::Result<Sample, LineProblem> {
+fn parse_line(bytes: &[u8]) -> std::result::Result<Sample, LineProblem> {
+    let text = std::str::from_utf8(bytes).map_err(|e| LineProblem::NotUtf8 {
+        column: e.valid_up_to() + 1,
+    })?;
     let line: Line = serde_json::from_str(text).map_err(LineProblem::Json)?;
     if line.context.trim().is_empty() {
         return Err(LineProblem::EmptyContext);
@@ -71,41 +76,111 @@ fn parse_line(text: &str) -> std::result::Result<Sample, LineProblem> {
         }
         _ => return Err(LineProblem::NoQuestion),
     };
+    if questions.is_empty() {
+        return Err(LineProblem::NoQuestion);
+    }
+    if let Some(question) = questions
+        .iter()
+        .position(|q| q.answers.is_empty() || q.answers.iter().any(|a| a.trim().is_empty()))
+    {
+        return Err(LineProblem::EmptyAnswer { question });
+    }
     Ok(Sample {
         context: line.context,
         questions,
     })
 }
 
-/// Reads a JSONL dataset. A malformed line is an error naming its number
-/// ([`Error::DatasetLine`]), unless `skip_bad`: then it is skipped and reported in the returned
-/// warnings.
-pub fn read_dataset(path: &Path, skip_bad: bool) -> Result<(Vec<Sample>, Vec<String>)> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(IoAction::Read, path, e))?;
-    let mut samples = Vec::new();
-    let mut warnings = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
+/// A dataset line skipped with `--skip-bad`, and why.
+#[derive(Debug)]
+pub struct SkippedLine {
+    /// The dataset file.
+    pub path: PathBuf,
+    /// The line number, from 1.
+    pub line: usize,
+    /// What is wrong with the line.
+    pub problem: LineProblem,
+}
+
+impl fmt::Display for SkippedLine {
+    /// `skipped FILE:LINE: PROBLEM`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "skipped {}:{}: {}",
+            self.path.display(),
+            self.line,
+            self.problem
+        )
+    }
+}
+
+/// The usable lines of a dataset and the skipped ones.
+#[derive(Debug, Default)]
+pub struct Dataset {
+    /// Each usable line's index in the file (from 0: its rows' `sample`) and its sample.
+    pub samples: Vec<(usize, Sample)>,
+    /// Lines skipped with `--skip-bad`, in file order.
+    pub skipped: Vec<SkippedLine>,
+}
+
+impl Dataset {
+    /// Handles a `problem` of line `index` (from 0): with `skip_bad` it is recorded as skipped,
+    /// else it is an [`Error::DatasetLine`].
+    pub(crate) fn refuse(
+        &mut self,
+        path: &Path,
+        index: usize,
+        problem: LineProblem,
+        skip_bad: bool,
+    ) -> Result<()> {
+        if !skip_bad {
+            return Err(Error::DatasetLine {
+                path: path.to_path_buf(),
+                line: index + 1,
+                problem,
+            });
+        }
+        self.skipped.push(SkippedLine {
+            path: path.to_path_buf(),
+            line: index + 1,
+            problem,
+        });
+        Ok(())
+    }
+}
+
+/// Reads a JSONL dataset, line by line as bytes (a line that is not UTF-8 is a bad line, not an
+/// unreadable file). A malformed line is an error naming its number ([`Error::DatasetLine`]),
+/// unless `skip_bad`: then it is skipped and listed in [`Dataset::skipped`]. Blank lines are
+/// ignored; a file with no usable line is an [`Error::EmptyDataset`].
+pub fn read_dataset(path: &Path, skip_bad: bool) -> Result<Dataset> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(IoAction::Read, path, e))?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut dataset = Dataset::default();
+    let mut bytes = Vec::new();
+    for index in 0.. {
+        bytes.clear();
+        let read = reader
+            .read_until(b'\n', &mut bytes)
+            .map_err(|e| Error::io(IoAction::Read, path, e))?;
+        if read == 0 {
+            break;
+        }
+        let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         match parse_line(line) {
-            Ok(sample) => samples.push(sample),
-            Err(problem) if skip_bad => {
-                warnings.push(format!("skipped {}:{}: {problem}", path.display(), i + 1));
-            }
-            Err(problem) => {
-                return Err(Error::DatasetLine {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    problem,
-                })
-            }
+            Ok(sample) => dataset.samples.push((index, sample)),
+            Err(problem) => dataset.refuse(path, index, problem, skip_bad)?,
         }
     }
-    if samples.is_empty() {
+    if dataset.samples.is_empty() {
         return Err(Error::EmptyDataset {
             path: path.to_path_buf(),
         });
     }
-    Ok((samples, warnings))
+    Ok(dataset)
 }

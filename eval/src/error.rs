@@ -48,7 +48,8 @@ pub enum Error {
     /// A field of the eval config holds a value the grid cannot run.
     #[error("{message}")]
     InvalidConfig {
-        /// The field: `tasks`, `samples`, `context_lengths`, `compression_ratios` or `presses`.
+        /// The field: `tasks`, `samples`, `context_lengths`, `compression_ratios`, `settings`,
+        /// `max_new_tokens` or `presses`.
         field: &'static str,
         /// What is wrong, and what is valid.
         message: String,
@@ -71,6 +72,60 @@ pub enum Error {
         ratio: f64,
         /// Why: a press config error ([`Error::Core`]) or a front-end refusal ([`Error::Hooks`]).
         error: Box<Error>,
+    },
+    /// A press of the eval config sets `compression_ratio` itself, which the grid would
+    /// silently override with each of its `compression_ratios`.
+    #[error(
+        "press `{press}` sets `{field}`, but the grid sets every press's ratio from \
+         `compression_ratios`: remove the field from the press config"
+    )]
+    PressSetsRatio {
+        /// The press's name in the eval config.
+        press: String,
+        /// Where the field is, e.g. `config.inner.compression_ratio`.
+        field: String,
+    },
+    /// Two presses of the eval config have one name (their rows could not be told apart).
+    #[error("two presses are named `{name}`: every press of the grid needs a name of its own")]
+    DuplicatePress {
+        /// The name given twice.
+        name: String,
+    },
+    /// A context length of the grid cannot hold a task: even without any filler the task's
+    /// context (instructions, needles, answers) has more tokens than that.
+    #[error(
+        "context length {context_length} is too short for task `{task}`: its smallest context \
+         has {minimum} tokens with this model's tokenizer; use context lengths of at least \
+         {minimum}"
+    )]
+    ContextTooShort {
+        /// The task.
+        task: String,
+        /// The context length asked for.
+        context_length: usize,
+        /// The fewest tokens a context of this task has (the largest over the grid's samples).
+        minimum: usize,
+    },
+    /// A prompt of a generated task (context, question and answer tokens) does not fit the
+    /// model's positions; its answer would be cut short. (Dataset lines that do not fit are bad
+    /// lines: [`LineProblem::TooLong`].)
+    #[error(
+        "task `{task}` at context length {context_length}: the prompt needs {tokens} positions \
+         (context, question and {answer_tokens} answer tokens) but the model has \
+         {max_positions}; use context lengths of at most about {}",
+        context_length.saturating_sub(tokens.saturating_sub(*max_positions))
+    )]
+    ContextTooLong {
+        /// The task.
+        task: String,
+        /// The context length asked for.
+        context_length: usize,
+        /// Positions the prompt and its longest answer need.
+        tokens: usize,
+        /// Answer tokens of the task.
+        answer_tokens: usize,
+        /// The model's positions (`max_position_embeddings`).
+        max_positions: usize,
     },
     /// A line of a dataset is malformed (and `--skip-bad` was not given).
     #[error(
@@ -98,6 +153,91 @@ pub enum Error {
         path: PathBuf,
         /// The line number, from 1.
         line: usize,
+        /// What the JSON parser found.
+        error: serde_json::Error,
+    },
+    /// Two rows of a results file have one key (task, setting, context length, sample,
+    /// question, press, ratio) but differ: which one counts cannot be told.
+    #[error(
+        "{}:{line}: row {key} was already on line {first_line} with another result; remove \
+         one of the two lines",
+        path.display()
+    )]
+    ConflictingRows {
+        /// The results file.
+        path: PathBuf,
+        /// The line of the second row, from 1.
+        line: usize,
+        /// The line of the first row, from 1.
+        first_line: usize,
+        /// The rows' key, as the table names it.
+        key: String,
+    },
+    /// The output folder holds results made with other settings than this run's (the settings
+    /// file of the folder says which).
+    #[error(
+        "results in {} were made with {}: use another --out, or move {}/results.jsonl away to \
+         compute them again",
+        out.display(),
+        changes.iter().map(ToString::to_string).collect::<Vec<_>>().join("; and with "),
+        out.display()
+    )]
+    SettingsChanged {
+        /// The output folder.
+        out: PathBuf,
+        /// Each setting that differs.
+        changes: Vec<SettingChange>,
+    },
+    /// Rows of the results file have a fingerprint other than the one this run computes for
+    /// the same row: something that decides the answer changed (the sample's text, the press's
+    /// resolved config, the answer length, the code) without a setting naming it.
+    #[error(
+        "{} holds {count} rows computed from other inputs than this run's (first: {first}): the \
+         sample's text, the press's resolved config or the answer length differs; use another \
+         --out, or move the file away to compute them again",
+        path.display()
+    )]
+    RowsChanged {
+        /// The results file.
+        path: PathBuf,
+        /// Rows whose fingerprint differs.
+        count: usize,
+        /// The first such row's key.
+        first: String,
+    },
+    /// The results file holds rows without a fingerprint (written before rows had one): what
+    /// made them cannot be checked.
+    #[error(
+        "{} holds {count} rows without a fingerprint (written by an older kvpress), so this run \
+         cannot tell which model and settings made them: pass --trust-unfingerprinted to resume \
+         from them as if this run's settings had made them, or use another --out",
+        path.display()
+    )]
+    UnfingerprintedRows {
+        /// The results file.
+        path: PathBuf,
+        /// Rows without a fingerprint.
+        count: usize,
+    },
+    /// The results file holds fingerprinted rows but the settings file that names what made
+    /// them is missing.
+    #[error(
+        "{} holds fingerprinted rows but {} (the settings they were made with) is missing: \
+         restore it or use another --out",
+        results.display(),
+        settings.display()
+    )]
+    SettingsFileMissing {
+        /// The results file.
+        results: PathBuf,
+        /// The missing settings file.
+        settings: PathBuf,
+    },
+    /// The settings file of an output folder is not one this version writes.
+    #[error("{} is not a settings file of kvpress eval: {error}", path.display())]
+    SettingsFile {
+        /// The settings file.
+        path: PathBuf,
         /// What the JSON parser found.
         error: serde_json::Error,
     },
@@ -176,6 +316,29 @@ impl Error {
     }
 }
 
+/// A setting that differs between the results in an output folder and this run
+/// ([`Error::SettingsChanged`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettingChange {
+    /// The setting, as the command line or the config names it (`--kv-dtype`, `seed`, press
+    /// `knorm`).
+    pub setting: String,
+    /// Its value in the folder's settings file.
+    pub was: String,
+    /// Its value in this run.
+    pub now: String,
+}
+
+impl fmt::Display for SettingChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}; this run uses {}",
+            self.setting, self.was, self.now
+        )
+    }
+}
+
 /// What was being done to a file or folder when an [`Error::Io`] happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -221,6 +384,35 @@ pub enum LineProblem {
         questions: usize,
         /// Answer lists given.
         answers: usize,
+    },
+    /// An expected answer is empty, or a question expects no answer at all: every answer
+    /// would score 1.0.
+    #[error(
+        "question {question} expects an empty answer (`\"\"` or `[]`), which every answer \
+         matches: give the expected values"
+    )]
+    EmptyAnswer {
+        /// The question's index in the line, from 0.
+        question: usize,
+    },
+    /// The line is not UTF-8.
+    #[error("not UTF-8 text (invalid byte at column {column})")]
+    NotUtf8 {
+        /// The column of the first invalid byte, from 1.
+        column: usize,
+    },
+    /// The line's prompt does not fit the model's positions.
+    #[error(
+        "the prompt needs {tokens} positions (context, question and {answer_tokens} answer \
+         tokens) but the model has {max_positions}"
+    )]
+    TooLong {
+        /// Positions the prompt and its longest answer need.
+        tokens: usize,
+        /// Answer tokens of dataset questions.
+        answer_tokens: usize,
+        /// The model's positions (`max_position_embeddings`).
+        max_positions: usize,
     },
     /// Neither `question` with `answer` nor `questions` with `answers` is given.
     #[error(

@@ -1,6 +1,9 @@
 //! The results of a grid: one JSON line per answered question in `results.jsonl`, each row
-//! identified by its [`RowKey`] (a rerun skips the rows already there).
+//! identified by its [`RowKey`] (read once per key; a rerun skips the rows already there) and
+//! signed with the fingerprint of what decided it.
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -21,7 +24,7 @@ pub struct ResultRow {
     pub setting: Setting,
     /// Requested context length (0 for dataset lines).
     pub context_length: usize,
-    /// Sample index.
+    /// Sample index (for dataset lines, the line's index in the file, from 0).
     pub sample: usize,
     /// Question index within the sample.
     pub question: usize,
@@ -36,6 +39,11 @@ pub struct ResultRow {
     pub answer: String,
     /// Tokens of the compressed prompt part.
     pub context_tokens: usize,
+    /// Hash of everything that decided this row (model files, weight and KV-cache dtypes, the
+    /// press's resolved config and ratio, the sample's text, setting, question and answer
+    /// length); `None` in rows written before rows had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl ResultRow {
@@ -71,6 +79,23 @@ pub struct RowKey {
     pub press: String,
     /// Compression ratio, to the thousandth.
     pub ratio: RatioKey,
+}
+
+impl fmt::Display for RowKey {
+    /// `task, setting, N tokens, sample S, question Q, press at R`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}, {}, {} tokens, sample {}, question {}, {} at {}",
+            self.task,
+            self.setting,
+            self.context_length,
+            self.sample,
+            self.question,
+            self.press,
+            self.ratio
+        )
+    }
 }
 
 /// A compression ratio as results compare, group and print it: rounded to the thousandth, as
@@ -125,27 +150,56 @@ fn read_if_present<T>(
     }
 }
 
-/// Every row in `out_dir/results.jsonl` (none when it does not exist). A last line cut short
-/// (a run killed while writing it) is ignored; any other malformed line is an error
-/// ([`Error::ResultsLine`]).
+/// Every row in `out_dir/results.jsonl` (none when it does not exist), each key once: a row
+/// repeated line for line is counted once, and two rows of one key that differ are an
+/// [`Error::ConflictingRows`]. A last line cut short (a run killed while writing it) is
+/// ignored; any other malformed line is an error ([`Error::ResultsLine`]).
 pub fn read_results(out_dir: &Path) -> Result<Vec<ResultRow>> {
     let path = out_dir.join(RESULTS_FILE);
-    let Some(text) = read_if_present(&path, |p| std::fs::read_to_string(p))? else {
+    // Bytes, line by line: a line that is not UTF-8 is that line's error.
+    let Some(bytes) = read_if_present(&path, |p| std::fs::read(p))? else {
         return Ok(Vec::new());
     };
-    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
-    complete
-        .lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line).map_err(|error| Error::ResultsLine {
-                path: path.clone(),
-                line: i + 1,
-                error,
-            })
-        })
-        .collect()
+    let complete = bytes
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(&[][..], |end| &bytes[..end]);
+    let mut rows: Vec<ResultRow> = Vec::new();
+    let mut first_lines: HashMap<RowKey, (usize, usize)> = HashMap::new();
+    for (i, line) in complete.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let row: ResultRow = serde_json::from_slice(line).map_err(|error| Error::ResultsLine {
+            path: path.clone(),
+            line: i + 1,
+            error,
+        })?;
+        match first_lines.entry(row.key()) {
+            Entry::Vacant(entry) => {
+                entry.insert((i + 1, rows.len()));
+                rows.push(row);
+            }
+            Entry::Occupied(entry) => {
+                let (first_line, index) = *entry.get();
+                if rows[index] != row {
+                    return Err(Error::ConflictingRows {
+                        path,
+                        line: i + 1,
+                        first_line,
+                        key: entry.key().to_string(),
+                    });
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+/// The first row of each key of `rows`, in order.
+pub fn unique_rows(rows: &[ResultRow]) -> Vec<&ResultRow> {
+    let mut seen = HashSet::new();
+    rows.iter().filter(|row| seen.insert(row.key())).collect()
 }
 
 /// Cuts a last line without its newline (a run killed while writing it) off
@@ -194,7 +248,15 @@ mod tests {
         let line = r#"{"task":"niah_single","setting":"question_aware","context_length":512,"sample":3,"question":1,"press":"full cache","compression_ratio":0.0,"score":0.5,"answer":" 42","context_tokens":500}"#;
         let row: ResultRow = serde_json::from_str(line).unwrap();
         assert_eq!(row.setting, Setting::QuestionAware);
+        assert_eq!(row.fingerprint, None);
         assert_eq!(serde_json::to_string(&row).unwrap(), line);
+        let signed = ResultRow {
+            fingerprint: Some("ab12".to_string()),
+            ..row.clone()
+        };
+        let written = serde_json::to_string(&signed).unwrap();
+        assert!(written.ends_with(r#","fingerprint":"ab12"}"#), "{written}");
+        assert_eq!(serde_json::from_str::<ResultRow>(&written).unwrap(), signed);
         let key = row.key();
         assert_eq!(
             (key.sample, key.question, key.ratio.thousandths()),

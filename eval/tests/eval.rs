@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use kvpress::candle::Device;
 use kvpress::models::load_model;
 use kvpress_eval::dataset::read_dataset;
-use kvpress_eval::{report, run, Error, EvalConfig, LineProblem};
+use kvpress_eval::{report, run, Error, EvalConfig, LineProblem, RunOptions};
 
 fn repository_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,16 +21,21 @@ fn the_ci_grid_runs_and_resumes() {
     let config = EvalConfig::from_file(&repository_file("configs/eval/ci.toml")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut updates = 0;
-    let output = run(&model, &config, dir.path(), false, &mut |p| {
+    let options = RunOptions::default();
+    let output = run(&model, &config, dir.path(), &options, &mut |p| {
         updates += 1;
         assert!(p.done <= p.total && p.eta_seconds >= 0.0);
     })
     .unwrap();
-    assert!(output.warnings.is_empty());
+    assert!(output.skipped.is_empty());
     let rows = output.rows;
     let t = output.timings;
     assert!(t.prefill_seconds > 0.0 && t.decoding_seconds > 0.0 && t.answer_tokens >= rows.len());
     assert_eq!(rows.len(), 9, "3 samples x (full cache + 2 presses)");
+    assert!(
+        rows.iter().all(|r| r.fingerprint.is_some()),
+        "rows are signed"
+    );
     assert_eq!(updates, 9);
     let full: Vec<f64> = rows
         .iter()
@@ -44,7 +49,7 @@ fn the_ci_grid_runs_and_resumes() {
     );
 
     // A second run finds every row and computes nothing.
-    let again = run(&model, &config, dir.path(), false, &mut |_| {
+    let again = run(&model, &config, dir.path(), &options, &mut |_| {
         panic!("nothing is left to compute")
     })
     .unwrap();
@@ -91,12 +96,18 @@ fn datasets_name_their_bad_lines() {
         error.contains("data.jsonl:2:") && error.contains("--skip-bad"),
         "{error}"
     );
-    let (samples, warnings) = read_dataset(&file, true).unwrap();
+    let dataset = read_dataset(&file, true).unwrap();
+    let samples = &dataset.samples;
     assert_eq!(samples.len(), 2);
-    assert_eq!(samples[1].questions.len(), 2);
-    assert_eq!(samples[1].questions[1].answers, vec!["B".to_string()]);
-    assert_eq!(warnings.len(), 1);
-    assert!(warnings[0].contains(":2:"));
+    assert_eq!(
+        samples[1].0, 2,
+        "the sample index is the line's index in the file"
+    );
+    assert_eq!(samples[1].1.questions.len(), 2);
+    assert_eq!(samples[1].1.questions[1].answers, vec!["B".to_string()]);
+    assert_eq!(dataset.skipped.len(), 1);
+    assert_eq!(dataset.skipped[0].line, 2);
+    assert!(dataset.skipped[0].to_string().contains("data.jsonl:2: "));
 }
 
 #[test]
@@ -215,7 +226,8 @@ fn the_documented_results_read_and_write_back_unchanged() {
 }
 
 /// The grid refuses, at config-check time, presses it cannot run at its ratios: decode-time
-/// presses (it only compresses the prefill) and presses that own their ratios.
+/// presses (it only compresses the prefill) and presses that own their ratios; both are the
+/// front-end check's refusal (`kvpress_hooks::check_press(FrontEnd::Eval, ..)`).
 #[test]
 fn the_config_check_refuses_what_the_grid_cannot_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -223,6 +235,19 @@ fn the_config_check_refuses_what_the_grid_cannot_run() {
         (
             "{ press = \"decoding\", inner = { press = \"knorm\" } }",
             "compresses while tokens are generated",
+        ),
+        (
+            "{ press = \"compression_ratio_decoding\", inner = { press = \"knorm\" } }",
+            "compresses while tokens are generated",
+        ),
+        (
+            "{ press = \"prefill_decoding\", decoding = { press = \"decoding\", inner = { \
+             press = \"knorm\" } } }",
+            "compresses while tokens are generated",
+        ),
+        (
+            "{ press = \"composed\", presses = [{ press = \"knorm\" }] }",
+            "sets its own compression ratios",
         ),
         (
             "{ press = \"per_layer\", compression_ratios = [0.5], inner = { press = \"knorm\" } }",
@@ -239,6 +264,28 @@ fn the_config_check_refuses_what_the_grid_cannot_run() {
         )
         .unwrap();
         let error = EvalConfig::from_file(&path).expect_err(press);
+        let Error::InvalidPress {
+            press: name,
+            error: cause,
+            ..
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(name, "p");
+        let Error::Hooks(cause) = cause.as_ref() else {
+            panic!("{cause:?}");
+        };
+        assert!(
+            matches!(
+                cause.as_ref(),
+                kvpress::hooks::Error::PressNotSupported {
+                    front_end: "eval",
+                    ..
+                }
+            ),
+            "{cause:?}"
+        );
         assert!(format!("{error:#}").contains(expected), "{error:#}");
     }
 }

@@ -35,7 +35,7 @@ fn all_tasks() -> Vec<(&'static str, TaskKind)> {
 fn generated_samples_fit_the_budget_and_hide_their_answers() {
     for (name, kind) in all_tasks() {
         for budget in [300, 1200] {
-            let sample = generate(&kind, budget, 3, 0.5, &words);
+            let sample = generate(&kind, budget, 3, 0.5, &words).unwrap();
             let size = words(&sample.context);
             assert!(size <= budget, "{name}: {size} > {budget}");
             assert!(
@@ -50,14 +50,14 @@ fn generated_samples_fit_the_budget_and_hide_their_answers() {
                 "{name}: every expected value is in the context"
             );
             assert_eq!(
-                generate(&kind, budget, 3, 0.5, &words),
+                generate(&kind, budget, 3, 0.5, &words).unwrap(),
                 sample,
                 "{name}: reproducible"
             );
         }
         assert_ne!(
-            generate(&kind, 300, 3, 0.5, &words),
-            generate(&kind, 300, 4, 0.5, &words),
+            generate(&kind, 300, 3, 0.5, &words).unwrap(),
+            generate(&kind, 300, 4, 0.5, &words).unwrap(),
             "{name}: the seed matters"
         );
     }
@@ -66,7 +66,7 @@ fn generated_samples_fit_the_budget_and_hide_their_answers() {
 #[test]
 fn needle_depth_moves_the_needle() {
     let at = |depth: f64| {
-        let sample = generate(&TaskKind::niah_single(), 600, 1, depth, &words);
+        let sample = generate(&TaskKind::niah_single(), 600, 1, depth, &words).unwrap();
         let value = &sample.questions[0].answers[0];
         sample.context.find(value.as_str()).unwrap() as f64 / sample.context.len() as f64
     };
@@ -79,7 +79,7 @@ fn needle_depth_moves_the_needle() {
 
 #[test]
 fn ruler_prompts_and_answer_prefixes() {
-    let sample = generate(&TaskKind::niah_single(), 200, 5, 0.5, &words);
+    let sample = generate(&TaskKind::niah_single(), 200, 5, 0.5, &words).unwrap();
     assert!(sample.context.starts_with(
         "Some special magic numbers are hidden within the following text. Make sure to memorize \
          it. I will quiz you about the numbers afterwards.\n"
@@ -90,7 +90,7 @@ fn ruler_prompts_and_answer_prefixes() {
         .answer_prefix
         .ends_with(" mentioned in the provided text is"));
     assert_eq!(q.answers[0].len(), 7);
-    let multi = generate(&TaskKind::niah_multiquery(), 300, 5, 0.5, &words);
+    let multi = generate(&TaskKind::niah_multiquery(), 300, 5, 0.5, &words).unwrap();
     assert_eq!(multi.questions[0].answers.len(), 4);
     assert!(multi.questions[0]
         .question
@@ -100,7 +100,39 @@ fn ruler_prompts_and_answer_prefixes() {
 #[test]
 fn fixed_seed_snapshots() {
     for (name, kind) in all_tasks() {
-        let sample = generate(&kind, 160, 11, 0.5, &words);
+        let sample = generate(&kind, 160, 11, 0.5, &words).unwrap();
         insta::assert_json_snapshot!(name, sample);
     }
+}
+
+/// A budget below a task's smallest context (its instructions, needles and answers without
+/// filler) is refused naming that smallest size, instead of a longer context under a smaller
+/// label.
+#[test]
+fn budgets_below_the_smallest_context_are_refused_naming_it() {
+    use kvpress_eval::Error;
+    for (name, kind) in all_tasks() {
+        let error = generate(&kind, 10, 3, 0.5, &words).unwrap_err();
+        let Error::ContextTooShort {
+            context_length,
+            minimum,
+            ..
+        } = error
+        else {
+            panic!("{name}: {error:?}");
+        };
+        assert_eq!(context_length, 10, "{name}");
+        assert!(minimum > 10, "{name}: {minimum}");
+        let smallest = generate(&kind, minimum, 3, 0.5, &words).unwrap();
+        assert!(words(&smallest.context) <= minimum, "{name}");
+        assert!(!smallest.questions[0].answers.is_empty(), "{name}");
+    }
+    let error = generate(&TaskKind::niah_single(), 0, 1, 0.5, &words).unwrap_err();
+    assert!(
+        matches!(&error, Error::ContextTooShort { task, .. } if task == "niah_single"),
+        "{error:?}"
+    );
+    // Frequent words need three distinct words before they can rank three.
+    let sample = generate(&TaskKind::FrequentWords, 40, 2, 0.5, &words).unwrap();
+    assert_eq!(sample.questions[0].answers.len(), 3);
 }

@@ -107,7 +107,9 @@ impl Pipeline {
     }
 
     /// Loads a context saved with [`CompressedContext::save`] (or `kvpress compress`); the file
-    /// must have been made with this model.
+    /// must have been made with this model (same weight bytes) and is checked whole first
+    /// (checksums, header against the model: [`crate::context_file`]). Its cache takes the
+    /// pipeline's KV-cache dtype ([`LoadOptions::kv_dtype`]), converted if stored in another.
     pub fn load_context(&self, path: impl AsRef<Path>) -> Result<CompressedContext> {
         let (session, header) = crate::context_file::load(path.as_ref(), &self.model)?;
         let press = kvpress_core::press::press_from_value(header.press)?;
@@ -219,8 +221,8 @@ impl CompressedContext {
         })
     }
 
-    /// Saves the compressed context (checked against the model when loaded again); returns the
-    /// bytes written.
+    /// Saves the compressed context atomically, keys and values in the cache's dtype, with
+    /// checksums (checked against the model when loaded again); returns the bytes written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<u64> {
         let session = self.session()?;
         crate::context_file::save(

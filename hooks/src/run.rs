@@ -4,7 +4,7 @@ use std::io::Write;
 
 use crate::{CompressionReport, ContextSession, Error, PromptSplit, Result};
 use kvpress_core::Press;
-use kvpress_models::{GenerationConfig, LoadedModel, Sampling};
+use kvpress_models::{GenerationConfig, LoadedModel, Sampling, StopReason};
 
 /// One answered question.
 #[derive(Debug, Clone)]
@@ -17,6 +17,8 @@ pub struct Answer {
     pub seconds: f64,
     /// Generated tokens.
     pub n_tokens: usize,
+    /// Why the answer ended (EOS, the token budget, the model's position limit).
+    pub stop_reason: StopReason,
     /// Layer compressions decode-time compression made while this answer was generated (0
     /// when the press does not compress while decoding, or the answer ended before its first
     /// `compression_interval`).
@@ -44,14 +46,7 @@ pub fn run(
     press: &dyn Press,
     max_new_tokens: usize,
 ) -> Result<RunOutput> {
-    if questions.is_empty() {
-        return Err(Error::InvalidInput(
-            "no question: pass --question at least once".to_string(),
-        ));
-    }
-    if context.trim().is_empty() {
-        return Err(Error::InvalidInput("the context is empty".to_string()));
-    }
+    check_inputs(context, questions)?;
     let context_ids = PromptSplit::context_ids(model, context)?;
     let (mut session, report) = ContextSession::compress(&model.model, &context_ids, press, &[])?;
     let answers = answer_all(model, &mut session, questions, max_new_tokens)?;
@@ -62,6 +57,30 @@ pub fn run(
     })
 }
 
+/// Refuses what [`run`] cannot answer: no question, an empty question or an empty context.
+pub fn check_inputs(context: &str, questions: &[String]) -> Result<()> {
+    check_questions(questions)?;
+    if context.trim().is_empty() {
+        return Err(Error::InvalidInput("the context is empty".to_string()));
+    }
+    Ok(())
+}
+
+/// Refuses no question or an empty one.
+fn check_questions(questions: &[String]) -> Result<()> {
+    if questions.is_empty() {
+        return Err(Error::InvalidInput(
+            "no question: pass --question at least once".to_string(),
+        ));
+    }
+    if questions.iter().any(|q| q.trim().is_empty()) {
+        return Err(Error::InvalidInput(
+            "a question is empty: give the question to answer".to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// Answers every question greedily from `session`'s context (rewound after each).
 pub fn answer_all(
     model: &LoadedModel,
@@ -69,6 +88,7 @@ pub fn answer_all(
     questions: &[String],
     max_new_tokens: usize,
 ) -> Result<Vec<Answer>> {
+    check_questions(questions)?;
     let config = GenerationConfig {
         max_new_tokens,
         sampling: Sampling::Greedy,
@@ -83,6 +103,7 @@ pub fn answer_all(
             text: model.tokenizer.decode(&output.tokens, true)?,
             seconds: start.elapsed().as_secs_f64(),
             n_tokens: output.tokens.len(),
+            stop_reason: output.stop_reason,
             decode_compressions: session.last_answer_compressions(),
         });
     }

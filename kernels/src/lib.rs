@@ -9,12 +9,13 @@
 //! on the same cores, so kvpress-rs looks for OpenBLAS at run time (`libopenblas.so.0`) and uses
 //! it for its large products, falling back to `gemm` when none is found. Nothing is linked at
 //! build time: a machine without OpenBLAS runs the same code, only slower.
-//! `KVPRESS_BLAS=off` disables the lookup; `KVPRESS_BLAS_LIB=/path/libfoo.so` names a library
-//! exporting `cblas_sgemm`.
+//! `KVPRESS_BLAS=off` disables the lookup (`on` requires a BLAS, `auto` is the default);
+//! `KVPRESS_BLAS_LIB=/path/libfoo.so` names a library exporting `cblas_sgemm`.
+//! [`blas::check_env`] reports a setting that cannot be honoured (front ends call it at start).
 
 mod activation;
 mod attention;
-mod blas;
+pub mod blas;
 mod decode_attention;
 mod decode_block;
 mod gqa;

@@ -1,58 +1,39 @@
 //! Saved compressed contexts: compress, save, load and answer gives the answer of
 //! compress-then-answer in one process, for a dense and a head-wise press; the file is about
-//! the kept fraction of a full cache; foreign, damaged and future files are refused clearly.
+//! the kept fraction of a full cache in the cache's own dtype (f16 files hold F16); foreign,
+//! version-1 and future files are refused clearly; the model is recognised by its bytes, not its
+//! name. Damaged files: `context_file_damage.rs`; header cross-checks: `context_file_checks.rs`.
 
-use std::collections::HashMap;
+mod context_file_support;
+
 use std::path::Path;
+use std::time::Instant;
 
-use kvpress::candle::Device;
-use kvpress::core::press::press_from_toml;
-use kvpress::hooks::context_file::{load, save};
-use kvpress::hooks::{ContextSession, PromptSplit};
-use kvpress::models::{load_model, GenerationConfig, LoadedModel, Sampling};
-use safetensors::tensor::{SafeTensors, TensorView};
-
-const QUESTION: &str = "What is the special magic number for ocean mentioned in the provided text?";
+use context_file_support::{answer, compress, default_path, load, model, press, Parts};
+use kvpress::candle::DType;
+use kvpress::hooks::context_file::{
+    self, load_bytes, save, weights_sha256, ContextFileError, StoredDtype,
+};
+use kvpress::hooks::{ContextSession, Error, PromptSplit};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 fn context() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/needle-haystack.txt");
     std::fs::read_to_string(path).unwrap()
 }
 
-fn answer(model: &LoadedModel, session: &mut ContextSession, question_ids: &[u32]) -> Vec<u32> {
-    let config = GenerationConfig {
-        max_new_tokens: 24,
-        sampling: Sampling::Greedy,
-    };
-    session
-        .answer(
-            &model.model,
-            question_ids,
-            model.tokenizer.eos_ids(),
-            &config,
-            &mut |_| Ok(()),
-        )
-        .unwrap()
-        .tokens
-}
-
-/// Rewrites a context file's metadata with `edit`.
-fn rewrite_metadata(path: &Path, edit: impl FnOnce(&mut HashMap<String, String>)) {
-    let bytes = std::fs::read(path).unwrap();
-    let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
-    let mut info = metadata.metadata().clone().unwrap();
-    edit(&mut info);
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let views: Vec<(String, TensorView<'_>)> = file.tensors();
-    let out = safetensors::serialize(views, Some(info)).unwrap();
-    std::fs::write(path, out).unwrap();
+fn file_error(result: kvpress::hooks::Result<impl Sized>) -> ContextFileError {
+    match result {
+        Err(Error::ContextFile(error)) => *error,
+        Err(other) => panic!("not a context file error: {other}"),
+        Ok(_) => panic!("loaded"),
+    }
 }
 
 #[test]
-fn saved_contexts_answer_like_fresh_ones_and_bad_files_are_refused() {
-    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
-    let model = load_model(&path, None, &Device::Cpu).expect("the default model loads");
-    let split = PromptSplit::new(&model, &context(), QUESTION).unwrap();
+fn saved_contexts_answer_like_fresh_ones() {
+    let model = model();
+    let context = context();
     let dir = tempfile::tempdir().unwrap();
     for (name, config) in [
         ("snapkv", "press = \"snapkv\"\ncompression_ratio = 0.5\n"),
@@ -61,22 +42,20 @@ fn saved_contexts_answer_like_fresh_ones_and_bad_files_are_refused() {
             "press = \"adakv\"\n[inner]\npress = \"snapkv\"\ncompression_ratio = 0.5\n",
         ),
     ] {
-        let press = press_from_toml(config).unwrap();
+        let press = press(config);
+        let ids = PromptSplit::context_ids(model, &context).unwrap();
         let (mut session, report) =
-            ContextSession::compress(&model.model, &split.context_ids, press.as_ref(), &[])
-                .unwrap();
-        let fresh = answer(&model, &mut session, &split.question_ids);
+            ContextSession::compress(&model.model, &ids, press.as_ref(), &[]).unwrap();
+        let fresh = answer(model, &mut session);
         let file = dir.path().join(format!("{name}.kvp"));
-        let size = save(&file, &model, &session, &split.context_ids, press.as_ref()).unwrap();
-        let (mut loaded, header) = load(&file, &model).unwrap();
-        assert_eq!(header.context_ids, split.context_ids);
+        let size = save(&file, model, &session, &ids, press.as_ref()).unwrap();
+        assert_eq!(size, std::fs::metadata(&file).unwrap().len());
+        let (mut loaded, header) = context_file::load(&file, model).unwrap();
+        assert_eq!(header.context_ids, ids);
         assert_eq!(header.press["press"], name);
+        assert_eq!(header.kv_dtype, StoredDtype::F32);
         assert_eq!(loaded.cache().lengths(), session.cache().lengths());
-        assert_eq!(
-            answer(&model, &mut loaded, &split.question_ids),
-            fresh,
-            "{name}"
-        );
+        assert_eq!(answer(model, &mut loaded), fresh, "{name}");
         // The file holds what the compressed cache holds (plus a small header).
         let fraction = size as f64 / report.kv_bytes_full as f64;
         eprintln!("{name}: {size} bytes, {fraction:.3} of the full cache");
@@ -85,36 +64,155 @@ fn saved_contexts_answer_like_fresh_ones_and_bad_files_are_refused() {
             "{name}: {fraction}"
         );
     }
+}
 
-    let file = dir.path().join("snapkv.kvp");
-    let bytes = std::fs::read(&file).unwrap();
-    let truncated = dir.path().join("truncated.kvp");
-    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let error = format!("{:#}", load(&truncated, &model).unwrap_err());
-    assert!(error.contains("truncated"), "{error}");
+#[test]
+fn other_versions_other_models_and_other_files_are_refused() {
+    let model = model();
+    let press = press("press = \"knorm\"\ncompression_ratio = 0.5\n");
+    let (session, ids) = compress(model, context_file_support::TINY_CONTEXT, press.as_ref());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("knorm.kvp");
+    save(&file, model, &session, &ids, press.as_ref()).unwrap();
+    let parts = Parts::of(&std::fs::read(&file).unwrap());
+    for version in ["1", "3"] {
+        let mut old = parts.clone();
+        old.metadata.insert("version".into(), version.into());
+        match file_error(load_bytes(&file, &old.seal(), model)) {
+            ContextFileError::Version { found, .. } => assert_eq!(found, version),
+            other => panic!("{other}"),
+        }
+    }
+    let message = file_error(load_bytes(
+        &file,
+        &{
+            let mut old = parts.clone();
+            old.metadata.insert("version".into(), "1".into());
+            old.seal()
+        },
+        model,
+    ))
+    .to_string();
+    assert!(message.contains("compress the context again"), "{message}");
 
-    let future = dir.path().join("future.kvp");
-    std::fs::copy(&file, &future).unwrap();
-    rewrite_metadata(&future, |info| {
-        info.insert("version".into(), "2".into());
-    });
-    let error = format!("{:#}", load(&future, &model).unwrap_err());
+    // Another model of the same name, size and shape: only the weights' hash differs.
+    let mut foreign = parts.clone();
+    foreign.header.model.sha256 = "0".repeat(64);
+    let error = file_error(load_bytes(&file, &foreign.seal(), model));
     assert!(
-        error.contains("version 2 context file; this kvpress reads version 1"),
+        matches!(error, ContextFileError::OtherModel { .. }),
         "{error}"
     );
 
-    let foreign = dir.path().join("foreign.kvp");
-    std::fs::copy(&file, &foreign).unwrap();
-    rewrite_metadata(&foreign, |info| {
-        let header = info.get_mut("header").unwrap();
-        *header = header.replace("SmolLM2-135M-Instruct", "Other-Model");
-    });
-    let error = format!("{:#}", load(&foreign, &model).unwrap_err());
-    assert!(error.contains("was made with model Other-Model"), "{error}");
-
     let not_ours = dir.path().join("model.kvp");
     std::fs::write(&not_ours, b"hello").unwrap();
-    let error = format!("{:#}", load(&not_ours, &model).unwrap_err());
-    assert!(error.contains("not a kvpress context file"), "{error}");
+    let error = file_error(context_file::load(&not_ours, model));
+    assert!(
+        matches!(error, ContextFileError::NotAContextFile { .. }),
+        "{error}"
+    );
+    let missing = dir.path().join("missing.kvp");
+    let error = file_error(context_file::load(&missing, model));
+    assert!(matches!(error, ContextFileError::Read { .. }), "{error}");
+}
+
+#[test]
+fn the_model_is_recognised_by_its_bytes_not_its_name() {
+    let model = model();
+    let press = press("press = \"knorm\"\ncompression_ratio = 0.5\n");
+    let (session, ids) = compress(model, context_file_support::TINY_CONTEXT, press.as_ref());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("knorm.kvp");
+    save(&file, model, &session, &ids, press.as_ref()).unwrap();
+
+    // How long hashing the default model takes, uncached (a copy is a new file) and cached.
+    let renamed = dir.path().join("renamed-copy.gguf");
+    std::fs::copy(default_path(), &renamed).unwrap();
+    let start = Instant::now();
+    let hash = weights_sha256(&renamed).unwrap();
+    let first = start.elapsed();
+    let start = Instant::now();
+    assert_eq!(weights_sha256(&renamed).unwrap(), hash);
+    let cached = start.elapsed();
+    let mib = std::fs::metadata(&renamed).unwrap().len() as f64 / (1 << 20) as f64;
+    eprintln!(
+        "hashing the default model ({mib:.1} MiB): {:.3} s ({:.0} MiB/s), cached {:.6} s",
+        first.as_secs_f64(),
+        mib / first.as_secs_f64(),
+        cached.as_secs_f64()
+    );
+
+    // A byte-identical copy under another name is the same model.
+    let copy = load(&renamed);
+    let (mut loaded, header) = context_file::load(&file, &copy).unwrap();
+    assert_eq!(header.model.sha256, hash);
+    let mut fresh = compress(model, context_file_support::TINY_CONTEXT, press.as_ref()).0;
+    assert_eq!(answer(&copy, &mut loaded), answer(model, &mut fresh));
+    drop((copy, loaded));
+
+    // Same name and size, one byte of the weights changed (near the end: tensor data): another
+    // model.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let same_name = other_dir.join(default_path().file_name().unwrap());
+    let mut bytes = std::fs::read(&renamed).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&same_name, &bytes).unwrap();
+    drop(bytes);
+    let other = load(&same_name);
+    let error = file_error(context_file::load(&file, &other));
+    assert!(
+        matches!(error, ContextFileError::OtherModel { .. }),
+        "{error}"
+    );
+}
+
+#[test]
+fn an_f16_cache_is_stored_as_f16_and_converted_on_request() {
+    let mut model16 = load(&default_path());
+    model16.model.set_cache_dtype(DType::F16).unwrap();
+    let press = press("press = \"knorm\"\ncompression_ratio = 0.5\n");
+    let (mut session, ids) = compress(&model16, context_file_support::TINY_CONTEXT, press.as_ref());
+    let fresh = answer(&model16, &mut session);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f16.kvp");
+    let size = save(&file, &model16, &session, &ids, press.as_ref()).unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let stored = SafeTensors::deserialize(&bytes).unwrap();
+    for (name, view) in stored.tensors() {
+        let expected = if name == "last_logits" {
+            Dtype::F32
+        } else {
+            Dtype::F16
+        };
+        assert_eq!(view.dtype(), expected, "{name}");
+    }
+    let kv_bytes = session.cache().bytes_used();
+    let logits = 4 * session.last_logits.elem_count();
+    eprintln!("f16 file: {size} bytes for {kv_bytes} bytes of f16 cache and {logits} of logits");
+    assert!(size as usize >= kv_bytes + logits && (size as usize) < kv_bytes + logits + (64 << 10));
+
+    let (mut loaded, header) = context_file::load(&file, &model16).unwrap();
+    assert_eq!(header.kv_dtype, StoredDtype::F16);
+    // The loaded cache allocates exactly what it stores, in f16 (what `run --load` reports).
+    assert_eq!(loaded.cache().bytes_reserved(), kv_bytes);
+    assert_eq!(answer(&model16, &mut loaded), fresh);
+
+    // Into an f32 cache: converted, twice the bytes.
+    let (converted, header) = context_file::load(&file, model()).unwrap();
+    assert_eq!(header.kv_dtype, StoredDtype::F16);
+    assert_eq!(converted.cache().bytes_reserved(), 2 * kv_bytes);
+
+    // Head-wise layers are f32 only: an f16 cache is refused, naming the dtype.
+    let adakv = context_file_support::press(
+        "press = \"adakv\"\n[inner]\npress = \"knorm\"\ncompression_ratio = 0.5\n",
+    );
+    let (session, ids) = compress(model(), context_file_support::TINY_CONTEXT, adakv.as_ref());
+    let file = dir.path().join("adakv.kvp");
+    save(&file, model(), &session, &ids, adakv.as_ref()).unwrap();
+    match file_error(context_file::load(&file, &model16)) {
+        ContextFileError::KvDtype { requested, .. } => assert_eq!(requested, "f16"),
+        other => panic!("{other}"),
+    }
 }

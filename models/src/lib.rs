@@ -23,6 +23,7 @@
 mod attention;
 pub mod chat;
 pub mod config;
+pub mod content_hash;
 pub mod default_model;
 pub mod dense_cache;
 pub mod error;
@@ -44,6 +45,7 @@ mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Architecture, ModelConfig};
+pub use content_hash::{file_sha256, model_sha256, sha256_hex};
 pub use dense_cache::{dense_model_cache, DenseLayerCache};
 pub use error::{Error, Result};
 pub use generate::{

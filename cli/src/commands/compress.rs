@@ -21,12 +21,14 @@ pub struct Args {
     /// Press config (.json or .toml).
     #[arg(long)]
     press: PathBuf,
-    /// Output file (safetensors), e.g. CTX.kvp.
+    /// Output file (safetensors), e.g. CTX.kvp; written atomically (a temporary file renamed
+    /// onto it), so it is never left half written. It must not be the --context or --press file.
     #[arg(long)]
     out: PathBuf,
 }
 
 /// Compresses the context, saves it to `--out` and prints its size against the full cache's.
+/// Keys and values are stored in the KV-cache dtype (`--kv-dtype`).
 pub fn run(args: Args) -> Result<()> {
     let Args {
         model,
@@ -34,6 +36,7 @@ pub fn run(args: Args) -> Result<()> {
         press,
         out,
     } = args;
+    crate::paths::check_output(&out, &[("--context", &context), ("--press", &press)])?;
     let press = press_from_file(&press)?;
     check_press(FrontEnd::Compress, press.as_ref())?;
     let loaded = model.load()?;
@@ -42,14 +45,18 @@ pub fn run(args: Args) -> Result<()> {
     let (session, report) =
         kvpress::hooks::ContextSession::compress(&loaded.model, &context_ids, press.as_ref(), &[])?;
     let size = context_file::save(&out, &loaded, &session, &context_ids, press.as_ref())?;
+    // The file stores the cache in its own dtype, so both sizes count the same bytes per value.
+    let dtype = loaded.model.cache_dtype().as_str();
     println!(
-        "{}: {} bytes ({:.1}% of the {} bytes of the full cache) | {} context tokens, kept {:.1}%",
+        "{}: {} bytes ({:.1}% of the {} bytes of the full {dtype} cache) | {} context tokens, \
+         kept {:.1}% | KV cache {dtype}, {} bytes",
         out.display(),
         size,
-        100.0 * size as f64 / report.kv_bytes_full as f64,
+        100.0 * size as f64 / report.kv_bytes_full.max(1) as f64,
         report.kv_bytes_full,
         report.context_tokens,
-        100.0 * report.kept_fraction()
+        100.0 * report.kept_fraction(),
+        report.kv_bytes
     );
     Ok(())
 }

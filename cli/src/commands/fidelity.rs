@@ -20,8 +20,8 @@ pub struct Args {
     /// Press config (.json or .toml).
     #[arg(long)]
     press: PathBuf,
-    /// Tokens of the continuation.
-    #[arg(long, default_value_t = 128)]
+    /// Tokens of the continuation (at least 1).
+    #[arg(long, default_value_t = 128, value_parser = crate::values::at_least::<1>)]
     continuation: usize,
 }
 
@@ -31,8 +31,8 @@ pub fn run(args: Args) -> Result<()> {
     let continuation = args.continuation;
     let press = press_from_file(&args.press)?;
     check_press(FrontEnd::Fidelity, press.as_ref())?;
-    let loaded = args.model.load()?;
     let text = read_text(&args.text)?;
+    let loaded = args.model.load()?;
     let ids = loaded.tokenizer.encode(&text, false)?;
     if ids.len() <= continuation + 1 {
         bail!(

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use kvpress::core::press::{press_from_file, Press};
+use kvpress::hooks::{check_press, FrontEnd};
 use kvpress::models::{ChatMessage, GenerationConfig, LoadedModel, Sampling};
 
 use super::note_debug_build;
 use crate::cli::ModelArgs;
+use crate::{answers, values};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,18 +19,18 @@ pub struct Args {
     /// The user message.
     #[arg(long)]
     prompt: String,
-    /// Maximum number of generated tokens.
-    #[arg(long, default_value_t = 256)]
+    /// Maximum number of generated tokens (at least 1).
+    #[arg(long, default_value_t = 256, value_parser = values::at_least::<1>)]
     max_new_tokens: usize,
-    /// Sample with this temperature instead of greedy decoding (0 means greedy).
-    #[arg(long)]
+    /// Sample with this temperature instead of greedy decoding (0 means greedy; finite, >= 0).
+    #[arg(long, value_parser = values::temperature)]
     temperature: Option<f64>,
-    /// Nucleus mass when sampling.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f64,
-    /// Seed when sampling.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Nucleus mass when sampling, in (0, 1] [default: 1].
+    #[arg(long, requires = "temperature", value_parser = values::top_p)]
+    top_p: Option<f64>,
+    /// Seed when sampling (0 to 2^64 - 1) [default: 0].
+    #[arg(long, requires = "temperature", value_parser = values::seed)]
+    seed: Option<u64>,
     /// Feed the prompt as it is, without the chat template.
     #[arg(long)]
     raw: bool,
@@ -40,27 +42,43 @@ pub struct Args {
 /// Loads the model and the press, then [`generate`]s.
 pub fn run(args: Args) -> Result<()> {
     note_debug_build();
+    if args.prompt.trim().is_empty() {
+        bail!("--prompt is empty: give the text to answer");
+    }
     let press = args.press.as_deref().map(press_from_file).transpose()?;
-    let sampling = match args.temperature {
-        // Temperature 0 means the most likely token, as in most LLM tools.
-        Some(0.0) => Sampling::Greedy,
-        Some(temperature) => Sampling::TopP {
-            temperature,
-            top_p: args.top_p,
-            seed: args.seed,
-        },
-        None => Sampling::Greedy,
-    };
+    if let Some(press) = &press {
+        check_press(FrontEnd::Generate, press.as_ref())?;
+    }
     generate(
         &args.model.load()?,
         &args.prompt,
         GenerationConfig {
             max_new_tokens: args.max_new_tokens,
-            sampling,
+            sampling: sampling(&args),
         },
         args.raw,
         press.as_deref(),
     )
+}
+
+/// Greedy decoding, or top-p sampling with `--temperature` above 0.
+fn sampling(args: &Args) -> Sampling {
+    match args.temperature {
+        // Temperature 0 means the most likely token, as in most LLM tools.
+        Some(temperature) if temperature > 0.0 => Sampling::TopP {
+            temperature,
+            top_p: args.top_p.unwrap_or(1.0),
+            seed: args.seed.unwrap_or(0),
+        },
+        _ => {
+            if args.top_p.is_some() || args.seed.is_some() {
+                eprintln!(
+                    "warning: --temperature 0 decodes greedily: --top-p and --seed do nothing"
+                );
+            }
+            Sampling::Greedy
+        }
+    }
 }
 
 /// Streams the answer to `prompt` on stdout (with `press`'s hook in every forward), then the
@@ -72,9 +90,6 @@ fn generate(
     raw: bool,
     press: Option<&dyn Press>,
 ) -> Result<()> {
-    if prompt.trim().is_empty() {
-        bail!("--prompt is empty: give the text to answer");
-    }
     let text = match (&loaded.chat_template, raw) {
         (Some(template), false) => template.render(&[ChatMessage::user(prompt)], true)?,
         (None, false) => bail!(
@@ -84,6 +99,9 @@ fn generate(
         (_, true) => prompt.to_string(),
     };
     let ids = loaded.tokenizer.encode(&text, raw)?;
+    let max_positions = loaded.model.config().max_position_embeddings;
+    let what = format!("the prompt ({} tokens)", ids.len());
+    answers::check_room(&what, ids.len(), config.max_new_tokens, max_positions, true)?;
     let mut hook = press
         .map(|p| kvpress::hooks::PressHook::new(p, &[]))
         .transpose()?;
@@ -111,5 +129,14 @@ fn generate(
         cache.bytes_used() as f64 / (1024.0 * 1024.0),
         cache.bytes_used()
     );
+    let note = answers::stop_note(
+        output.stop_reason,
+        output.tokens.len(),
+        config.max_new_tokens,
+        max_positions,
+    );
+    if let Some(why) = note {
+        eprintln!("answer stopped: {why}");
+    }
     Ok(())
 }

@@ -36,12 +36,13 @@ pub fn run(args: Args) -> Result<()> {
     let name = config_name(&press);
     let press = press_from_file(&press)?;
     check_press(FrontEnd::Inspect, press.as_ref())?;
-    let loaded = model.load()?;
     let text = read_text(&context)?;
+    let figures = ["budgets.svg", "budgets.png", "kept.svg", "kept.png"];
+    crate::output::prepare_output_dir("--out", &out, &figures)?;
+    let loaded = model.load()?;
     let ids = kvpress::hooks::PromptSplit::context_ids(&loaded, &text)?;
     let (_, report) =
         kvpress::hooks::ContextSession::compress(&loaded.model, &ids, press.as_ref(), &[])?;
-    std::fs::create_dir_all(&out)?;
     let title = format!(
         "{name}: tokens kept per layer and KV head ({} context tokens)",
         ids.len()

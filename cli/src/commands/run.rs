@@ -10,6 +10,7 @@ use kvpress::hooks::{context_file, run};
 use kvpress::models::LoadedModel;
 
 use super::{config_name, load_press, note_debug_build, read_text};
+use crate::answers;
 use crate::cli::ModelArgs;
 
 #[derive(clap::Args)]
@@ -19,7 +20,8 @@ pub struct Args {
     /// Text file holding the context.
     #[arg(long, required_unless_present = "load", conflicts_with = "load")]
     context: Option<PathBuf>,
-    /// A compressed context saved by `kvpress compress` (instead of --context and --press).
+    /// A compressed context saved by `kvpress compress` (instead of --context and --press); its
+    /// cache is converted to --kv-dtype (default the model's dtype) when stored in another.
     #[arg(long, conflicts_with_all = ["press", "compare"])]
     load: Option<PathBuf>,
     /// A question about the context; repeat to ask several.
@@ -28,8 +30,8 @@ pub struct Args {
     /// Press config (.json or .toml) [default: no compression].
     #[arg(long)]
     press: Option<PathBuf>,
-    /// Maximum number of generated tokens per answer.
-    #[arg(long, default_value_t = 64)]
+    /// Maximum number of generated tokens per answer (at least 1).
+    #[arg(long, default_value_t = 64, value_parser = crate::values::at_least::<1>)]
     max_new_tokens: usize,
     /// Also answer from the full cache and print both answers side by side.
     #[arg(long)]
@@ -59,7 +61,24 @@ fn answer_from_file(
     max_new_tokens: usize,
 ) -> Result<()> {
     let (mut session, header) = context_file::load(path, loaded)?;
-    let answers = run::answer_all(loaded, &mut session, questions, max_new_tokens)?;
+    let cache_dtype = loaded.model.cache_dtype();
+    if header.kv_dtype.dtype() != cache_dtype {
+        eprintln!(
+            "note: {} stores its KV cache as {}; converted to {} (--kv-dtype, default the \
+             model's dtype); pass --kv-dtype {} to keep the file's dtype",
+            path.display(),
+            header.kv_dtype,
+            cache_dtype.as_str(),
+            header.kv_dtype
+        );
+    }
+    // The context's cache as loaded (answering grows the buffers, which rewinding keeps).
+    let kv_bytes = session.cache().bytes_reserved();
+    let options = answers::AnswerOptions {
+        max_new_tokens,
+        warn: true,
+    };
+    let answers = answers::answer_all(loaded, &mut session, questions, options)?;
     let decodes = kvpress::core::press::press_from_value(header.press.clone())?
         .describe()
         .compresses_while_decoding;
@@ -69,12 +88,14 @@ fn answer_from_file(
             println!("   {}", run::decode_time_note(answer));
         }
     }
+    answers::report_stops(loaded, &answers, max_new_tokens, None);
     println!(
-        "loaded {}: {} context tokens compressed by {} | KV cache {} bytes",
+        "loaded {}: {} context tokens compressed by {} | KV cache {}, {} bytes",
         path.display(),
         header.context_ids.len(),
         header.press,
-        session.cache().bytes_reserved()
+        cache_dtype.as_str(),
+        kv_bytes
     );
     Ok(())
 }
@@ -90,12 +111,26 @@ fn answer_from_context(loaded: &LoadedModel, context: &Path, args: &Args) -> Res
     check_press(FrontEnd::Run, press.as_ref())?;
     let text = read_text(context)?;
     let (question, max_new_tokens) = (&args.question, args.max_new_tokens);
-    let output = run::run(loaded, &text, question, press.as_ref(), max_new_tokens)?;
+    let options = answers::AnswerOptions {
+        max_new_tokens,
+        warn: true,
+    };
+    let output = answers::run_context(loaded, &text, question, press.as_ref(), options)?;
     if args.compare {
-        let full = run::run(loaded, &text, question, &NoPress::default(), max_new_tokens)?;
+        let options = answers::AnswerOptions {
+            warn: false,
+            ..options
+        };
+        let full = answers::run_context(loaded, &text, question, &NoPress::default(), options)?;
         run::print_comparison(&full, &output, &press_name, std::io::stdout())?;
+        let report = |out: &run::RunOutput, label| {
+            answers::report_stops(loaded, &out.answers, max_new_tokens, Some(label))
+        };
+        report(&full, "full cache");
+        report(&output, &press_name);
     } else {
         run::print(&output, std::io::stdout())?;
+        answers::report_stops(loaded, &output.answers, max_new_tokens, None);
     }
     Ok(())
 }

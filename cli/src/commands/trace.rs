@@ -18,7 +18,7 @@ pub struct Args {
     /// Prompt file: {"context": ..., "question": ...}.
     #[arg(long)]
     prompt: PathBuf,
-    /// Output JSON file.
+    /// Output JSON file (not the --prompt or a --press file).
     #[arg(long)]
     out: PathBuf,
     /// Also compress the context with this press config (.json or .toml) and record what it
@@ -35,6 +35,11 @@ pub fn run(args: Args) -> Result<()> {
         out,
         press,
     } = args;
+    let inputs: Vec<(&'static str, &std::path::Path)> =
+        std::iter::once(("--prompt", prompt.as_path()))
+            .chain(press.iter().map(|p| ("--press", p.as_path())))
+            .collect();
+    crate::paths::check_output(&out, &inputs)?;
     let text = read_text(&prompt)?;
     let prompt_file: trace::PromptFile = serde_json::from_str(&text).with_context(|| {
         format!(

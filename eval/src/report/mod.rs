@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 pub use plot::svg_plots;
 
-use crate::results::{RatioKey, ResultRow};
+use crate::results::{unique_rows, RatioKey, ResultRow};
 use crate::Setting;
 
 /// Name of the full-cache rows.
@@ -43,8 +43,10 @@ fn means(rows: &[ResultRow]) -> BTreeMap<CellKey, f64> {
 
 /// One Markdown table per setting: a row per (press, ratio), a column per task, and the
 /// average over tasks, the full cache first; then, when the rows span several context lengths,
-/// the mean per press, ratio and length.
+/// the mean per press, ratio and length. A row repeated (same [`crate::RowKey`]) counts once.
 pub fn markdown(rows: &[ResultRow]) -> String {
+    let unique: Vec<ResultRow> = unique_rows(rows).into_iter().cloned().collect();
+    let rows = unique.as_slice();
     let means = means(rows);
     let tasks: BTreeSet<&String> = rows.iter().map(|r| &r.task).collect();
     let settings: BTreeSet<Setting> = rows.iter().map(|r| r.setting).collect();
@@ -148,6 +150,7 @@ mod tests {
             score,
             answer: String::new(),
             context_tokens: length,
+            fingerprint: None,
         }
     }
 
@@ -181,6 +184,9 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("| knorm | 0.500 | 0.00 | 0.75 |"), "{table}");
+        let mut twice = rows.to_vec();
+        twice.push(rows[3].clone());
+        assert_eq!(markdown(&twice), table, "a repeated row counts once");
         let one_length = markdown(&rows[..1]);
         assert!(!one_length.contains("By context length"), "{one_length}");
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::{means, FULL_CACHE};
-use crate::results::{RatioKey, ResultRow};
+use crate::results::{unique_rows, RatioKey, ResultRow};
 use crate::Setting;
 
 /// Line colours of the presses, in order.
@@ -34,10 +34,12 @@ fn y(a: f64) -> f64 {
 type PressScores = BTreeMap<String, BTreeMap<RatioKey, Vec<f64>>>;
 
 /// Accuracy (averaged over tasks) against compression ratio, one line per press, the full
-/// cache as a dashed line; one SVG per setting, keyed by setting.
+/// cache as a dashed line; one SVG per setting, keyed by setting. A row repeated (same
+/// [`crate::RowKey`]) counts once.
 pub fn svg_plots(rows: &[ResultRow]) -> BTreeMap<String, String> {
+    let unique: Vec<ResultRow> = unique_rows(rows).into_iter().cloned().collect();
     let mut per_setting: BTreeMap<Setting, PressScores> = BTreeMap::new();
-    for (key, score) in &means(rows) {
+    for (key, score) in &means(&unique) {
         per_setting
             .entry(key.setting)
             .or_default()

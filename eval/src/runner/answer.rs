@@ -21,7 +21,7 @@ pub(super) struct Prompt<'u> {
     unit: &'u Unit,
     setting: Setting,
     /// Indices of the sample's questions.
-    questions: Vec<usize>,
+    pub(super) questions: Vec<usize>,
 }
 
 impl<'u> Prompt<'u> {
@@ -44,7 +44,8 @@ impl<'u> Prompt<'u> {
             .collect()
     }
 
-    fn aware(&self) -> bool {
+    /// Whether the question is compressed with the context.
+    pub(super) fn aware(&self) -> bool {
         self.setting == Setting::QuestionAware
     }
 
@@ -58,7 +59,7 @@ impl<'u> Prompt<'u> {
     }
 
     /// The text to prefill: the context, and the first question when question-aware.
-    fn context(&self) -> String {
+    pub(super) fn context(&self) -> String {
         let sample = &self.unit.sample;
         if self.aware() {
             format!(
@@ -190,6 +191,8 @@ fn answer_question(
             score: string_match(&answer, &question.answers),
             answer,
             context_tokens,
+            // The log signs the row with this run's fingerprint of its key.
+            fingerprint: None,
         })?;
         tracker.row_done();
     }
@@ -199,7 +202,11 @@ fn answer_question(
 /// The question part after the chat template's user turn: the question itself (question-
 /// agnostic) or nothing (question-aware, where it was compressed with the context), then the end
 /// of the user turn, the assistant header and the answer prefix.
-fn question_ids(model: &LoadedModel, question: &Question, aware: bool) -> Result<Vec<u32>> {
+pub(super) fn question_ids(
+    model: &LoadedModel,
+    question: &Question,
+    aware: bool,
+) -> Result<Vec<u32>> {
     let suffix = PromptSplit::question_suffix(model)?;
     let text = if aware { "" } else { &question.question };
     let prefix = &question.answer_prefix;

@@ -1,16 +1,20 @@
 //! What a grid holds: its samples (generated tasks, then dataset lines) and its presses (the
 //! full cache, then every press of the config at every ratio).
 
+use std::collections::HashMap;
+
 use kvpress_core::press::{press_from_value, Press};
 use kvpress_core::NoPress;
-use kvpress_hooks::{ContextSession, RecordedPrefill};
+use kvpress_hooks::{ContextSession, PromptSplit, RecordedPrefill};
 use kvpress_models::LoadedModel;
 use serde_json::Value;
 
+use super::answer::{question_ids, Prompt};
 use super::log::ResultsLog;
 use crate::config::{with_ratio, EvalConfig, Setting, DATASET_ANSWER_TOKENS};
-use crate::dataset::read_dataset;
-use crate::error::Result;
+use crate::dataset::{read_dataset, SkippedLine};
+use crate::error::{Error, LineProblem, Result};
+use crate::fingerprint::{canonical_json, sha256, without_ratio, ModelSettings, RunSettings};
 use crate::report::FULL_CACHE;
 use crate::results::{RatioKey, RowKey};
 use crate::{generate, Sample, TaskKind};
@@ -24,11 +28,25 @@ pub(super) struct Unit {
     pub(super) context_length: usize,
     pub(super) sample_idx: usize,
     pub(super) sample: Sample,
+    /// SHA-256 of the sample (context, questions, answer prefixes, expected values).
+    sample_sha256: String,
     /// Answer tokens to generate at most.
     pub(super) max_new_tokens: usize,
 }
 
 impl Unit {
+    fn new(task: &str, context_length: usize, sample_idx: usize, sample: Sample) -> Result<Self> {
+        let sample_sha256 = sha256(&canonical_json(&serde_json::to_value(&sample)?));
+        Ok(Self {
+            task: task.to_string(),
+            context_length,
+            sample_idx,
+            sample,
+            sample_sha256,
+            max_new_tokens: 0,
+        })
+    }
+
     /// The key of this sample's row for `question` in `setting` with `press` at `ratio`.
     pub(super) fn key(&self, setting: Setting, question: usize, press: &str, ratio: f64) -> RowKey {
         RowKey {
@@ -41,56 +59,130 @@ impl Unit {
             ratio: RatioKey::new(ratio),
         }
     }
+
+    /// Positions the longest prompt of this sample in any of `settings` needs: context (with
+    /// the question when question-aware), question part and answer tokens.
+    fn positions(&self, model: &LoadedModel, settings: &[Setting]) -> Result<usize> {
+        let mut most = 0;
+        for &setting in settings {
+            for prompt in Prompt::all(self, setting) {
+                let context = PromptSplit::context_ids(model, &prompt.context())?.len();
+                for &q in &prompt.questions {
+                    let question = question_ids(model, &self.sample.questions[q], prompt.aware())?;
+                    most = most.max(context + question.len() + self.max_new_tokens);
+                }
+            }
+        }
+        Ok(most)
+    }
 }
 
 /// The samples of the grid: generated tasks (`kinds`, those of `config.tasks`), then dataset
-/// lines; and the warnings about skipped dataset lines.
+/// lines; and the dataset lines skipped (with `skip_bad`). Refuses, before any work, context
+/// lengths that cannot hold a task ([`Error::ContextTooShort`]) and prompts the model's
+/// positions cannot hold ([`Error::ContextTooLong`], or a bad dataset line).
 pub(super) fn units(
     model: &LoadedModel,
     config: &EvalConfig,
     kinds: &[TaskKind],
     skip_bad: bool,
-) -> Result<(Vec<Unit>, Vec<String>)> {
+) -> Result<(Vec<Unit>, Vec<SkippedLine>)> {
+    let max_positions = model.model.config().max_position_embeddings;
+    let mut units = generated_units(model, config, kinds)?;
+    for unit in &units {
+        let tokens = unit.positions(model, &config.settings)?;
+        if tokens > max_positions {
+            return Err(Error::ContextTooLong {
+                task: unit.task.clone(),
+                context_length: unit.context_length,
+                tokens,
+                answer_tokens: unit.max_new_tokens,
+                max_positions,
+            });
+        }
+    }
+    let Some(path) = &config.dataset else {
+        return Ok((units, Vec::new()));
+    };
+    let mut dataset = read_dataset(path, skip_bad)?;
+    for (index, sample) in std::mem::take(&mut dataset.samples) {
+        let mut unit = Unit::new(DATASET_TASK, 0, index, sample)?;
+        unit.max_new_tokens = config.max_new_tokens.unwrap_or(DATASET_ANSWER_TOKENS);
+        let tokens = unit.positions(model, &config.settings)?;
+        if tokens > max_positions {
+            let problem = LineProblem::TooLong {
+                tokens,
+                answer_tokens: unit.max_new_tokens,
+                max_positions,
+            };
+            dataset.refuse(path, index, problem, skip_bad)?;
+        } else {
+            units.push(unit);
+        }
+    }
+    if !units.iter().any(|u| u.task == DATASET_TASK) {
+        return Err(Error::EmptyDataset { path: path.clone() });
+    }
+    Ok((units, dataset.skipped))
+}
+
+/// The samples of the generated tasks; an [`Error::ContextTooShort`] naming the fewest tokens
+/// every sample of a task at that length needs when a length cannot hold some of them.
+fn generated_units(
+    model: &LoadedModel,
+    config: &EvalConfig,
+    kinds: &[TaskKind],
+) -> Result<Vec<Unit>> {
     let count = |text: &str| {
         model
             .tokenizer
             .encode(text, false)
             .map_or(usize::MAX, |ids| ids.len())
     };
+    let max_positions = model.model.config().max_position_embeddings;
     let mut units = Vec::new();
     for (task_idx, (task, kind)) in config.tasks.iter().zip(kinds).enumerate() {
+        let answer_tokens = config.max_new_tokens.unwrap_or(kind.answer_tokens());
         for &length in &config.context_lengths {
+            // Before generating (a huge length would take long): the context alone overflows.
+            if length.saturating_add(answer_tokens) > max_positions {
+                return Err(Error::ContextTooLong {
+                    task: task.clone(),
+                    context_length: length,
+                    tokens: length.saturating_add(answer_tokens),
+                    answer_tokens,
+                    max_positions,
+                });
+            }
+            let mut minimum = None;
             for i in 0..config.samples {
                 let seed = config.seed.wrapping_mul(1_000_003)
                     ^ ((task_idx as u64) << 40)
                     ^ ((length as u64) << 16)
                     ^ i as u64;
                 let depth = (i as f64 + 0.5) / config.samples as f64;
-                units.push(Unit {
+                match generate(kind, length, seed, depth, &count) {
+                    Ok(sample) => {
+                        let mut unit = Unit::new(task, length, i, sample)?;
+                        unit.max_new_tokens = answer_tokens;
+                        units.push(unit);
+                    }
+                    Err(Error::ContextTooShort { minimum: m, .. }) => {
+                        minimum = Some(minimum.unwrap_or(0).max(m));
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            if let Some(minimum) = minimum {
+                return Err(Error::ContextTooShort {
                     task: task.clone(),
                     context_length: length,
-                    sample_idx: i,
-                    sample: generate(kind, length, seed, depth, &count),
-                    max_new_tokens: config.max_new_tokens.unwrap_or(kind.answer_tokens()),
+                    minimum,
                 });
             }
         }
     }
-    let mut warnings = Vec::new();
-    if let Some(path) = &config.dataset {
-        let (samples, skipped) = read_dataset(path, skip_bad)?;
-        warnings = skipped;
-        for (i, sample) in samples.into_iter().enumerate() {
-            units.push(Unit {
-                task: DATASET_TASK.to_string(),
-                context_length: 0,
-                sample_idx: i,
-                sample,
-                max_new_tokens: config.max_new_tokens.unwrap_or(DATASET_ANSWER_TOKENS),
-            });
-        }
-    }
-    Ok((units, warnings))
+    Ok(units)
 }
 
 /// One press of the grid at all its ratios (or the full cache at ratio 0).
@@ -99,6 +191,8 @@ pub(super) struct PressGroup {
     pub(super) ratios: Vec<f64>,
     /// The press's config (its ratio is set per ratio).
     config: Value,
+    /// The config of the press built at each ratio of `ratios` (defaults filled in).
+    resolved: Vec<Value>,
     /// The press at the first ratio; compressing sets the ratios.
     press: Box<dyn Press>,
 }
@@ -135,37 +229,98 @@ pub(super) fn press_groups(config: &EvalConfig) -> Result<Vec<PressGroup>> {
         name: FULL_CACHE.to_string(),
         ratios: vec![0.0],
         config: serde_json::to_value(&no_press)?,
+        resolved: vec![serde_json::to_value(&no_press)?],
         press: no_press,
     };
     let presses = config.presses.iter().map(|p| {
-        let ratio = config.compression_ratios.first().copied().unwrap_or(0.0);
+        let built = config
+            .compression_ratios
+            .iter()
+            .map(|&ratio| Ok(press_from_value(with_ratio(&p.config, ratio)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let resolved = built
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let press = built
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::config("compression_ratios", "compression_ratios is empty"))?;
         Ok(PressGroup {
             name: p.name.clone(),
             ratios: config.compression_ratios.clone(),
             config: p.config.clone(),
-            press: press_from_value(with_ratio(&p.config, ratio)?)?,
+            resolved,
+            press,
         })
     });
     std::iter::once(Ok(full)).chain(presses).collect()
 }
 
-/// Every row of the grid of `units`: for each setting, question, press and ratio.
-fn grid_keys<'a>(
-    units: &'a [Unit],
-    config: &'a EvalConfig,
-    groups: &'a [PressGroup],
-) -> impl Iterator<Item = RowKey> + 'a {
-    units.iter().flat_map(move |unit| {
-        config.settings.iter().flat_map(move |&setting| {
-            (0..unit.sample.questions.len()).flat_map(move |question| {
-                groups.iter().flat_map(move |group| {
-                    let key = move |&ratio: &f64| unit.key(setting, question, &group.name, ratio);
-                    group.ratios.iter().map(key)
-                })
-            })
-        })
-    })
+/// What the settings file of a run with `model` records of `config`'s grid: the model's
+/// settings, the seed (with generated tasks), the answer length and each press's resolved
+/// config.
+pub(super) fn run_settings(
+    model: &ModelSettings,
+    config: &EvalConfig,
+    groups: &[PressGroup],
+) -> RunSettings {
+    let mut settings = RunSettings::new(model);
+    if !config.tasks.is_empty() {
+        settings.set("seed", config.seed.to_string());
+    }
+    let answer_tokens = config
+        .max_new_tokens
+        .map_or_else(|| "each task's own".to_string(), |n| n.to_string());
+    settings.set("max_new_tokens", answer_tokens);
+    for group in groups.iter().filter(|g| g.name != FULL_CACHE) {
+        if let Some(resolved) = group.resolved.first() {
+            let press = canonical_json(&without_ratio(resolved));
+            settings.set(&format!("press `{}`", group.name), press);
+        }
+    }
+    settings
 }
+
+/// The fingerprint of every row of the grid of `units`, by key, for a model whose settings
+/// hash to `model_hash`.
+pub(super) fn fingerprints(
+    units: &[Unit],
+    config: &EvalConfig,
+    groups: &[PressGroup],
+    model_hash: &str,
+) -> HashMap<RowKey, String> {
+    let mut fingerprints = HashMap::new();
+    for unit in units {
+        for &setting in &config.settings {
+            for question in 0..unit.sample.questions.len() {
+                for group in groups {
+                    for (&ratio, resolved) in group.ratios.iter().zip(&group.resolved) {
+                        let key = unit.key(setting, question, &group.name, ratio);
+                        let inputs = serde_json::json!({
+                            "model": model_hash,
+                            "press": resolved,
+                            "ratio": ratio,
+                            "task": unit.task,
+                            "context_length": unit.context_length,
+                            "sample": unit.sample_idx,
+                            "sample_sha256": unit.sample_sha256,
+                            "question": question,
+                            "setting": setting.as_str(),
+                            "max_new_tokens": unit.max_new_tokens,
+                        });
+                        let hash = sha256(&canonical_json(&inputs));
+                        fingerprints.insert(key, hash[..FINGERPRINT_HEX].to_string());
+                    }
+                }
+            }
+        }
+    }
+    fingerprints
+}
+
+/// Hex digits of a row's fingerprint kept (128 bits).
+const FINGERPRINT_HEX: usize = 32;
 
 /// Rows of the grid of `units`.
 pub(super) fn total_rows(units: &[Unit], config: &EvalConfig, groups: &[PressGroup]) -> usize {
@@ -183,7 +338,19 @@ pub(super) fn found_rows(
     groups: &[PressGroup],
     log: &ResultsLog,
 ) -> usize {
-    grid_keys(units, config, groups)
-        .filter(|key| log.is_done(key))
-        .count()
+    let mut found = 0;
+    for unit in units {
+        for &setting in &config.settings {
+            for question in 0..unit.sample.questions.len() {
+                for group in groups {
+                    found += group
+                        .ratios
+                        .iter()
+                        .filter(|&&r| log.is_done(&unit.key(setting, question, &group.name, r)))
+                        .count();
+                }
+            }
+        }
+    }
+    found
 }

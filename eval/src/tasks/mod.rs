@@ -180,6 +180,17 @@ impl TaskKind {
     }
 }
 
+impl TaskKind {
+    /// The name of this task: its name in [`Self::NAMES`], or its parameters for a task built
+    /// by hand.
+    pub fn name(&self) -> String {
+        Self::NAMES
+            .iter()
+            .find(|name| Self::from_name(name).as_ref() == Some(self))
+            .map_or_else(|| format!("{self:?}"), |name| name.to_string())
+    }
+}
+
 impl FromStr for TaskKind {
     type Err = Error;
 
@@ -212,16 +223,21 @@ pub struct Sample {
     pub questions: Vec<Question>,
 }
 
+/// Largest filler size [`generate`] tries (haystack units, list words).
+const MAX_FILLER: usize = 1 << 20;
+
 /// A sample of `kind` whose context holds at most `n_tokens` tokens as `count_tokens` counts
 /// them (as long as it can be while staying under), from `seed`; needles sit at `depth` (0 = the
-/// start of the haystack, 1 = the end).
+/// start of the haystack, 1 = the end). An [`Error::ContextTooShort`] naming the fewest tokens
+/// this sample needs when even its smallest context (no filler, or for frequent words the
+/// fewest words that rank three) has more than `n_tokens`.
 pub fn generate(
     kind: &TaskKind,
     n_tokens: usize,
     seed: u64,
     depth: f64,
     count_tokens: &dyn Fn(&str) -> usize,
-) -> Sample {
+) -> Result<Sample, Error> {
     let mut rng = StdRng::seed_from_u64(seed);
     let builder: Box<dyn Fn(usize) -> Sample> = match kind {
         TaskKind::Niah {
@@ -239,9 +255,20 @@ pub fn generate(
         TaskKind::CommonWords => aggregation::common_words(&mut rng),
         TaskKind::FrequentWords => aggregation::frequent_words(&mut rng),
     };
-    // The largest filler size whose context fits.
-    let (mut low, mut high) = (0usize, 1usize);
-    while count_tokens(&builder(high).context) <= n_tokens && high < 1 << 20 {
+    // The smallest filler that holds the task, then the largest whose context fits.
+    let smallest = (0..MAX_FILLER)
+        .find(|&n| holds_task(kind, &builder(n)))
+        .unwrap_or(MAX_FILLER);
+    let minimum = count_tokens(&builder(smallest).context);
+    if minimum > n_tokens {
+        return Err(Error::ContextTooShort {
+            task: kind.name(),
+            context_length: n_tokens,
+            minimum,
+        });
+    }
+    let (mut low, mut high) = (smallest, (2 * smallest).max(1));
+    while count_tokens(&builder(high).context) <= n_tokens && high < MAX_FILLER {
         low = high;
         high *= 2;
     }
@@ -253,7 +280,28 @@ pub fn generate(
             high = mid;
         }
     }
-    builder(low)
+    Ok(builder(low))
+}
+
+/// Whether `sample` holds a task of `kind`: every question expects as many non-empty values as
+/// it asks for (frequent words need three words drawn before they rank three).
+fn holds_task(kind: &TaskKind, sample: &Sample) -> bool {
+    let expected = match kind {
+        TaskKind::Niah {
+            n_keys,
+            n_values,
+            n_queries,
+            ..
+        } => n_values.max(&1) * n_queries.clamp(&1, n_keys.max(&1)),
+        TaskKind::VariableTracking { n_hops, .. } => n_hops + 1,
+        TaskKind::CommonWords => 10,
+        TaskKind::FrequentWords => 3,
+    };
+    !sample.questions.is_empty()
+        && sample
+            .questions
+            .iter()
+            .all(|q| q.answers.len() == expected && q.answers.iter().all(|a| !a.trim().is_empty()))
 }
 
 #[cfg(test)]

@@ -35,6 +35,14 @@ pub struct BatchRow {
     pub sgemm_answers_equal: usize,
 }
 
+/// The question every context of a batch answers.
+pub fn question_ids(model: &LoadedModel) -> Result<Vec<u32>> {
+    let suffix = kvpress::hooks::PromptSplit::question_suffix(model)?;
+    Ok(model
+        .tokenizer
+        .encode(&format!("Continue the text.{suffix}"), false)?)
+}
+
 /// Compresses `batch` filler contexts with `press`, then times answering them one at a time,
 /// together, and together with kept f32 weights (`max_new_tokens` each, greedy, stopping at
 /// end-of-sequence).
@@ -51,10 +59,7 @@ pub fn measure_batch(
         n_tokens > 64 * batch,
         "--context must exceed 64 tokens per context"
     );
-    let suffix = kvpress::hooks::PromptSplit::question_suffix(model)?;
-    let question = model
-        .tokenizer
-        .encode(&format!("Continue the text.{suffix}"), false)?;
+    let question = question_ids(model)?;
     let mut sessions = Vec::with_capacity(batch);
     for i in 0..batch {
         let ids = prompt_of_length(model, n_tokens - 64 * i)?;

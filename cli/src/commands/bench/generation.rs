@@ -25,6 +25,9 @@ pub struct GenerationRow {
     pub final_cache_bytes: usize,
 }
 
+/// Tokens of the prompt a generation starts from.
+pub const PROMPT_TOKENS: usize = 32;
+
 /// Generates `n_tokens` greedy tokens (EOS ignored) after a short prompt, with `press`'s hook
 /// running in every forward (decode-time compression when it has a schedule).
 pub fn measure_generation(
@@ -35,7 +38,7 @@ pub fn measure_generation(
 ) -> Result<GenerationRow> {
     ensure!(n_tokens > 0, "generate at least one token");
     let m = &model.model;
-    let prompt = prompt_of_length(model, 32)?;
+    let prompt = prompt_of_length(model, PROMPT_TOKENS)?;
     let mut hook = kvpress::hooks::PressHook::new(press, &[])?;
     let mut cache = kvpress::hooks::new_cache_for(m, press)?;
     let input = Tensor::new(prompt.as_slice(), m.device())?.unsqueeze(0)?;

@@ -1,0 +1,191 @@
+//! Loading: the checks that a file is whole (layout, format, version, the header's and every
+//! tensor's checksum, finite values), and the session rebuilt from a checked file.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use candle_core::Tensor;
+use kvpress_core::{LayerCache, LayerSnapshot, ModelCache, Press};
+use kvpress_models::LoadedModel;
+use safetensors::tensor::SafeTensors;
+
+use super::dtype::{first_non_finite, StoredDtype};
+use super::{keys_name, sha256_hex, values_name, ContextFileError, ContextHeader, FilePart};
+use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
+use crate::{ContextSession, Error, Result};
+
+/// A file whose layout, header checksum and tensor checksums all hold.
+pub(super) struct Verified<'a> {
+    pub header: ContextHeader,
+    file: SafeTensors<'a>,
+}
+
+fn damaged(path: &Path, message: impl std::fmt::Display) -> Error {
+    ContextFileError::Damaged {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+    .into()
+}
+
+fn inconsistent(path: &Path, field: &str, message: String) -> Error {
+    ContextFileError::Inconsistent {
+        path: path.to_path_buf(),
+        field: field.to_string(),
+        message,
+    }
+    .into()
+}
+
+/// The header of `bytes`, once the layout, format, version and header checksum hold.
+fn header(path: &Path, bytes: &[u8]) -> Result<ContextHeader> {
+    let not_a_context_file = |detail: String| ContextFileError::NotAContextFile {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let (_, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| not_a_context_file(format!(", or it is truncated or damaged: {e}")))?;
+    let info = metadata.metadata().clone().unwrap_or_default();
+    if info.get("format").map(String::as_str) != Some(FORMAT) {
+        let detail = format!(" (no `format: {FORMAT}` in its metadata)");
+        return Err(not_a_context_file(detail).into());
+    }
+    let version = info.get("version").cloned().unwrap_or_default();
+    if version != VERSION.to_string() {
+        return Err(ContextFileError::Version {
+            path: path.to_path_buf(),
+            found: version,
+        }
+        .into());
+    }
+    let expected_keys = ["format", "version", HEADER_KEY, HEADER_SHA256_KEY];
+    if info.len() != expected_keys.len() || expected_keys.iter().any(|k| !info.contains_key(*k)) {
+        let mut found: Vec<&String> = info.keys().collect();
+        found.sort();
+        let message = format!("holds the keys {found:?}; expected {expected_keys:?}");
+        return Err(inconsistent(path, "__metadata__", message));
+    }
+    let text = &info[HEADER_KEY];
+    if sha256_hex(text.as_bytes()) != info[HEADER_SHA256_KEY] {
+        return Err(ContextFileError::ChecksumMismatch {
+            path: path.to_path_buf(),
+            part: FilePart::Header,
+        }
+        .into());
+    }
+    serde_json::from_str(text).map_err(|e| damaged(path, format!("the header does not parse: {e}")))
+}
+
+/// Checks `bytes` as a context file: layout, format, version, the header's checksum, that the
+/// file holds exactly the tensors the header lists with their dtypes, shapes and checksums,
+/// and that every value is finite.
+pub(super) fn verify<'a>(path: &Path, bytes: &'a [u8]) -> Result<Verified<'a>> {
+    let header = header(path, bytes)?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| damaged(path, e))?;
+    let stored: BTreeSet<&str> = file.names().into_iter().collect();
+    let listed: BTreeSet<&str> = header.tensors.keys().map(String::as_str).collect();
+    if stored != listed || stored.len() != file.len() {
+        let message = format!(
+            "the file holds the tensors {stored:?} ({} entries) but the header lists {listed:?}",
+            file.len()
+        );
+        return Err(inconsistent(path, "tensors", message));
+    }
+    for (name, record) in &header.tensors {
+        let view = file.tensor(name).map_err(|e| damaged(path, e))?;
+        if StoredDtype::from_safetensors(view.dtype()) != Some(record.dtype) {
+            let message = format!(
+                "is stored as {:?} but the header says {}",
+                view.dtype(),
+                record.dtype
+            );
+            return Err(inconsistent(path, name, message));
+        }
+        if view.shape() != record.shape.as_slice() {
+            let message = format!(
+                "has shape {:?} but the header says {:?}",
+                view.shape(),
+                record.shape
+            );
+            return Err(inconsistent(path, name, message));
+        }
+        if sha256_hex(view.data()) != record.sha256 {
+            return Err(ContextFileError::ChecksumMismatch {
+                path: path.to_path_buf(),
+                part: FilePart::Tensor(name.clone()),
+            }
+            .into());
+        }
+        if let Some(index) = first_non_finite(view.data(), record.dtype) {
+            return Err(ContextFileError::NonFinite {
+                path: path.to_path_buf(),
+                tensor: name.clone(),
+                index,
+            }
+            .into());
+        }
+    }
+    Ok(Verified { header, file })
+}
+
+impl Verified<'_> {
+    /// The tensor `name` as stored, on `device`.
+    fn tensor(&self, name: &str, device: &candle_core::Device) -> Result<Tensor> {
+        let view = self
+            .file
+            .tensor(name)
+            .map_err(|e| Error::InvalidInput(format!("checked file lost `{name}`: {e}")))?;
+        let dtype = StoredDtype::from_safetensors(view.dtype())
+            .map_or(candle_core::DType::F32, StoredDtype::dtype);
+        Ok(Tensor::from_raw_buffer(
+            view.data(),
+            dtype,
+            view.shape(),
+            device,
+        )?)
+    }
+}
+
+/// The session over a checked file's cache, in the model's KV-cache dtype, told `press` so that
+/// a decode-time press runs while answering.
+pub(super) fn session(
+    path: &Path,
+    file: &Verified<'_>,
+    press: &dyn Press,
+    model: &LoadedModel,
+) -> Result<ContextSession> {
+    let header = &file.header;
+    let device = model.model.device();
+    let target = model.model.cache_dtype();
+    let n_kv_heads = model.model.config().n_kv_heads;
+    let mut layers: Vec<Box<dyn LayerCache>> = Vec::with_capacity(header.head_lengths.len());
+    for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {
+        let keys = file.tensor(&keys_name(layer_idx), device)?;
+        let values = file.tensor(&values_name(layer_idx), device)?;
+        let snapshot = match lengths {
+            None => LayerSnapshot::Dense(Some((keys.to_dtype(target)?, values.to_dtype(target)?))),
+            Some(_) if target != candle_core::DType::F32 => {
+                return Err(ContextFileError::KvDtype {
+                    path: path.to_path_buf(),
+                    requested: StoredDtype::of(target)
+                        .map_or_else(|| format!("{target:?}"), |d| d.name().to_string()),
+                }
+                .into())
+            }
+            Some(lengths) => LayerSnapshot::PerHead {
+                keys,
+                values,
+                head_lengths: lengths.clone(),
+                batch: 1,
+                n_kv_heads,
+            },
+        };
+        layers.push(crate::snapshot::layer_from_snapshot(&snapshot)?);
+    }
+    let mut cache = ModelCache::from_layers(layers);
+    cache.set_seen_tokens(header.next_position);
+    let last_logits = file.tensor(LAST_LOGITS, device)?;
+    let mut session = ContextSession::from_cache(cache, last_logits);
+    session.set_press(press)?;
+    Ok(session)
+}

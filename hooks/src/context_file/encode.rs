@@ -1,0 +1,135 @@
+//! Saving: a session's layers and logits as stored tensors (the cache's dtype, checksummed,
+//! finite), and the safetensors bytes of a header and its tensors.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+use kvpress_core::LayerSnapshot;
+use safetensors::tensor::TensorView;
+
+use super::dtype::{first_non_finite, raw_bytes, StoredDtype};
+use super::{keys_name, sha256_hex, values_name, ContextFileError, ContextHeader, TensorRecord};
+use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
+use crate::{ContextSession, Error, Result};
+
+/// One tensor as it is written.
+pub(super) struct EncodedTensor {
+    pub name: String,
+    pub dtype: StoredDtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl EncodedTensor {
+    /// `tensor` in its own dtype (one a cache holds); refused when a value is not finite.
+    fn new(name: String, tensor: &Tensor) -> Result<Self> {
+        let dtype = StoredDtype::of(tensor.dtype()).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "`{name}` is {:?}; a context file stores f32, f16 or bf16",
+                tensor.dtype()
+            ))
+        })?;
+        let bytes = raw_bytes(tensor, dtype)?;
+        if let Some(index) = first_non_finite(&bytes, dtype) {
+            return Err(ContextFileError::NonFiniteCache {
+                tensor: name,
+                index,
+            }
+            .into());
+        }
+        Ok(Self {
+            name,
+            dtype,
+            shape: tensor.dims().to_vec(),
+            bytes,
+        })
+    }
+
+    /// What the header records of it.
+    pub fn record(&self) -> TensorRecord {
+        TensorRecord {
+            dtype: self.dtype,
+            shape: self.shape.clone(),
+            sha256: sha256_hex(&self.bytes),
+        }
+    }
+}
+
+pub(super) fn write_error(path: &Path, message: impl std::fmt::Display) -> Error {
+    ContextFileError::Write {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+    .into()
+}
+
+/// Every layer's keys and values and the last logits, with each layer's head lengths (`None`
+/// for dense layers) and the dtype all keys and values share.
+pub(super) type EncodedCache = (Vec<EncodedTensor>, Vec<Option<Vec<usize>>>, StoredDtype);
+
+/// The tensors of `session`: per layer keys and values as the cache stores them, then the
+/// logits (f32).
+pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
+    let cache = session.cache();
+    let mut tensors = Vec::with_capacity(2 * cache.n_layers() + 1);
+    let mut head_lengths = Vec::with_capacity(cache.n_layers());
+    let mut kv_dtype = None;
+    for layer_idx in 0..cache.n_layers() {
+        let layer = cache
+            .layer(layer_idx)
+            .ok_or(ContextFileError::EmptyLayer(layer_idx))?;
+        let (keys, values, lengths) = match layer.snapshot()? {
+            LayerSnapshot::Dense(Some((keys, values))) => (keys, values, None),
+            LayerSnapshot::Dense(None) => {
+                return Err(ContextFileError::EmptyLayer(layer_idx).into())
+            }
+            LayerSnapshot::PerHead {
+                keys,
+                values,
+                head_lengths,
+                ..
+            } => (keys, values, Some(head_lengths)),
+        };
+        let keys = EncodedTensor::new(keys_name(layer_idx), &keys)?;
+        let values = EncodedTensor::new(values_name(layer_idx), &values)?;
+        for dtype in [keys.dtype, values.dtype] {
+            if *kv_dtype.get_or_insert(dtype) != dtype {
+                return Err(Error::InvalidInput(format!(
+                    "layer {layer_idx} stores {dtype} while earlier layers store {}; a context \
+                     file holds one KV dtype",
+                    kv_dtype.unwrap_or(dtype)
+                )));
+            }
+        }
+        tensors.extend([keys, values]);
+        head_lengths.push(lengths);
+    }
+    let logits = session.last_logits.to_dtype(candle_core::DType::F32)?;
+    tensors.push(EncodedTensor::new(LAST_LOGITS.to_string(), &logits)?);
+    Ok((tensors, head_lengths, kv_dtype.unwrap_or(StoredDtype::F32)))
+}
+
+/// The file's bytes: `tensors` with the metadata (format, version, header and its checksum).
+pub(super) fn serialize(
+    path: &Path,
+    header: &ContextHeader,
+    tensors: &[EncodedTensor],
+) -> Result<Vec<u8>> {
+    let header = serde_json::to_string(header).map_err(|e| write_error(path, e))?;
+    let metadata = HashMap::from([
+        ("format".to_string(), FORMAT.to_string()),
+        ("version".to_string(), VERSION.to_string()),
+        (HEADER_SHA256_KEY.to_string(), sha256_hex(header.as_bytes())),
+        (HEADER_KEY.to_string(), header),
+    ]);
+    let views = tensors
+        .iter()
+        .map(|t| {
+            TensorView::new(t.dtype.safetensors(), t.shape.clone(), &t.bytes)
+                .map(|view| (t.name.clone(), view))
+                .map_err(|e| write_error(path, e))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| write_error(path, e))
+}
