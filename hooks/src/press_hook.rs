@@ -34,6 +34,8 @@ pub struct LayerRecord {
 #[derive(Debug)]
 pub struct PressHook<'p> {
     press: &'p dyn Press,
+    /// The press's `describe().needs_attention_weights`, read once (asked every layer forward).
+    needs_attention_weights: bool,
     score_layers: Vec<usize>,
     records: Vec<LayerRecord>,
     decoding: Vec<DecodingState>,
@@ -99,6 +101,7 @@ impl<'p> PressHook<'p> {
         press.validate()?;
         Ok(Self {
             press,
+            needs_attention_weights: press.describe().needs_attention_weights,
             score_layers: score_layers.to_vec(),
             records: Vec::new(),
             decoding: Vec::new(),
@@ -252,7 +255,7 @@ fn unpad(selection: &Selection, padding: &[usize], len: usize) -> kvpress_core::
 
 impl AttentionHook for PressHook<'_> {
     fn wants_attention_weights(&self, _layer_idx: usize, phase: ForwardPhase) -> bool {
-        phase == ForwardPhase::Prefill && self.press.describe().needs_attention_weights
+        phase == ForwardPhase::Prefill && self.needs_attention_weights
     }
 
     fn after_attention(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
