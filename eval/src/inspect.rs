@@ -133,6 +133,7 @@ mod tests {
             bytes_before: 0,
             bytes_after: 0,
             seconds: 0.0,
+            notes: Vec::new(),
         }
     }
 

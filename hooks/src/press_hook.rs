@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use candle_core::DType;
 use candle_core::Tensor;
-use kvpress_core::press::{CachedKeysValues, Press, PressInput, Selection};
+use kvpress_core::press::{CachedKeysValues, LayerNote, NoteScope, Press, PressInput, Selection};
 use kvpress_core::{AttentionHook, ForwardPhase, LayerCache, LayerContext, LayerSnapshot};
 
 /// What a press did to one layer.
@@ -25,6 +25,18 @@ pub struct LayerRecord {
     pub bytes_after: usize,
     /// Seconds spent reading the cache, scoring, selecting and compacting.
     pub seconds: f64,
+    /// What the press reported about the layer ([`LayerNote`]), those of
+    /// [`NoteScope::RecordedLayers`] only for the layers asked for.
+    pub notes: Vec<LayerNote>,
+}
+
+/// The notes of a compression a record keeps: all of them for a layer whose scores are recorded
+/// (`recorded`), else those meant for every layer.
+pub(crate) fn kept_notes(notes: Vec<LayerNote>, recorded: bool) -> Vec<LayerNote> {
+    notes
+        .into_iter()
+        .filter(|note| recorded || note.scope == NoteScope::EveryLayer)
+        .collect()
 }
 
 /// An [`AttentionHook`] that compresses each layer's cache with a press after the prefill, and,
@@ -277,6 +289,7 @@ impl AttentionHook for PressHook<'_> {
             layer_idx: context.layer_idx,
             selection: compression.selection,
             scores: compression.scores.filter(|_| keep_scores),
+            notes: kept_notes(compression.notes, keep_scores),
             cache_len: context.cache.len(),
             bytes_before,
             bytes_after: context.cache.bytes_reserved(),

@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
+use crate::press_hook::LayerRecord;
 use crate::{ContextSession, Error, PromptSplit, Result};
 use candle_core::Tensor;
+use kvpress_core::press::NoteScope;
 use kvpress_core::Press;
 use kvpress_models::{GenerationConfig, LoadedModel, Sampling};
 use serde::{Deserialize, Serialize};
@@ -37,6 +39,8 @@ pub struct FullTrace {
     pub values_first4: BTreeMap<String, Vec<Vec<Vec<f32>>>>,
     /// Greedy answer ids.
     pub answer_ids: Vec<u32>,
+    /// Logits of the first answer token (after the last question token).
+    pub answer_first_logits: Vec<f32>,
     /// Greedy answer text.
     pub answer_text: String,
 }
@@ -52,12 +56,18 @@ pub struct PressTrace {
     pub cache_lengths: Vec<usize>,
     /// Greedy answer ids from the compressed cache.
     pub answer_ids: Vec<u32>,
+    /// Logits of the first answer token from the compressed cache.
+    pub answer_first_logits: Vec<f32>,
     /// Greedy answer text.
     pub answer_text: String,
     /// Bytes the compressed context cache allocates (K and V, all layers), before the question.
     pub kv_bytes: usize,
     /// Bytes the uncompressed context cache allocates.
     pub kv_bytes_full: usize,
+    /// What the press reported beside its selection ([`kvpress_core::press::LayerNote`]), by
+    /// name: a list over layers, or an object keyed by layer for notes of the recorded layers.
+    #[serde(flatten)]
+    pub notes: BTreeMap<String, serde_json::Value>,
 }
 
 /// Output of `kvpress trace`.
@@ -78,23 +88,34 @@ pub struct Trace {
     pub presses: BTreeMap<String, PressTrace>,
 }
 
-/// The fixtures' answer: greedy, at most [`MAX_NEW_TOKENS`] tokens, from the session's context.
+/// The fixtures' answer from the session's context: the logits of the first answer token, and
+/// the greedy answer of at most [`MAX_NEW_TOKENS`] tokens.
 fn greedy_answer(
     model: &LoadedModel,
     session: &mut ContextSession,
     split: &PromptSplit,
-) -> Result<kvpress_models::GenerationOutput> {
+) -> Result<(Vec<f32>, kvpress_models::GenerationOutput)> {
+    let question =
+        Tensor::new(split.question_ids.as_slice(), model.model.device())?.unsqueeze(0)?;
+    let first_logits = model
+        .model
+        .forward(&question, session.cache_mut(), None)?
+        .squeeze(0)?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1()?;
+    session.rewind()?;
     let config = GenerationConfig {
         max_new_tokens: MAX_NEW_TOKENS,
         sampling: Sampling::Greedy,
     };
-    session.answer(
+    let answer = session.answer(
         &model.model,
         &split.question_ids,
         model.tokenizer.eos_ids(),
         &config,
         &mut |_| Ok(()),
-    )
+    )?;
+    Ok((first_logits, answer))
 }
 
 /// Traces `prompt` on `model`: split, prefill, record, answer greedily; then the same with every
@@ -121,7 +142,7 @@ pub fn trace(
         keys_first4.insert(layer_idx.to_string(), first_tokens(&keys, n)?);
         values_first4.insert(layer_idx.to_string(), first_tokens(&values, n)?);
     }
-    let answer = greedy_answer(model, &mut session, &split)?;
+    let (answer_first_logits, answer) = greedy_answer(model, &mut session, &split)?;
     let mut press_traces = BTreeMap::new();
     for (name, press) in presses {
         let press_trace = trace_press(model, &split, press.as_ref()).map_err(|e| Error::Press {
@@ -137,6 +158,7 @@ pub fn trace(
             values_first4,
             answer_text: model.tokenizer.decode(&answer.tokens, true)?,
             answer_ids: answer.tokens,
+            answer_first_logits,
         },
         context_text: split.context_text,
         question_text: split.question_text,
@@ -154,13 +176,14 @@ pub fn trace_press(
 ) -> Result<PressTrace> {
     let (mut session, report) =
         ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
-    let answer = greedy_answer(model, &mut session, split)?;
+    let (answer_first_logits, answer) = greedy_answer(model, &mut session, split)?;
     let mut scores = BTreeMap::new();
     for layer in &report.layers {
         if let Some(layer_scores) = &layer.scores {
             scores.insert(layer.layer_idx.to_string(), layer_scores.get(0)?.to_vec2()?);
         }
     }
+    let notes = notes_by_name(&report.layers);
     let n_kv_heads = model.model.config().n_kv_heads;
     Ok(PressTrace {
         kept: report
@@ -176,9 +199,35 @@ pub fn trace_press(
         cache_lengths: report.cache_lengths(),
         answer_text: model.tokenizer.decode(&answer.tokens, true)?,
         answer_ids: answer.tokens,
+        answer_first_logits,
         kv_bytes: report.kv_bytes,
         kv_bytes_full: report.kv_bytes_full,
+        notes,
     })
+}
+
+/// The layers' notes by name: [`NoteScope::EveryLayer`] notes as a list over layers (`null` for
+/// a layer without the note), the others as an object keyed by layer index.
+fn notes_by_name(layers: &[LayerRecord]) -> BTreeMap<String, serde_json::Value> {
+    let mut notes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    for (position, layer) in layers.iter().enumerate() {
+        for note in &layer.notes {
+            let entry = notes.entry(note.name.to_string());
+            match note.scope {
+                NoteScope::EveryLayer => {
+                    let list = entry.or_insert_with(|| {
+                        serde_json::Value::Array(vec![serde_json::Value::Null; layers.len()])
+                    });
+                    list[position] = note.value.clone();
+                }
+                NoteScope::RecordedLayers => {
+                    let object = entry.or_insert_with(|| serde_json::json!({}));
+                    object[layer.layer_idx.to_string()] = note.value.clone();
+                }
+            }
+        }
+    }
+    notes
 }
 
 /// `[kv_head][token][dim]` of the first `n` tokens of batch 0.

@@ -14,9 +14,12 @@ pub mod presses {
     pub use presses_baselines as baselines;
     pub use presses_criticalkv as criticalkv;
     pub use presses_expected_attention as expected_attention;
+    pub use presses_finch as finch;
+    pub use presses_leverage as leverage;
     pub use presses_ops as ops;
     pub use presses_pyramidkv as pyramidkv;
     pub use presses_snapkv as snapkv;
+    pub use presses_think as think;
     pub use presses_wrappers as wrappers;
 }
 pub use kvpress_core as core;

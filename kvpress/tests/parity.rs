@@ -4,8 +4,12 @@
 //! (`kvpress fetch-model`, which CI runs); `KVPRESS_REFERENCE_DIR` names another reference
 //! directory than the repository's `reference/`.
 
+#[path = "common/compare.rs"]
+mod compare;
 #[path = "common/reference.rs"]
 mod reference;
+
+use compare::{floats, max_abs_diff};
 
 use kvpress::candle::{DType, Device};
 use kvpress::hooks::trace::{trace, PromptFile, Trace};
@@ -29,28 +33,6 @@ fn trace_fixture_prompt(model: &LoadedModel, fixture: &Value) -> Trace {
 
 fn ids(value: &Value) -> Vec<u32> {
     serde_json::from_value(value.clone()).expect("a list of token ids")
-}
-
-fn floats(value: &Value) -> Vec<f32> {
-    let mut out = Vec::new();
-    flatten(value, &mut out);
-    out
-}
-
-fn flatten(value: &Value, out: &mut Vec<f32>) {
-    match value {
-        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
-        Value::Number(n) => out.push(n.as_f64().expect("a number") as f32),
-        other => panic!("expected numbers, found {other}"),
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -115,6 +97,15 @@ fn dequantized_f32_run_matches_kvpress() {
         got.full.answer_text,
         fixture["full"]["answer_text"].as_str().unwrap()
     );
+
+    // The catalogue fixture (same prompt) also has the first answer token's logits, the
+    // question fed into the full cache.
+    let catalogue = reference::fixture("niah-noise-1k.catalogue");
+    assert_eq!(ids(&catalogue["context_ids"]), got.context_ids);
+    let want = floats(&catalogue["full"]["answer_first_logits"]);
+    let diff = max_abs_diff(&got.full.answer_first_logits, &want);
+    eprintln!("full answer_first_logits max abs diff: {diff:e}");
+    assert!(diff <= 1e-3, "answer_first_logits differ by {diff}");
 }
 
 #[test]

@@ -4,73 +4,22 @@
 //! which CI runs); `KVPRESS_REFERENCE_DIR` names another reference directory than the
 //! repository's `reference/`.
 
+#[path = "common/compare.rs"]
+mod compare;
 #[path = "common/reference.rs"]
 mod reference;
 
-use std::collections::BTreeSet;
+use compare::compare;
 
 use kvpress::candle::{DType, Device};
 use kvpress::core::press::press_from_file;
-use kvpress::hooks::trace::{trace, PressTrace, PromptFile};
+use kvpress::hooks::trace::{trace, PromptFile};
 use kvpress::models::{load_model, WeightMode};
-use serde_json::Value;
 
 /// Head-wise configurations: kvpress masks instead of shortening its cache, so its cache lengths
 /// stay full, while ours store only what each head keeps.
 fn is_head_wise(name: &str) -> bool {
     name.starts_with("adakv") || name.starts_with("critical_adakv")
-}
-
-fn jaccard(a: &[u32], b: &[u32]) -> f64 {
-    let a: BTreeSet<u32> = a.iter().copied().collect();
-    let b: BTreeSet<u32> = b.iter().copied().collect();
-    let union = a.union(&b).count();
-    if union == 0 {
-        return 1.0;
-    }
-    a.intersection(&b).count() as f64 / union as f64
-}
-
-struct Comparison {
-    mean_jaccard: f64,
-    min_jaccard: f64,
-    worst_score_error: f64,
-    lengths_equal: bool,
-    answer_equal: bool,
-}
-
-fn compare(got: &PressTrace, want: &Value) -> Comparison {
-    let want_kept: Vec<Vec<Vec<u32>>> = serde_json::from_value(want["kept"].clone()).unwrap();
-    assert_eq!(got.kept.len(), want_kept.len(), "number of layers");
-    let jaccards: Vec<f64> = got
-        .kept
-        .iter()
-        .zip(&want_kept)
-        .flat_map(|(g, w)| g.iter().zip(w).map(|(g, w)| jaccard(g, w)))
-        .collect();
-    // Score error in units of the tolerance: |a - b| / max(1e-5, 1e-3 |b|); <= 1 passes.
-    let mut worst_score_error = 0.0f64;
-    for (layer, want_scores) in want["scores"].as_object().unwrap() {
-        let want_scores: Vec<Vec<f64>> = serde_json::from_value(want_scores.clone()).unwrap();
-        let got_scores = &got.scores[layer];
-        for (g, w) in got_scores
-            .iter()
-            .flatten()
-            .zip(want_scores.iter().flatten())
-        {
-            let error = (*g as f64 - w).abs() / (1e-3 * w.abs()).max(1e-5);
-            worst_score_error = worst_score_error.max(error);
-        }
-    }
-    let want_lengths: Vec<usize> = serde_json::from_value(want["cache_lengths"].clone()).unwrap();
-    let want_answer: Vec<u32> = serde_json::from_value(want["answer_ids"].clone()).unwrap();
-    Comparison {
-        mean_jaccard: jaccards.iter().sum::<f64>() / jaccards.len() as f64,
-        min_jaccard: jaccards.iter().copied().fold(1.0, f64::min),
-        worst_score_error,
-        lengths_equal: got.cache_lengths == want_lengths,
-        answer_equal: got.answer_ids == want_answer,
-    }
 }
 
 #[test]

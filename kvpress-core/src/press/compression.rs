@@ -17,6 +17,31 @@ pub struct Compression {
     /// Keys to store for the kept tokens instead of the cached ones (key re-rotation), one
     /// tensor `(batch, n_kv_heads, n_kept, head_dim)` when every head keeps the same number.
     pub keys: Option<Tensor>,
+    /// What the press reports about this layer beside its selection, for traces.
+    pub notes: Vec<LayerNote>,
+}
+
+/// Which layers' values of a [`LayerNote`] a trace keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteScope {
+    /// Every layer's: `kvpress trace` writes a list with one value per layer.
+    EveryLayer,
+    /// Only those of the layers whose scores are recorded (large values): `kvpress trace` writes
+    /// an object keyed by layer index, as it does scores.
+    RecordedLayers,
+}
+
+/// A fact a press reports about one layer beside its selection (ThinK's pruned channels,
+/// SimLayerKV's lazy-layer verdict, ...). `kvpress trace` writes it under `name`, the field name
+/// of the kvpress reference fixtures, so that it can be compared with kvpress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerNote {
+    /// The field name (`zeroed_channels`, `lazy_scores`, ...).
+    pub name: &'static str,
+    /// Which layers' values a trace keeps.
+    pub scope: NoteScope,
+    /// The value for this layer.
+    pub value: serde_json::Value,
 }
 
 impl Compression {
@@ -26,7 +51,14 @@ impl Compression {
             selection,
             scores,
             keys: None,
+            notes: Vec::new(),
         }
+    }
+
+    /// This compression with `note` added.
+    pub fn with_note(mut self, note: LayerNote) -> Self {
+        self.notes.push(note);
+        self
     }
 
     /// Keep everything (ratio 0).

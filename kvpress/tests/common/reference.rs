@@ -88,3 +88,9 @@ pub fn press_configs() -> Vec<(String, PathBuf)> {
     configs.sort();
     configs
 }
+
+/// The path of the catalogue press configuration `catalogue/NAME.json` (kvpress's other
+/// presses, whose outputs are in the fixture `niah-noise-1k.catalogue`).
+pub fn catalogue_config(name: &str) -> PathBuf {
+    dir().join("catalogue").join(format!("{name}.json"))
+}

@@ -86,6 +86,7 @@ impl Press for Composed {
         let mut keys = input.keys.clone();
         let mut values = input.values.clone();
         let mut replaced_keys = false;
+        let mut notes = Vec::new();
         for (i, press) in self.presses.iter().enumerate() {
             let step = if i == 0 {
                 press.compress(input)?
@@ -93,6 +94,7 @@ impl Press for Composed {
                 press.compress(&input.with_keys_values(&keys, &values))?
             };
             selection = selection.then(&step.selection)?;
+            notes.extend(step.notes);
             values = step.selection.gather(&values)?;
             keys = match step.keys {
                 Some(new_keys) => {
@@ -106,6 +108,7 @@ impl Press for Composed {
             selection,
             scores: None,
             keys: replaced_keys.then_some(keys),
+            notes,
         })
     }
 
