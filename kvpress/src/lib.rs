@@ -12,10 +12,12 @@ pub use candle_core as candle;
 pub mod presses {
     pub use adakv;
     pub use presses_baselines as baselines;
+    pub use presses_cap as cap;
     pub use presses_criticalkv as criticalkv;
     pub use presses_expected_attention as expected_attention;
     pub use presses_finch as finch;
     pub use presses_leverage as leverage;
+    pub use presses_merging as merging;
     pub use presses_ops as ops;
     pub use presses_pyramidkv as pyramidkv;
     pub use presses_snapkv as snapkv;

@@ -1,0 +1,2 @@
+//! CAPKV for kvpress-rs (kvpress 0.5.5's cap press).
+#![warn(missing_docs)]
