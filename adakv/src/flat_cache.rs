@@ -253,6 +253,28 @@ fn copy_new_rows(
     .ok_or_else(|| Error::Unsupported("the flattened cache runs on the CPU".to_string()))
 }
 
+/// Refuses what the flattened caches (CPU and CUDA) do not store: pruned key channels (ThinK)
+/// and replacement values (merging), like replacement keys.
+pub(crate) fn refuse_refinements(selection: &Selection) -> Result<()> {
+    if selection.key_channels().is_some() {
+        return Err(Error::Unsupported(
+            "pruned key channels (think) with a head-wise cache: the flattened per-head cache \
+             stores every key channel, so think cannot be combined with head-wise presses \
+             (adakv, critical_adakv)"
+                .to_string(),
+        ));
+    }
+    if selection.values().is_some() {
+        return Err(Error::Unsupported(
+            "replacement values (merging) with a head-wise cache: the flattened per-head cache \
+             stores the cached values of the kept tokens, so merging cannot be combined with \
+             head-wise presses (adakv, critical_adakv)"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
 impl LayerCache for FlatLayerCache {
     fn len(&self) -> usize {
         self.lengths.iter().copied().max().unwrap_or(0)
@@ -345,6 +367,7 @@ impl LayerCache for FlatLayerCache {
                 "replacement keys (key re-rotation) with a head-wise cache".to_string(),
             ));
         }
+        refuse_refinements(selection)?;
         let d = self.head_dim;
         let total: usize = selection.heads().iter().map(Vec::len).sum();
         let mut new_keys = Vec::with_capacity(total * d);

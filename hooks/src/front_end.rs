@@ -2,7 +2,7 @@
 //! either does on that path everything its description says ([`Press::describe`]) or is refused
 //! up front with an error naming the press, the front end and why.
 
-use kvpress_core::press::{Press, PressDescription, RatioControl};
+use kvpress_core::press::{CacheLayout, Press, PressDescription, RatioControl};
 
 use crate::{Error, Result};
 
@@ -54,8 +54,17 @@ impl FrontEnd {
 /// the front end, the reason and what to use instead.
 pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
     press.validate()?;
+    kvpress_core::press::check_nesting(press)?;
     let description = press.describe();
-    if let Some(reason) = refusal(front_end, &description) {
+    let reason = match kvpress_core::press::press_name(press).as_str() {
+        "no_press" if front_end == FrontEnd::Eval => Some(
+            "it never compresses, and the grid already answers every question from the full \
+             cache (its `full cache` rows)"
+                .to_string(),
+        ),
+        _ => refusal(front_end, &description),
+    };
+    if let Some(reason) = reason {
         return Err(Error::PressNotSupported {
             press: kvpress_core::press::press_name(press),
             front_end: front_end.name(),
@@ -66,6 +75,16 @@ pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
 }
 
 fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String> {
+    if description.cache_layout == CacheLayout::ChannelPruned
+        && (front_end == FrontEnd::Compress || description.compresses_while_decoding)
+    {
+        return Some(
+            "its cache stores only some key channels of the context, which has no saved-file \
+             layout and cannot be compressed again while decoding; compress and answer in one \
+             run (`kvpress run`)"
+                .to_string(),
+        );
+    }
     if description.compresses_while_decoding && !front_end.runs_decoding_schedule() {
         return Some(format!(
             "it compresses while tokens are generated, and `{}` only compresses the prefill \

@@ -204,7 +204,7 @@ impl RecordedPrefill {
             bytes_after: layer_cache.bytes_reserved(),
             scores: compression.scores.filter(|_| keep_scores),
             notes: crate::press_hook::kept_notes(compression.notes, keep_scores),
-            selection: compression.selection,
+            selection: compression.selection.without_values(),
             seconds: start.elapsed().as_secs_f64(),
         })
     }

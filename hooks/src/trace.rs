@@ -50,7 +50,10 @@ pub struct FullTrace {
 pub struct PressTrace {
     /// `[layer][kv_head]` → sorted kept context token indices.
     pub kept: Vec<Vec<Vec<u32>>>,
-    /// Layer → `[kv_head][token]` scores of the press, for the recorded layers.
+    /// Layer → `[kv_head][token]` scores of the press, for the recorded layers. Left out when
+    /// empty, so that a press whose scores are not per token can report them as a note named
+    /// `scores` (`block`: one entry per block iteration, as kvpress's fixtures record them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scores: BTreeMap<String, Vec<Vec<f32>>>,
     /// Cache length of every layer after compression.
     pub cache_lengths: Vec<usize>,

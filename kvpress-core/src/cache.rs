@@ -44,7 +44,10 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     fn truncate(&mut self, len: usize) -> Result<()>;
 
     /// Keeps only the tokens `selection` lists for each head (what a press decided), storing
-    /// `keys` for them instead of the cached keys when given (re-rotated keys).
+    /// `keys` for them instead of the cached keys when given (re-rotated keys). A selection may
+    /// also keep only some key channels ([`Selection::key_channels`], ThinK) or bring values
+    /// for the kept tokens ([`Selection::values`], merging): a cache stores them as said, or
+    /// refuses the selection with an error and changes nothing.
     fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()>;
 
     /// Releases slack reserved for appends, so that what is allocated is what is stored.

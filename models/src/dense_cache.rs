@@ -29,6 +29,37 @@ fn replacement_keys(keys: &Tensor, values: &Tensor) -> Result<Tensor> {
     Ok(keys.to_dtype(values.dtype())?)
 }
 
+/// Refuses what a dense cache cannot store of a selection: key channels (every head stores
+/// every channel of its keys).
+fn check_storable(selection: &Selection) -> Result<()> {
+    if selection.key_channels().is_some() {
+        return Err(Error::Unsupported(
+            "this selection keeps only some key channels (think), which the dense cache cannot \
+             store: the press's own layer cache (Press::new_layer_cache) stores them"
+                .to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// The values the kept tokens store, `dtype`: the selection's replacement values (merging,
+/// checked against the kept keys' shape and copied), else the kept rows of `cached`.
+fn kept_values(selection: &Selection, cached: &Tensor, dtype: DType) -> Result<Tensor> {
+    let Some(values) = selection.values() else {
+        return Ok(selection.gather(cached)?.to_dtype(dtype)?);
+    };
+    let (b, h, _, d) = cached.dims4()?;
+    let n_kept = selection.uniform_len().unwrap_or(0);
+    if values.dims() != [b, h, n_kept, d] {
+        return Err(Error::Shape(format!(
+            "replacement values {:?} do not match the {n_kept} kept tokens of a cache of {:?}",
+            values.dims(),
+            cached.dims()
+        )));
+    }
+    Ok(values.to_dtype(dtype)?.copy()?)
+}
+
 /// Dense layer cache: all heads have the same length, stored in preallocated buffers of shape
 /// `(batch, n_kv_heads, capacity, head_dim)` that grow geometrically, so appending a decoded
 /// token copies only that token. The storage dtype may be narrower than the model's (an f16
@@ -177,6 +208,7 @@ impl LayerCache for DenseLayerCache {
     }
 
     fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()> {
+        check_storable(selection)?;
         if selection.n_tokens() != self.len {
             return Err(Error::Shape(format!(
                 "a selection over {} tokens cannot compact a cache of {} tokens",
@@ -184,14 +216,14 @@ impl LayerCache for DenseLayerCache {
                 self.len
             )));
         }
-        if selection.keeps_everything() && keys.is_none() {
+        if selection.keeps_everything() && keys.is_none() && selection.values().is_none() {
             return Ok(());
         }
         let (cached_keys, cached_values) = match self.keys_values()? {
             Some(kv) => kv,
             None => return Ok(()),
         };
-        let values = selection.gather(&cached_values)?;
+        let values = kept_values(selection, &cached_values, cached_values.dtype())?;
         let keys = match keys {
             Some(keys) => replacement_keys(keys, &values)?,
             None => selection.gather(&cached_keys)?,
@@ -207,6 +239,7 @@ impl LayerCache for DenseLayerCache {
         kept_keys: Option<&Tensor>,
     ) -> Result<usize> {
         Self::check_pair(keys, values)?;
+        check_storable(selection)?;
         if self.len > 0 {
             return Err(Error::InvalidArgument(format!(
                 "store_selected needs an empty cache; this one holds {} tokens",
@@ -218,7 +251,7 @@ impl LayerCache for DenseLayerCache {
         let bytes_with_everything = 2 * values.elem_count() * dtype.size_in_bytes();
         // Gathering makes new tensors nobody else holds: they become the buffers. Given keys
         // belong to the caller and are copied.
-        let values = selection.gather(values)?.to_dtype(dtype)?;
+        let values = kept_values(selection, values, dtype)?;
         let keys = match kept_keys {
             Some(k) => replacement_keys(k, &values)?.copy()?,
             None => selection.gather(keys)?.to_dtype(dtype)?,

@@ -5,7 +5,8 @@
 //!
 //! The semantics are [`crate::FlatLayerCache`]'s: `len()` is the longest head, `truncate`
 //! drops the same number of tokens from every head, ragged selections are stored as they are,
-//! replacement keys are refused, and `snapshot` is always [`LayerSnapshot::PerHead`].
+//! replacement keys, pruned key channels and replacement values are refused, and `snapshot` is
+//! always [`LayerSnapshot::PerHead`].
 
 use candle_core::{DType, Device, Tensor, D};
 use kvpress_core::attention::AttentionOutput;
@@ -328,6 +329,7 @@ impl LayerCache for CudaFlatLayer {
                 "replacement keys (key re-rotation) with a head-wise cache".to_string(),
             ));
         }
+        crate::flat_cache::refuse_refinements(selection)?;
         self.compact_heads(selection.heads(), 0)
     }
 

@@ -112,6 +112,11 @@ pub enum CacheLayout {
     /// Heads keep different numbers of tokens (the flattened per-head cache the press brings
     /// through [`Press::new_layer_cache`]).
     PerHead,
+    /// Every head keeps every token, but the context's keys keep only some channels of each
+    /// head (ThinK's cache, brought through [`Press::new_layer_cache`]). It has no
+    /// layout-independent snapshot: it cannot be saved to a context file or restored after a
+    /// decode-time compression.
+    ChannelPruned,
 }
 
 /// Who sets the compression ratio a press runs at.

@@ -14,6 +14,8 @@ mod allocator;
 mod compression;
 pub mod config;
 mod input;
+mod key_channels;
+mod nesting;
 mod no_press;
 mod pyramid;
 pub mod registry;
@@ -33,6 +35,8 @@ pub use config::{
     press_to_json,
 };
 pub use input::{CachedKeysValues, InputChunk, PressInput};
+pub use key_channels::KeyChannels;
+pub use nesting::check_nesting;
 pub use no_press::NoPress;
 pub use pyramid::{layer_budget, PyramidAllocator};
 pub use registry::{

@@ -56,6 +56,52 @@ pub fn worst_score_error(got: &[f32], want: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// [`worst_score_error`] of per-iteration scores, lists of `{candidates: [kv_head][i], scores:
+/// [kv_head][i]}` (kvpress's `BlockPress`), matched by candidate token; iterations whose
+/// candidates differ (as sets) count as infinitely far.
+pub fn iteration_score_error(got: &Value, want: &Value) -> f64 {
+    let (Some(got), Some(want)) = (got.as_array(), want.as_array()) else {
+        return f64::INFINITY;
+    };
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    let heads = |v: &Value, field: &str| v[field].as_array().cloned().unwrap_or_default();
+    let mut worst = 0.0f64;
+    for (g, w) in got.iter().zip(want) {
+        let (g_candidates, w_candidates) = (heads(g, "candidates"), heads(w, "candidates"));
+        let (g_scores, w_scores) = (heads(g, "scores"), heads(w, "scores"));
+        if g_candidates.len() != w_candidates.len() || g_candidates.is_empty() {
+            return f64::INFINITY;
+        }
+        for head in 0..w_candidates.len() {
+            let score_of: std::collections::HashMap<u64, f32> = g_candidates[head]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .zip(floats(&g_scores[head]))
+                .collect();
+            let w_tokens: Vec<u64> = w_candidates[head]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_u64)
+                .collect();
+            if score_of.len() != w_tokens.len() {
+                return f64::INFINITY;
+            }
+            for (token, want_score) in w_tokens.iter().zip(floats(&w_scores[head])) {
+                let Some(&got_score) = score_of.get(token) else {
+                    return f64::INFINITY;
+                };
+                worst = worst.max(worst_score_error(&[got_score], &[want_score]));
+            }
+        }
+    }
+    worst
+}
+
 /// How a press's trace compares with kvpress's fixture entry.
 #[derive(Debug)]
 pub struct Comparison {
@@ -86,6 +132,12 @@ pub fn compare(got: &PressTrace, want: &Value) -> Comparison {
     let mut worst = 0.0f64;
     if let Some(layers) = want["scores"].as_object() {
         for (layer, want_scores) in layers {
+            if want_scores.get(0).is_some_and(Value::is_object) {
+                // Per-iteration scores (`block`), which the press reports as a note.
+                let got_iterations = &got.notes.get("scores").unwrap_or(&Value::Null)[layer];
+                worst = worst.max(iteration_score_error(got_iterations, want_scores));
+                continue;
+            }
             let got_scores = got
                 .scores
                 .get(layer)

@@ -1,5 +1,7 @@
 use kvpress_core::Press;
-use presses_baselines::{KeyDiff, Knorm, ObservedAttention, RandomPress, StreamingLlm, Tova};
+use presses_baselines::{
+    KeyDiff, Knorm, LagKv, ObservedAttention, RandomPress, StreamingLlm, Tova,
+};
 use presses_testing::{run_conformance, Promises, SyntheticLayer, SyntheticShape};
 
 fn knorm(compression_ratio: f64) -> Box<dyn Press> {
@@ -30,6 +32,14 @@ fn observed_attention(compression_ratio: f64) -> Box<dyn Press> {
 
 fn keydiff(compression_ratio: f64) -> Box<dyn Press> {
     Box::new(KeyDiff { compression_ratio })
+}
+
+fn lagkv(compression_ratio: f64) -> Box<dyn Press> {
+    Box::new(LagKv {
+        compression_ratio,
+        lag_size: 16,
+        ..LagKv::default()
+    })
 }
 
 /// The kept sets of `press` at ratio 0.5 on the fixed 48-token synthetic layer.
@@ -117,4 +127,45 @@ fn observed_attention_kept_sets_on_a_fixed_input() {
 #[test]
 fn keydiff_kept_sets_on_a_fixed_input() {
     insta::assert_json_snapshot!(kept_sets(keydiff(0.5)));
+}
+
+#[test]
+fn lagkv_conforms() {
+    run_conformance(
+        &lagkv,
+        &Promises {
+            // T = 256, lag 16: sinks 0..4, the last partition with the remainder 228..256.
+            always_kept: |n| {
+                if n == 256 {
+                    (0..4).chain(228..256).collect()
+                } else {
+                    Vec::new()
+                }
+            },
+            ..Promises::default()
+        },
+    );
+    // Too short to partition (T < n_sink + 2 lag): the sinks and the most recent tokens.
+    run_conformance(
+        &|r| {
+            Box::new(LagKv {
+                compression_ratio: r,
+                ..LagKv::default()
+            })
+        },
+        &Promises {
+            always_kept: |n| vec![0, 1, 2, 3, n as u32 - 1],
+            min_tokens: 5,
+            ..Promises::default()
+        },
+    );
+}
+
+#[test]
+fn lagkv_kept_sets_on_a_fixed_input() {
+    insta::assert_json_snapshot!(kept_sets(Box::new(LagKv {
+        compression_ratio: 0.5,
+        lag_size: 8,
+        ..LagKv::default()
+    })));
 }

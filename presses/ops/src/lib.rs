@@ -8,6 +8,10 @@ use kvpress_core::{Error, PressInput, Result};
 use kvpress_kernels::{sgemm, GemmDims, MatMut, MatRef};
 use rayon::prelude::*;
 
+pub mod torch_topk;
+
+pub use torch_topk::{torch_top_k, TorchTopK};
+
 /// Upper bound on the elements of the projected values materialised at once.
 const MAX_CHUNK_ELEMENTS: usize = 1 << 20;
 

@@ -7,7 +7,9 @@
 //! undoing appends (the rewind after an answer); compaction by a selection, with and without
 //! replacement keys; a ragged selection (for layouts that store one) followed by decoding, each
 //! head attending over its own tokens; `store_selected` equal to append-compact-shrink;
-//! `shrink_to_fit`; snapshots; `clear`.
+//! `shrink_to_fit`; snapshots; `clear`; replacement values (stored or refused, as replacement
+//! keys are); a selection keeping only some key channels (stored, then attention equals attention
+//! over the keys with the other channels zeroed, or refused, leaving the cache as it was).
 //!
 //! Every tensor the suite hands a cache is created on [`CacheLayout::device`] (the CPU, or the
 //! GPU of a CUDA layout); what the cache returns is compared on the CPU, against references
@@ -25,7 +27,8 @@ use rand::{Rng, SeedableRng};
 pub struct CacheLayout {
     /// Heads may keep different numbers of tokens (a ragged selection is stored as it is).
     pub ragged: bool,
-    /// Compaction may store replacement keys (key re-rotation); else it must refuse them.
+    /// Compaction may store replacement keys (key re-rotation) and replacement values
+    /// (merging); else it must refuse both.
     pub replacement_keys: bool,
     /// Largest difference allowed between what was appended and what is read back (0 for
     /// f32 storage).
@@ -34,19 +37,19 @@ pub struct CacheLayout {
     pub device: Device,
 }
 
-const BATCH: usize = 1;
-const KV_HEADS: usize = 2;
-const HEADS: usize = 4;
-const HEAD_DIM: usize = 8;
+pub(crate) const BATCH: usize = 1;
+pub(crate) const KV_HEADS: usize = 2;
+pub(crate) const HEADS: usize = 4;
+pub(crate) const HEAD_DIM: usize = 8;
 
-fn random(shape: (usize, usize, usize, usize), seed: u64, device: &Device) -> Tensor {
+pub(crate) fn random(shape: (usize, usize, usize, usize), seed: u64, device: &Device) -> Tensor {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = shape.0 * shape.1 * shape.2 * shape.3;
     let data: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
     Tensor::from_vec(data, shape, device).expect("a tensor")
 }
 
-fn kv(n: usize, seed: u64, device: &Device) -> (Tensor, Tensor) {
+pub(crate) fn kv(n: usize, seed: u64, device: &Device) -> (Tensor, Tensor) {
     (
         random((BATCH, KV_HEADS, n, HEAD_DIM), seed, device),
         random((BATCH, KV_HEADS, n, HEAD_DIM), seed + 1, device),
@@ -54,11 +57,11 @@ fn kv(n: usize, seed: u64, device: &Device) -> (Tensor, Tensor) {
 }
 
 /// A copy of `tensor` on the CPU, where every comparison and reference runs.
-fn cpu(tensor: &Tensor) -> Tensor {
+pub(crate) fn cpu(tensor: &Tensor) -> Tensor {
     tensor.to_device(&Device::Cpu).expect("a copy on the CPU")
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes");
     let a = cpu(a)
         .to_dtype(DType::F32)
@@ -75,14 +78,14 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         .fold(0.0, f32::max)
 }
 
-fn stored(cache: &dyn LayerCache) -> (Tensor, Tensor) {
+pub(crate) fn stored(cache: &dyn LayerCache) -> (Tensor, Tensor) {
     cache
         .keys_values()
         .expect("keys_values")
         .expect("the cache holds tokens")
 }
 
-fn assert_holds(
+pub(crate) fn assert_holds(
     name: &str,
     what: &str,
     cache: &dyn LayerCache,
@@ -107,6 +110,8 @@ pub fn run_cache_conformance(
     check_truncate_undoes_appends(name, make, layout);
     check_uniform_compaction(name, make, layout);
     check_store_selected(name, make, layout);
+    crate::cache_refinements::check_replacement_values(name, make, layout);
+    crate::cache_refinements::check_key_channels(name, make, layout);
     if layout.ragged {
         check_ragged_compaction_then_decoding(name, make, &layout.device);
     } else {

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod cache_conformance;
+mod cache_refinements;
 pub mod conformance;
 mod synthetic;
 

@@ -40,6 +40,18 @@ impl Press for Composed {
                     .to_string(),
             ));
         }
+        let layouts: Vec<CacheLayout> = self
+            .presses
+            .iter()
+            .map(|p| p.describe().cache_layout)
+            .filter(|&layout| layout != CacheLayout::Dense)
+            .collect();
+        if layouts.windows(2).any(|pair| pair[0] != pair[1]) {
+            return Err(Error::InvalidArgument(format!(
+                "composed: its presses need different cache layouts ({layouts:?}): a head-wise \
+                 press (adakv) and a channel-pruning press (think) cannot share one cache"
+            )));
+        }
         for (i, press) in self.presses.iter().enumerate() {
             press.validate()?;
             if i > 0 && press.describe().needs_attention_weights {
@@ -67,13 +79,11 @@ impl Press for Composed {
         PressDescription {
             needs_attention_weights: members.first().is_some_and(|d| d.needs_attention_weights),
             rerotates_keys: members.iter().any(|d| d.rerotates_keys),
-            cache_layout: match members
+            cache_layout: members
                 .iter()
-                .any(|d| d.cache_layout == CacheLayout::PerHead)
-            {
-                true => CacheLayout::PerHead,
-                false => CacheLayout::Dense,
-            },
+                .map(|d| d.cache_layout)
+                .find(|&layout| layout != CacheLayout::Dense)
+                .unwrap_or(CacheLayout::Dense),
             ratio: RatioControl::OwnedByPress,
             compresses_prefill: members.iter().any(|d| d.compresses_prefill),
             compresses_while_decoding: members.iter().any(|d| d.compresses_while_decoding),
@@ -87,6 +97,9 @@ impl Press for Composed {
         let mut values = input.values.clone();
         let mut replaced_keys = false;
         let mut notes = Vec::new();
+        // The scores reported are the first press's (over the whole context), as kvpress's
+        // fixtures record a composed press's scores.
+        let mut scores = None;
         for (i, press) in self.presses.iter().enumerate() {
             let step = if i == 0 {
                 press.compress(input)?
@@ -95,6 +108,9 @@ impl Press for Composed {
             };
             selection = selection.then(&step.selection)?;
             notes.extend(step.notes);
+            if i == 0 {
+                scores = step.scores;
+            }
             values = step.selection.gather(&values)?;
             keys = match step.keys {
                 Some(new_keys) => {
@@ -106,7 +122,7 @@ impl Press for Composed {
         }
         Ok(Compression {
             selection,
-            scores: None,
+            scores,
             keys: replaced_keys.then_some(keys),
             notes,
         })

@@ -5,6 +5,10 @@
 //! - [`KeyRerotation`] (`key_rerotation`): kept keys rotated to consecutive positions, and later
 //!   tokens continue from the compressed length;
 //! - [`Chunked`] (`chunk`): the context scored and compressed in independent chunks;
+//! - [`ChunkKv`] (`chunkkv`): whole chunks kept by their scores summed over heads (ChunkKV);
+//! - [`EntropyGatedChunkKv`] (`entropy_gated_chunkkv`): ChunkKV whose spiky chunks keep only their
+//!   best tokens;
+//! - [`Block`] (`block`): block-wise iterative top-k (KeyDiff's block processing);
 //! - [`Decoding`] (`decoding`), [`CompressionRatioDecoding`] (`compression_ratio_decoding`) and
 //!   [`PrefillDecoding`] (`prefill_decoding`): compression while tokens are generated.
 //!
@@ -19,14 +23,21 @@
 //! ```
 #![warn(missing_docs)]
 
+mod block;
 mod chunked;
+mod chunkkv;
 mod composed;
 mod decoding;
+mod entropy_gated_chunkkv;
 mod key_rerotation;
 mod per_layer;
+mod scoring;
 
+pub use block::{Block, BlockIteration};
 pub use chunked::Chunked;
+pub use chunkkv::ChunkKv;
 pub use composed::Composed;
 pub use decoding::{CompressionRatioDecoding, Decoding, PrefillDecoding};
+pub use entropy_gated_chunkkv::EntropyGatedChunkKv;
 pub use key_rerotation::{rerotate_keys, KeyRerotation};
 pub use per_layer::PerLayer;

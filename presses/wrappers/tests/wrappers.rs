@@ -44,6 +44,7 @@ fn chunked_conforms() {
             Box::new(Chunked {
                 inner: snapkv(r),
                 chunk_length: 128,
+                queries_at_own_positions: false,
             })
         },
         &Promises {
@@ -179,6 +180,7 @@ fn chunks_keep_their_share() {
     let press = Chunked {
         inner: snapkv(0.5),
         chunk_length: 100,
+        queries_at_own_positions: false,
     };
     let compression = press.compress(&layer.input()).unwrap();
     for head in compression.selection.heads() {
@@ -278,9 +280,120 @@ fn wrappers_load_from_configs() {
 #[test]
 fn wrapper_kept_sets_on_a_fixed_input() {
     let layer = SyntheticLayer::random(SyntheticShape::small(48), 1).unwrap();
+    // Queries at their own positions (as before kvpress's quirk was matched; ties at the cut
+    // are now resolved as PyTorch's topk resolves them).
     let chunked = Chunked {
         inner: snapkv(0.5),
         chunk_length: 24,
+        queries_at_own_positions: true,
+    };
+    insta::assert_json_snapshot!(chunked.compress(&layer.input()).unwrap().selection.heads());
+}
+
+/// kvpress's chunk quirk, checked the way kvpress computes it: SnapKV's window queries of the
+/// first chunk are recomputed from its hidden states and rotated at the positions of the
+/// context's last tokens, while its keys stay where they are.
+#[test]
+fn chunk_windows_are_rotated_at_the_contexts_last_positions() {
+    use kvpress_core::press::{InputChunk, PressInput, Scorer};
+    use presses_ops::TorchTopK;
+    let (n_tokens, chunk) = (96, 48);
+    let layer = layer(n_tokens);
+    let input = layer.input();
+    let (b, heads, d) = (1, input.shape.n_heads, input.shape.head_dim);
+    let weight = input.projections.query_weight().unwrap();
+    let part = InputChunk::new(&input, 0, chunk).unwrap();
+    let part_input = part.input(&input);
+    let pre_rope = part_input
+        .hidden_states
+        .broadcast_matmul(&weight.t().unwrap())
+        .unwrap()
+        .reshape((b, chunk, heads, d))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap();
+    let (cos, sin) = input
+        .rotary
+        .tables_for_range(n_tokens - chunk, chunk, DType::F32)
+        .unwrap();
+    let queries = RotaryEmbedding::apply(&pre_rope, &cos, &sin).unwrap();
+    let quirk_input = PressInput {
+        queries: &queries,
+        ..part_input
+    };
+    let inner = SnapKv {
+        compression_ratio: 0.5,
+        window_size: 16,
+        kernel_size: 5,
+    };
+    let scores = inner.score(&quirk_input, 0.5).unwrap();
+    let expected = TorchTopK::keep_top(&scores, chunk / 2).unwrap();
+    let kvpress_like = Chunked {
+        inner: snapkv(0.5),
+        chunk_length: chunk,
+        queries_at_own_positions: false,
+    }
+    .compress(&input)
+    .unwrap();
+    let own = Chunked {
+        inner: snapkv(0.5),
+        chunk_length: chunk,
+        queries_at_own_positions: true,
+    }
+    .compress(&input)
+    .unwrap();
+    for kv_head in 0..2 {
+        let first_chunk: Vec<u32> = kvpress_like
+            .selection
+            .head(0, kv_head)
+            .iter()
+            .copied()
+            .filter(|&i| (i as usize) < chunk)
+            .collect();
+        assert_eq!(first_chunk, expected.head(0, kv_head), "head {kv_head}");
+        // The last chunk ends where the context ends: both agree there.
+        let last = |s: &kvpress_core::press::Selection| -> Vec<u32> {
+            s.head(0, kv_head)
+                .iter()
+                .copied()
+                .filter(|&i| (i as usize) >= chunk)
+                .collect()
+        };
+        assert_eq!(last(&kvpress_like.selection), last(&own.selection));
+    }
+    // Scores: the chunk's scores side by side (the first chunk's as computed above).
+    let reported = kvpress_like.scores.unwrap().narrow(2, 0, chunk).unwrap();
+    let diff = (reported - scores)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff < 1e-6, "first chunk's scores differ by {diff}");
+}
+
+#[test]
+fn chunk_refuses_inner_presses_that_do_not_score() {
+    let error = press_from_json(
+        r#"{"press": "chunk", "inner": {"press": "key_rerotation", "inner": {"press": "snapkv", "compression_ratio": 0.5}}}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("re-rotates keys"), "{error}");
+}
+
+#[test]
+fn chunk_kept_sets_on_a_fixed_input() {
+    // kvpress's behaviour (the default): the first chunk's window at the context's end.
+    let layer = SyntheticLayer::random(SyntheticShape::small(96), 1).unwrap();
+    let chunked = Chunked {
+        inner: snapkv(0.5),
+        chunk_length: 48,
+        queries_at_own_positions: false,
     };
     insta::assert_json_snapshot!(chunked.compress(&layer.input()).unwrap().selection.heads());
 }

@@ -1,0 +1,56 @@
+//! What a wrapper may hold: a press inside another only acts as far as the outer press passes
+//! it on. Decode-time compression ([`Press::decoding`]) only runs from the press the runtime
+//! holds, which finds it through the wrappers that pass it on (`composed`, `prefill_decoding`):
+//! a decode-time press inside any other wrapper would silently never run.
+
+use serde_json::Value;
+
+use crate::press::{press_from_value, press_name, Press};
+use crate::{Error, Result};
+
+/// Checks every press nested in `press` (walking its config): a press that compresses while
+/// decoding must sit in a wrapper that compresses while decoding too (that passes its schedule
+/// on), or the error names both and where the decode-time press can go.
+pub fn check_nesting(press: &dyn Press) -> Result<()> {
+    let config = serde_json::to_value(press)
+        .map_err(|e| Error::InvalidArgument(format!("cannot describe the press: {e}")))?;
+    check_children(&config, press)
+}
+
+/// Checks the presses directly inside `config` (the config of `outer`), then theirs.
+fn check_children(config: &Value, outer: &dyn Press) -> Result<()> {
+    for child in nested_presses(config) {
+        let inner = press_from_value(child.clone())?;
+        if inner.describe().compresses_while_decoding && !outer.describe().compresses_while_decoding
+        {
+            return Err(Error::InvalidArgument(format!(
+                "`{}` holds `{}`, which compresses while tokens are generated, but `{}` does not \
+                 run what it holds while decoding, so it would never compress; put the \
+                 decode-time press at the top, or directly inside `composed` or \
+                 `prefill_decoding`",
+                press_name(outer),
+                press_name(inner.as_ref()),
+                press_name(outer),
+            )));
+        }
+        check_children(child, inner.as_ref())?;
+    }
+    Ok(())
+}
+
+/// The press configs directly inside `config`: every field value (or element of an array field)
+/// that is an object naming a press.
+fn nested_presses(config: &Value) -> Vec<&Value> {
+    let Some(fields) = config.as_object() else {
+        return Vec::new();
+    };
+    let is_press = |value: &&Value| value.get("press").is_some_and(Value::is_string);
+    fields
+        .iter()
+        .filter(|(name, _)| name.as_str() != "press")
+        .flat_map(|(_, value)| match value {
+            Value::Array(items) => items.iter().filter(is_press).collect::<Vec<_>>(),
+            other => std::iter::once(other).filter(is_press).collect(),
+        })
+        .collect()
+}
