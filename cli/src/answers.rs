@@ -110,7 +110,7 @@ pub fn answer_all(
     )?)
 }
 
-/// Compresses `context` with `press` and answers every question ([`kvpress::hooks::run::run`])
+/// Compresses `context` with `press` and answers every question (as [`kvpress::hooks::run::run`])
 /// after checking that the context and each question fit the model's positions.
 pub fn run_context(
     loaded: &LoadedModel,
@@ -120,18 +120,27 @@ pub fn run_context(
     options: AnswerOptions,
 ) -> Result<RunOutput> {
     run::check_inputs(context, questions)?;
-    let context_tokens = PromptSplit::context_ids(loaded, context)?.len();
+    let context_ids = PromptSplit::context_ids(loaded, context)?;
     let max_positions = loaded.model.config().max_position_embeddings;
-    let what = format!("the context ({context_tokens} tokens)");
-    check_room(&what, context_tokens, 0, max_positions, false)?;
-    check_questions_fit(loaded, context_tokens, questions, options)?;
-    Ok(run::run(
-        loaded,
-        context,
-        questions,
-        press,
-        options.max_new_tokens,
-    )?)
+    let what = format!("the context ({} tokens)", context_ids.len());
+    check_room(&what, context_ids.len(), 0, max_positions, false)?;
+    // Questions start after the context; with re-rotated keys, after its compressed length,
+    // known once it is compressed. answer_all checks them (and warns) against the compressed
+    // context; this is the same check before compressing, where it can be made.
+    if !press.describe().rerotates_keys {
+        let quiet = AnswerOptions {
+            warn: false,
+            ..options
+        };
+        check_questions_fit(loaded, context_ids.len(), questions, quiet)?;
+    }
+    let (mut session, report) = ContextSession::compress(&loaded.model, &context_ids, press, &[])?;
+    let answers = answer_all(loaded, &mut session, questions, options)?;
+    Ok(RunOutput {
+        report,
+        answers,
+        compresses_while_decoding: press.describe().compresses_while_decoding,
+    })
 }
 
 /// Says on stderr why each answer that did not end with EOS stopped; `label` names the cache

@@ -36,6 +36,11 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// The model's path: `--model`, else where the default model is kept.
+    pub fn path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(default_model::path)
+    }
+
     pub fn load(&self) -> Result<LoadedModel> {
         let path = match &self.model {
             Some(path) => path.clone(),

@@ -37,6 +37,12 @@ pub fn check_rayon_threads(value: Option<&std::ffi::OsStr>, cores: usize) -> Res
         "valid is a whole number from 1 to {limit} ({MAX_THREADS_PER_CORE} x the {cores} cores \
          available), or unset for one thread per core"
     );
+    if trimmed != text {
+        bail!(
+            "RAYON_NUM_THREADS={text:?} has spaces around the number, which rayon does not read \
+             (it would use one thread per core): write the digits alone; {valid}"
+        );
+    }
     match trimmed.parse::<usize>() {
         Ok(0) => bail!("RAYON_NUM_THREADS=0 is not valid: {valid}"),
         Ok(n) if n > limit => bail!("RAYON_NUM_THREADS={n} is too large: {valid}"),
@@ -52,12 +58,13 @@ mod tests {
 
     #[test]
     fn rayon_threads_between_one_and_four_per_core() {
-        for ok in [None, Some(""), Some("1"), Some("8"), Some(" 2 ")] {
+        for ok in [None, Some(""), Some("1"), Some("8")] {
             assert!(check_rayon_threads(ok.map(OsStr::new), 2).is_ok(), "{ok:?}");
         }
         for (bad, phrase) in [
             ("0", "RAYON_NUM_THREADS=0 is not valid"),
             ("9", "RAYON_NUM_THREADS=9 is too large"),
+            (" 2 ", "has spaces around the number"),
             ("100000", "from 1 to 8"),
             ("four", "is not a number of threads"),
             ("-1", "is not a number of threads"),

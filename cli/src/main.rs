@@ -10,7 +10,6 @@ mod cli;
 mod commands;
 mod env_check;
 mod output;
-mod paths;
 mod values;
 
 use cli::{Cli, Command};

@@ -51,7 +51,7 @@ fn skipped_lines_are_listed_and_counted_and_changed_settings_refused() {
     std::fs::write(
         &config,
         format!(
-            "dataset = {:?}\ncontext_lengths = [256]\nsamples = 1\ncompression_ratios = [0.5]\n\n\
+            "dataset = {:?}\ncompression_ratios = [0.5]\n\n\
              [[presses]]\nname = \"knorm\"\nconfig = {{ press = \"knorm\" }}\n",
             data.to_str().unwrap()
         ),

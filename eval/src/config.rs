@@ -68,9 +68,12 @@ pub struct EvalConfig {
     /// A JSONL file of `{context, question | questions, answer | answers, answer_prefix?}`.
     #[serde(default)]
     pub dataset: Option<PathBuf>,
-    /// Context lengths in tokens (generated tasks).
+    /// Context lengths in tokens of the generated tasks (a dataset line keeps its own context).
+    #[serde(default)]
     pub context_lengths: Vec<usize>,
-    /// Samples per task and length (needle depths spread evenly).
+    /// Samples per generated task and length (needle depths spread evenly); every dataset line
+    /// is one sample of its own.
+    #[serde(default)]
     pub samples: usize,
     /// Compression ratios of every press, each in [0, 1) and given once.
     pub compression_ratios: Vec<f64>,
@@ -122,13 +125,12 @@ impl EvalConfig {
             ));
         }
         no_duplicates("tasks", &self.tasks)?;
-        if self.samples == 0 {
-            return Err(Error::config(
-                "samples",
-                "samples = 0 would run no sample: give at least 1",
-            ));
+        if self.tasks.is_empty() {
+            self.check_dataset_only()?;
+        } else {
+            self.check_samples()?;
+            self.check_context_lengths()?;
         }
-        self.check_context_lengths()?;
         self.check_ratios()?;
         if self.settings.is_empty() {
             return Err(Error::config(
@@ -146,6 +148,45 @@ impl EvalConfig {
         }
         self.check_presses()?;
         Ok(kinds)
+    }
+
+    /// A grid of dataset lines alone sets no context length and no sample count: those shape
+    /// generated tasks, while every line is evaluated once, with its own context.
+    fn check_dataset_only(&self) -> Result<()> {
+        let why = "apply to generated tasks only; every dataset line is evaluated once, with its \
+                   own context: remove it (or list tasks)";
+        if !self.context_lengths.is_empty() {
+            return Err(Error::config(
+                "context_lengths",
+                format!("context_lengths {why}"),
+            ));
+        }
+        if self.samples != 0 {
+            return Err(Error::config("samples", format!("samples {why}")));
+        }
+        Ok(())
+    }
+
+    /// Samples of generated tasks: at least 1, at most [`MAX_SAMPLES`].
+    fn check_samples(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(Error::config(
+                "samples",
+                "samples = 0 (or no `samples`) would run no sample of the tasks: give at least 1",
+            ));
+        }
+        if self.samples > MAX_SAMPLES {
+            return Err(Error::config(
+                "samples",
+                format!(
+                    "samples = {} is more than {MAX_SAMPLES} per task and context length (each \
+                     sample is answered by every press at every ratio): give at most \
+                     {MAX_SAMPLES}",
+                    self.samples
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Context lengths: some, none 0, none twice.
@@ -213,12 +254,37 @@ impl EvalConfig {
                     ),
                 ));
             }
+            if let Some(bad) = press
+                .name
+                .chars()
+                .find(|&c| !(c.is_alphanumeric() || PRESS_NAME_PUNCTUATION.contains(c)))
+            {
+                return Err(Error::config(
+                    "presses",
+                    format!(
+                        "the press name {:?} holds {bad:?}: names are written into table.md and \
+                         the plots, so they may hold letters, digits, spaces and \
+                         {PRESS_NAME_PUNCTUATION:?} only",
+                        press.name
+                    ),
+                ));
+            }
             if names.contains(&press.name.as_str()) {
                 return Err(Error::DuplicatePress {
                     name: press.name.clone(),
                 });
             }
             names.push(&press.name);
+            // A press the grid cannot run at all: that is the reason to give, before any field.
+            if let Ok(bare) = kvpress_core::press::press_from_value(press.config.clone()) {
+                kvpress_hooks::check_press(kvpress_hooks::FrontEnd::Eval, bare.as_ref()).map_err(
+                    |error| Error::InvalidPress {
+                        press: press.name.clone(),
+                        ratio: self.compression_ratios[0],
+                        error: Box::new(error.into()),
+                    },
+                )?;
+            }
             if let Some(field) = ratio_field(&press.config, "config") {
                 return Err(Error::PressSetsRatio {
                     press: press.name.clone(),
@@ -232,6 +298,15 @@ impl EvalConfig {
         Ok(())
     }
 }
+
+/// The most samples per task and context length a grid may ask for: 10,000 samples of one cell
+/// are hours of answers per press and ratio already; more is a typo, and generating them alone
+/// would take minutes before any answer.
+pub const MAX_SAMPLES: usize = 10_000;
+
+/// The characters a press name may hold besides letters and digits (none of them means anything
+/// in Markdown tables, SVG or file names).
+const PRESS_NAME_PUNCTUATION: &str = " _-.@()+,=";
 
 /// An [`Error::InvalidConfig`] of `field` if `values` holds one value twice.
 fn no_duplicates<T: PartialEq + fmt::Debug>(field: &'static str, values: &[T]) -> Result<()> {

@@ -5,68 +5,124 @@ use std::fmt;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::error::{Error, IoAction, LineProblem, Result};
 use crate::{Question, Sample};
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
+/// The keys a dataset line may have.
+const KEYS: [&str; 6] = [
+    "context",
+    "question",
+    "questions",
+    "answer",
+    "answers",
+    "answer_prefix",
+];
 
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(s) => vec![s],
-            Self::Many(v) => v,
-        }
+/// What kind of JSON value `value` is, for messages.
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Line {
-    context: String,
-    #[serde(default)]
-    question: Option<String>,
-    #[serde(default)]
-    questions: Option<Vec<String>>,
-    #[serde(default)]
-    answer: Option<OneOrMany>,
-    #[serde(default)]
-    answers: Option<Vec<OneOrMany>>,
-    #[serde(default)]
-    answer_prefix: Option<String>,
+/// A line's field `key`, which must be a string.
+fn string(
+    line: &Map<String, Value>,
+    key: &'static str,
+) -> std::result::Result<Option<String>, LineProblem> {
+    match line.get(key) {
+        None => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text.clone())),
+        Some(other) => Err(LineProblem::WrongType {
+            key,
+            expected: "a string",
+            found: kind_of(other),
+        }),
+    }
+}
+
+/// The expected answers of one question: a string, or a list of strings (any of which counts).
+fn answers(value: &Value, key: &'static str) -> std::result::Result<Vec<String>, LineProblem> {
+    let wrong = |found: &Value| LineProblem::WrongType {
+        key,
+        expected: "a string or a list of strings",
+        found: kind_of(found),
+    };
+    match value {
+        Value::String(text) => Ok(vec![text.clone()]),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| item.as_str().map(str::to_string).ok_or_else(|| wrong(item)))
+            .collect(),
+        other => Err(wrong(other)),
+    }
+}
+
+/// A line's list field `key` of items read by `item`.
+fn list<T>(
+    line: &Map<String, Value>,
+    key: &'static str,
+    item: impl Fn(&Value) -> std::result::Result<T, LineProblem>,
+) -> std::result::Result<Option<Vec<T>>, LineProblem> {
+    match line.get(key) {
+        None => Ok(None),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(item)
+            .collect::<std::result::Result<_, _>>()
+            .map(Some),
+        Some(other) => Err(LineProblem::WrongType {
+            key,
+            expected: "a list",
+            found: kind_of(other),
+        }),
+    }
 }
 
 fn parse_line(bytes: &[u8]) -> std::result::Result<Sample, LineProblem> {
     let text = std::str::from_utf8(bytes).map_err(|e| LineProblem::NotUtf8 {
         column: e.valid_up_to() + 1,
     })?;
-    let line: Line = serde_json::from_str(text).map_err(LineProblem::Json)?;
-    if line.context.trim().is_empty() {
+    let value: Value = serde_json::from_str(text).map_err(LineProblem::Json)?;
+    let Value::Object(line) = value else {
+        return Err(LineProblem::NotAnObject {
+            found: kind_of(&value),
+        });
+    };
+    if let Some(key) = line.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        return Err(LineProblem::UnknownKey { key: key.clone() });
+    }
+    let context = string(&line, "context")?.ok_or(LineProblem::EmptyContext)?;
+    if context.trim().is_empty() {
         return Err(LineProblem::EmptyContext);
     }
-    let prefix = line.answer_prefix.unwrap_or_default();
-    let questions = match (line.question, line.questions, line.answer, line.answers) {
-        (Some(question), None, Some(answer), None) => vec![Question {
-            question,
-            answer_prefix: prefix,
-            answers: answer.into_vec(),
-        }],
+    let prefix = string(&line, "answer_prefix")?.unwrap_or_default();
+    let question = string(&line, "question")?;
+    let questions = list(&line, "questions", |q| {
+        q.as_str()
+            .map(str::to_string)
+            .ok_or(LineProblem::WrongType {
+                key: "questions",
+                expected: "a list of strings",
+                found: kind_of(q),
+            })
+    })?;
+    let answer = line
+        .get("answer")
+        .map(|a| answers(a, "answer"))
+        .transpose()?;
+    let answer_lists = list(&line, "answers", |a| answers(a, "answers"))?;
+    let pairs: Vec<(String, Vec<String>)> = match (question, questions, answer, answer_lists) {
+        (Some(question), None, Some(answer), None) => vec![(question, answer)],
         (None, Some(questions), None, Some(answers)) if questions.len() == answers.len() => {
-            questions
-                .into_iter()
-                .zip(answers)
-                .map(|(question, answers)| Question {
-                    question,
-                    answer_prefix: prefix.clone(),
-                    answers: answers.into_vec(),
-                })
-                .collect()
+            questions.into_iter().zip(answers).collect()
         }
         (None, Some(q), None, Some(a)) => {
             return Err(LineProblem::CountMismatch {
@@ -76,18 +132,25 @@ fn parse_line(bytes: &[u8]) -> std::result::Result<Sample, LineProblem> {
         }
         _ => return Err(LineProblem::NoQuestion),
     };
-    if questions.is_empty() {
+    if pairs.is_empty() {
         return Err(LineProblem::NoQuestion);
     }
-    if let Some(question) = questions
+    if let Some(question) = pairs
         .iter()
-        .position(|q| q.answers.is_empty() || q.answers.iter().any(|a| a.trim().is_empty()))
+        .position(|(_, a)| a.is_empty() || a.iter().any(|a| a.trim().is_empty()))
     {
         return Err(LineProblem::EmptyAnswer { question });
     }
     Ok(Sample {
-        context: line.context,
-        questions,
+        context,
+        questions: pairs
+            .into_iter()
+            .map(|(question, answers)| Question {
+                question,
+                answer_prefix: prefix.clone(),
+                answers,
+            })
+            .collect(),
     })
 }
 
@@ -169,6 +232,12 @@ pub fn read_dataset(path: &Path, skip_bad: bool) -> Result<Dataset> {
         }
         let line = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        // A byte-order mark that editors put at the start of a UTF-8 file is not part of the
+        // first line.
+        let line = match index {
+            0 => line.strip_prefix(b"\xef\xbb\xbf").unwrap_or(line),
+            _ => line,
+        };
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -180,6 +249,7 @@ pub fn read_dataset(path: &Path, skip_bad: bool) -> Result<Dataset> {
     if dataset.samples.is_empty() {
         return Err(Error::EmptyDataset {
             path: path.to_path_buf(),
+            skipped: dataset.skipped.iter().map(ToString::to_string).collect(),
         });
     }
     Ok(dataset)

@@ -112,8 +112,11 @@ pub enum Error {
     #[error(
         "task `{task}` at context length {context_length}: the prompt needs {tokens} positions \
          (context, question and {answer_tokens} answer tokens) but the model has \
-         {max_positions}; use context lengths of at most about {}",
-        context_length.saturating_sub(tokens.saturating_sub(*max_positions))
+         {max_positions}; {}",
+        match largest_length {
+            Some(length) => format!("the longest context length whose samples all fit is {length}"),
+            None => "no context length of this task fits: lower max_new_tokens".to_string(),
+        }
     )]
     ContextTooLong {
         /// The task.
@@ -126,6 +129,8 @@ pub enum Error {
         answer_tokens: usize,
         /// The model's positions (`max_position_embeddings`).
         max_positions: usize,
+        /// The longest context length at which every sample of the task fits, if any.
+        largest_length: Option<usize>,
     },
     /// A line of a dataset is malformed (and `--skip-bad` was not given).
     #[error(
@@ -141,10 +146,19 @@ pub enum Error {
         problem: LineProblem,
     },
     /// A dataset holds no usable line.
-    #[error("{} holds no usable line", path.display())]
+    #[error(
+        "{} holds no usable line{}",
+        path.display(),
+        match skipped.len() {
+            0 => String::new(),
+            n => format!(" ({n} skipped with --skip-bad:\n  {})", skipped.join("\n  ")),
+        }
+    )]
     EmptyDataset {
         /// The dataset file.
         path: PathBuf,
+        /// The lines skipped with `--skip-bad`, each with its reason.
+        skipped: Vec<String>,
     },
     /// A line of a results file (other than a last line cut short) is not a result row.
     #[error("{}:{line}: not a result row: {error}", path.display())]
@@ -371,11 +385,39 @@ impl fmt::Display for IoAction {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LineProblem {
-    /// The line is not JSON, or not an object of the known keys.
-    #[error("{0}")]
+    /// The line is not JSON.
+    #[error("not JSON: {0}")]
     Json(serde_json::Error),
-    /// `context` is empty.
-    #[error("`context` is empty")]
+    /// The line is JSON but not an object.
+    #[error(
+        "a line must be a JSON object {{\"context\", \"question\", \"answer\"}} (or \
+         \"questions\" with \"answers\"), found {found}"
+    )]
+    NotAnObject {
+        /// What it is.
+        found: &'static str,
+    },
+    /// The line has a key no dataset line has.
+    #[error(
+        "unknown key `{key}`: a line has context, question or questions, answer or answers, and \
+         optionally answer_prefix"
+    )]
+    UnknownKey {
+        /// The key.
+        key: String,
+    },
+    /// A field has the wrong type.
+    #[error("`{key}` must be {expected}, found {found}")]
+    WrongType {
+        /// The field.
+        key: &'static str,
+        /// What it must be.
+        expected: &'static str,
+        /// What it is.
+        found: &'static str,
+    },
+    /// `context` is missing or empty.
+    #[error("`context` is missing or empty")]
     EmptyContext,
     /// `questions` and `answers` differ in length.
     #[error("{questions} questions but {answers} answers")]

@@ -123,8 +123,8 @@ fn presses_need_names_of_their_own_and_leave_the_ratio_to_the_grid() {
             "config.inner.compression_ratio",
         ),
         (
-            "{ press = \"composed\", presses = [{ press = \"knorm\", compression_ratio = 0.3 }] }",
-            "config.presses[0].compression_ratio",
+            "{ press = \"key_rerotation\", inner = { press = \"knorm\", compression_ratio = 0.3 } }",
+            "config.inner.compression_ratio",
         ),
     ] {
         let error = refusal(&format!(
@@ -141,6 +141,16 @@ fn presses_need_names_of_their_own_and_leave_the_ratio_to_the_grid() {
             "{message}"
         );
     }
+    // A press the grid cannot run at all is refused for that, whatever its fields.
+    let error = refusal(&format!(
+        "{BASE}{ratios}[[presses]]\nname = \"p\"\nconfig = {{ press = \"composed\", presses = \
+         [{{ press = \"knorm\", compression_ratio = 0.3 }}] }}\n"
+    ));
+    assert!(
+        format!("{error}")
+            .contains("`composed` cannot run in `eval`: it sets its own compression ratios"),
+        "{error}"
+    );
 }
 
 #[test]

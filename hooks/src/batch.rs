@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::{ContextSession, Error, Result};
 use candle_core::Tensor;
 use kvpress_core::ModelCache;
-use kvpress_models::{argmax, LoadedModel, StopReason, StopRule};
+use kvpress_models::{argmax, check_finite, LoadedModel, StopReason, StopRule};
 
 /// One answer of a batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,13 +160,21 @@ fn first_tokens(
         let rows = m
             .forward_sequences(&tokens, &mut caches)?
             .to_vec2::<f32>()?;
-        return Ok(rows.iter().map(|row| argmax(row)).collect());
+        return rows
+            .iter()
+            .map(|row| {
+                check_finite(row)?;
+                Ok(argmax(row))
+            })
+            .collect();
     }
     let mut next = Vec::with_capacity(sessions.len());
     for (session, question) in sessions.iter_mut().zip(question_ids) {
         let input = Tensor::new(question.as_slice(), m.device())?.unsqueeze(0)?;
         let logits = m.forward(&input, session.cache_mut(), None)?;
-        next.push(argmax(&logits.squeeze(0)?.to_vec1()?));
+        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        check_finite(&row)?;
+        next.push(argmax(&row));
     }
     Ok(next)
 }
@@ -195,6 +203,7 @@ fn decode_step(
         .to_vec2()?;
     let active_rows = (0..next.len()).filter(|&i| active[i]);
     for (i, row) in active_rows.zip(&logits) {
+        check_finite(row)?;
         next[i] = argmax(row);
     }
     Ok(())

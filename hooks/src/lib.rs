@@ -47,7 +47,7 @@ pub mod trace;
 pub use error::{Error, Result};
 pub use front_end::{check_press, FrontEnd};
 pub use pipeline::{Answer, AnswerOptions, CompressedContext, LoadOptions, Pipeline};
-pub use press_hook::{LayerRecord, PressHook};
+pub use press_hook::{kept_fraction, LayerRecord, PressHook};
 pub use prompt::PromptSplit;
 pub use recorded::RecordedPrefill;
 pub use session::{new_cache_for, CompressionReport, ContextSession};

@@ -166,7 +166,8 @@ pub struct Answer {
     /// Seconds for the question's prefill and the decoding.
     pub seconds: f64,
     /// Layer compressions a decode-time press made while answering (0 for other presses, or
-    /// when the answer ended before the press's `compression_interval`).
+    /// when the question and answer together were shorter than the press's
+    /// `compression_interval`).
     pub decode_compressions: usize,
 }
 

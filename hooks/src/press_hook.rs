@@ -13,7 +13,8 @@ use kvpress_core::{AttentionHook, ForwardPhase, LayerCache, LayerContext, LayerS
 pub struct LayerRecord {
     /// Index of the layer.
     pub layer_idx: usize,
-    /// The kept tokens of each KV head.
+    /// The kept tokens of each KV head (and kept key channels; replacement values are left to
+    /// the cache that stores them).
     pub selection: Selection,
     /// The press's scores `(batch, n_kv_heads, n_tokens)`, for the layers asked for.
     pub scores: Option<Tensor>,
@@ -28,6 +29,22 @@ pub struct LayerRecord {
     /// What the press reported about the layer ([`LayerNote`]), those of
     /// [`NoteScope::RecordedLayers`] only for the layers asked for.
     pub notes: Vec<LayerNote>,
+}
+
+/// Fraction of the `(layer, head, token)` entries the `layers` kept (1 when there are none).
+pub fn kept_fraction(layers: &[LayerRecord]) -> f64 {
+    let (kept, total) = layers.iter().fold((0, 0), |(k, t), layer| {
+        let s = &layer.selection;
+        (
+            k + s.total_kept(),
+            t + s.batch() * s.n_kv_heads() * s.n_tokens(),
+        )
+    });
+    if total == 0 {
+        1.0
+    } else {
+        kept as f64 / total as f64
+    }
 }
 
 /// The notes of a compression a record keeps: all of them for a layer whose scores are recorded
@@ -182,6 +199,11 @@ impl<'p> PressHook<'p> {
         Ok(())
     }
 
+    /// What the press did so far, one record per layer in layer order.
+    pub fn records(&self) -> &[LayerRecord] {
+        &self.records
+    }
+
     /// What the press did, one record per layer in layer order.
     pub fn into_records(self) -> Vec<LayerRecord> {
         self.records
@@ -262,7 +284,12 @@ fn unpad(selection: &Selection, padding: &[usize], len: usize) -> kvpress_core::
                 .collect::<kvpress_core::Result<Vec<u32>>>()
         })
         .collect::<kvpress_core::Result<Vec<_>>>()?;
-    Selection::new(kept, selection.batch(), selection.n_kv_heads(), len)
+    selection.refinements_onto(Selection::new(
+        kept,
+        selection.batch(),
+        selection.n_kv_heads(),
+        len,
+    )?)
 }
 
 impl AttentionHook for PressHook<'_> {
@@ -287,7 +314,7 @@ impl AttentionHook for PressHook<'_> {
         let keep_scores = self.score_layers.contains(&context.layer_idx);
         self.records.push(LayerRecord {
             layer_idx: context.layer_idx,
-            selection: compression.selection,
+            selection: compression.selection.without_values(),
             scores: compression.scores.filter(|_| keep_scores),
             notes: kept_notes(compression.notes, keep_scores),
             cache_len: context.cache.len(),

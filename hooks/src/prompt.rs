@@ -58,8 +58,11 @@ impl PromptSplit {
     /// The chat-templated prompt of `context` cut at the separator: the context part and what
     /// follows the user message.
     fn render(model: &LoadedModel, context: &str) -> Result<(String, String)> {
-        if context.is_empty() {
-            return Err(Error::InvalidInput("empty context".into()));
+        if context.trim().is_empty() {
+            return Err(Error::InvalidInput(
+                "the context is empty (or only spaces and line breaks): give the text to compress"
+                    .into(),
+            ));
         }
         match &model.chat_template {
             Some(template) => {

@@ -20,8 +20,8 @@ pub struct Answer {
     /// Why the answer ended (EOS, the token budget, the model's position limit).
     pub stop_reason: StopReason,
     /// Layer compressions decode-time compression made while this answer was generated (0
-    /// when the press does not compress while decoding, or the answer ended before its first
-    /// `compression_interval`).
+    /// when the press does not compress while decoding, or the question and answer together were
+    /// shorter than its `compression_interval`).
     pub decode_compressions: usize,
 }
 
@@ -156,9 +156,16 @@ pub fn print_comparison(
 
 /// What decode-time compression did during one answer.
 pub fn decode_time_note(answer: &Answer) -> String {
-    match answer.decode_compressions {
-        0 => "decode-time compression did not run: the answer ended before the press's \
-              compression_interval"
+    decode_compressions_note(answer.decode_compressions)
+}
+
+/// What decode-time compression did during a generation that compressed `n` times (layers x
+/// steps).
+pub fn decode_compressions_note(n: usize) -> String {
+    match n {
+        0 => "decode-time compression did not run: the question and the answer together were \
+              fewer tokens than the press's compression_interval (as in kvpress, every token fed \
+              after the context counts)"
             .to_string(),
         n => format!("decode-time compression ran {n} times (layers x steps) during this answer"),
     }

@@ -65,18 +65,7 @@ impl CompressionReport {
 
     /// Fraction of `(layer, head, token)` entries kept.
     pub fn kept_fraction(&self) -> f64 {
-        let (kept, total) = self.layers.iter().fold((0, 0), |(k, t), layer| {
-            let s = &layer.selection;
-            (
-                k + s.total_kept(),
-                t + s.batch() * s.n_kv_heads() * s.n_tokens(),
-            )
-        });
-        if total == 0 {
-            1.0
-        } else {
-            kept as f64 / total as f64
-        }
+        crate::press_hook::kept_fraction(&self.layers)
     }
 
     /// Cache length of every layer after compression.
@@ -93,8 +82,8 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
     }
     if model.cache_dtype() != candle_core::DType::F32 {
         return Err(crate::Error::InvalidInput(format!(
-            "head-wise presses store their per-head cache in f32; a {:?} KV cache (--kv-dtype) \
-             is not supported with them yet",
+            "head-wise presses store their per-head cache in f32 (and think its channel-pruned \
+             cache); a {:?} KV cache (--kv-dtype) is not supported with them yet",
             model.cache_dtype()
         )));
     }

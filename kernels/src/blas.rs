@@ -98,6 +98,11 @@ pub enum BlasEnvError {
         /// The path.
         path: String,
     },
+    /// `KVPRESS_BLAS=off` and `KVPRESS_BLAS_LIB` names a library: one of them would be ignored.
+    LibraryButOff {
+        /// The library named.
+        path: String,
+    },
     /// `KVPRESS_BLAS=on` but none of the usual OpenBLAS names loads.
     NoneFound {
         /// The names tried.
@@ -130,6 +135,12 @@ impl std::fmt::Display for BlasEnvError {
                 "KVPRESS_BLAS_LIB={path}: the library loads but has no `cblas_sgemm`; give a \
                  CBLAS library such as OpenBLAS"
             ),
+            Self::LibraryButOff { path } => write!(
+                f,
+                "KVPRESS_BLAS_LIB={path} names a library, but KVPRESS_BLAS=off turns BLAS off: \
+                 unset one of them (KVPRESS_BLAS=off uses the pure-Rust gemm; KVPRESS_BLAS_LIB \
+                 alone uses that library)"
+            ),
             Self::NoneFound { tried } => write!(
                 f,
                 "KVPRESS_BLAS=on but no BLAS library loads (tried {}); install OpenBLAS, name \
@@ -150,7 +161,10 @@ pub fn parse_env(
     let mode = blas.map(str::trim).unwrap_or_default().to_ascii_lowercase();
     let library = library.map(str::trim).filter(|l| !l.is_empty());
     match (mode.as_str(), library) {
-        ("off" | "0", _) => Ok(BlasRequest::Off),
+        ("off" | "0", None) => Ok(BlasRequest::Off),
+        ("off" | "0", Some(path)) => Err(BlasEnvError::LibraryButOff {
+            path: path.to_string(),
+        }),
         ("" | "auto" | "on" | "1", Some(path)) => Ok(BlasRequest::Library(path.to_string())),
         ("" | "auto", None) => Ok(BlasRequest::Auto),
         ("on" | "1", None) => Ok(BlasRequest::Required),
@@ -315,7 +329,10 @@ mod tests {
         let named = BlasRequest::Library("/opt/lib/libcblas.so".to_string());
         assert_eq!(parse_env(None, lib), Ok(named.clone()));
         assert_eq!(parse_env(Some("on"), lib), Ok(named));
-        assert_eq!(parse_env(Some("off"), lib), Ok(BlasRequest::Off));
+        assert!(matches!(
+            parse_env(Some("off"), lib),
+            Err(BlasEnvError::LibraryButOff { .. })
+        ));
         assert_eq!(parse_env(None, Some("  ")), Ok(BlasRequest::Auto));
         assert!(parse_env(Some("bogus"), lib).is_err());
     }

@@ -29,8 +29,25 @@ pub fn path() -> PathBuf {
     kvpress_home().join("models").join(FILE_NAME)
 }
 
+/// Refuses a `KVPRESS_HOME` (or a `models` folder in it) that exists but is not a folder: no
+/// model can be kept there.
+fn check_home() -> Result<()> {
+    let home = kvpress_home();
+    for folder in [home.clone(), home.join("models")] {
+        if folder.exists() && !folder.is_dir() {
+            return Err(Error::Fetch(format!(
+                "{} is a file, not a folder, so the default model cannot be kept in it; set \
+                 KVPRESS_HOME to a folder (or unset it for ~/.cache/kvpress)",
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The default model's path if it was fetched, else an error saying how to fetch it.
 pub fn require() -> Result<PathBuf> {
+    check_home()?;
     let path = path();
     if path.is_file() {
         Ok(path)
@@ -46,9 +63,16 @@ pub fn fetch() -> Result<PathBuf> {
     if target.is_file() {
         return Ok(target);
     }
+    check_home()?;
     let dir = target.parent().unwrap_or(Path::new("."));
     let staging = dir.join("download");
-    std::fs::create_dir_all(&staging).map_err(|e| io_error(&staging, e))?;
+    std::fs::create_dir_all(&staging).map_err(|e| {
+        Error::Fetch(format!(
+            "cannot create the folder {} to download into: {e} (set KVPRESS_HOME to a folder \
+             you can write)",
+            staging.display()
+        ))
+    })?;
     run(Command::new("python3")
         .args(["-m", "pip", "download", "--quiet", "--no-deps", "--dest"])
         .arg(&staging)

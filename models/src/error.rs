@@ -93,6 +93,20 @@ pub enum Error {
     /// The input is not acceptable (empty, too long, unknown token ids).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The model computed logits that are not numbers or infinite: its weights or the cached
+    /// keys and values hold values that overflow (a damaged model or cache), and no token can
+    /// be chosen from them.
+    #[error(
+        "the model computed {non_finite} non-finite logits (NaN or infinity) of {vocab}: its \
+         weights or the cached keys and values are damaged or overflow; no answer can be read \
+         from them"
+    )]
+    NonFiniteLogits {
+        /// How many logits were NaN or infinite.
+        non_finite: usize,
+        /// The vocabulary size.
+        vocab: usize,
+    },
 }
 
 /// Result alias of the models crate.

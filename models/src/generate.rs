@@ -165,6 +165,7 @@ impl Sampler {
         if logits.is_empty() {
             return Err(Error::InvalidInput("empty logits".into()));
         }
+        check_finite(&logits)?;
         match self.sampling {
             Sampling::Greedy => Ok(argmax(&logits)),
             Sampling::TopP {
@@ -202,6 +203,19 @@ impl Sampler {
         }
         kept[kept.len() - 1].0
     }
+}
+
+/// Refuses logits holding NaN or infinity ([`Error::NonFiniteLogits`]): a token chosen from
+/// them would be an answer made of noise.
+pub fn check_finite(logits: &[f32]) -> Result<()> {
+    let non_finite = logits.iter().filter(|l| !l.is_finite()).count();
+    if non_finite > 0 {
+        return Err(Error::NonFiniteLogits {
+            non_finite,
+            vocab: logits.len(),
+        });
+    }
+    Ok(())
 }
 
 /// Index of the largest value, the first one on ties.

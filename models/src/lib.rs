@@ -49,8 +49,8 @@ pub use content_hash::{file_sha256, model_sha256, sha256_hex};
 pub use dense_cache::{dense_model_cache, DenseLayerCache};
 pub use error::{Error, Result};
 pub use generate::{
-    argmax, generate, generate_until, GenerationConfig, GenerationOutput, Sampler, Sampling,
-    StopReason, StopRule,
+    argmax, check_finite, generate, generate_until, GenerationConfig, GenerationOutput, Sampler,
+    Sampling, StopReason, StopRule,
 };
 pub use gguf::GgufFile;
 pub use loader::{load_gguf, load_model, LoadedModel};

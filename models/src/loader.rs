@@ -138,6 +138,7 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
     let mut files = SafetensorsFiles::open(folder, device)?;
     let mut weights = WeightLoader::new(&mut files, mode, device);
     let model = Model::load(config, &mut weights, device)?;
+    files.check_all_used()?;
     Ok(LoadedModel {
         model,
         tokenizer,

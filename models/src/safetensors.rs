@@ -1,5 +1,6 @@
 //! Hugging Face model folders: `config.json`, one or many `*.safetensors`, tokenizer files.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
@@ -15,6 +16,8 @@ pub(crate) struct SafetensorsFiles {
     folder: PathBuf,
     tensors: MmapedSafetensors,
     device: Device,
+    /// Names of the tensors loaded so far.
+    used: HashSet<String>,
 }
 
 impl SafetensorsFiles {
@@ -52,6 +55,37 @@ impl SafetensorsFiles {
             folder: folder.to_path_buf(),
             tensors,
             device: device.clone(),
+            used: HashSet::new(),
+        })
+    }
+
+    /// Refuses a folder holding tensors the model did not load: its `config.json` does not
+    /// describe its weights (more layers than `num_hidden_layers`, another architecture's
+    /// tensors), and a model built from it would silently leave weights out. Rotary frequency
+    /// buffers and the output projection of a model with tied embeddings are not weights the
+    /// model reads, and may be there.
+    pub fn check_all_used(&self) -> Result<()> {
+        let mut unused: Vec<String> = self
+            .tensors
+            .tensors()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| !self.used.contains(name))
+            .filter(|name| !name.ends_with("rotary_emb.inv_freq") && name != "lm_head.weight")
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        let count = unused.len();
+        unused.truncate(5);
+        Err(Error::InvalidModelFile {
+            path: self.folder.clone(),
+            message: format!(
+                "holds {count} tensors the model described by config.json does not use (e.g. \
+                 {}): config.json does not match the weights (its layer count or architecture)",
+                unused.join(", ")
+            ),
         })
     }
 }
@@ -80,6 +114,7 @@ impl TensorSource for SafetensorsFiles {
                         kvpress_core::error::without_backtrace(e)
                     ),
                 })?;
+        self.used.insert(name);
         Ok(Some(Weight::Dense(tensor)))
     }
 }

@@ -36,7 +36,13 @@ pub fn run(args: Args) -> Result<()> {
         press,
         out,
     } = args;
-    crate::paths::check_output(&out, &[("--context", &context), ("--press", &press)])?;
+    let model_path = model.path();
+    let inputs = [
+        ("--context", context.as_path()),
+        ("--press", press.as_path()),
+        ("--model", model_path.as_path()),
+    ];
+    crate::output::check_output_file("--out", &out, &inputs)?;
     let press = press_from_file(&press)?;
     check_press(FrontEnd::Compress, press.as_ref())?;
     let loaded = model.load()?;

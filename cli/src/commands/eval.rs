@@ -119,6 +119,16 @@ pub fn run(args: Args) -> Result<()> {
 /// workers), then writes `table.md` and the plots.
 fn run_parent(args: &Args, config: &EvalConfig) -> Result<()> {
     let start = Instant::now();
+    let model_path = args.model.path();
+    let mut inputs = vec![
+        ("--config", args.config.as_path()),
+        ("--model", model_path.as_path()),
+    ];
+    if let Some(dataset) = &config.dataset {
+        inputs.push(("the config's dataset", dataset.as_path()));
+    }
+    let written = ["results.jsonl", "eval-run.json", "table.md"];
+    crate::output::prepare_output_dir("--out", &args.out, &written, &inputs)?;
     if repair_results(&args.out)? {
         eprintln!("note: dropped an unfinished last line of the results file (it is recomputed)");
     }
@@ -461,7 +471,7 @@ mod signals {
 /// `table.md`, the plots (SVG and PNG) and the table on stdout, from `rows` (each key once).
 fn write_outputs(out: &Path, rows: &[ResultRow]) -> Result<()> {
     let table = report::markdown(rows);
-    std::fs::write(out.join("table.md"), &table)?;
+    crate::output::write_file(&out.join("table.md"), &table)?;
     for (setting, svg) in report::svg_plots(rows) {
         write_figure(out, &format!("plot_{setting}"), &svg)?;
     }

@@ -15,6 +15,14 @@ pub const EXPECTED_SHA256: &str =
 
 /// Fetches the default model (if missing or not the expected file) and prints its path.
 pub fn run() -> Result<()> {
+    let home = default_model::kvpress_home();
+    if home.exists() && !home.is_dir() {
+        bail!(
+            "KVPRESS_HOME {} is a file, not a folder: set KVPRESS_HOME to a folder (or unset it \
+             for ~/.cache/kvpress)",
+            home.display()
+        );
+    }
     let path = default_model::path();
     if path.exists() && !path.is_file() {
         bail!(

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use kvpress::core::press::{press_from_file, Press};
-use kvpress::hooks::{check_press, FrontEnd};
+use kvpress::core::press::{press_from_file, Press, PressDescription};
+use kvpress::hooks::{check_press, FrontEnd, PressHook};
 use kvpress::models::{ChatMessage, GenerationConfig, LoadedModel, Sampling};
 
 use super::note_debug_build;
@@ -102,9 +102,7 @@ fn generate(
     let max_positions = loaded.model.config().max_position_embeddings;
     let what = format!("the prompt ({} tokens)", ids.len());
     answers::check_room(&what, ids.len(), config.max_new_tokens, max_positions, true)?;
-    let mut hook = press
-        .map(|p| kvpress::hooks::PressHook::new(p, &[]))
-        .transpose()?;
+    let mut hook = press.map(|p| PressHook::new(p, &[])).transpose()?;
     let mut cache = match press {
         Some(press) => kvpress::hooks::new_cache_for(&loaded.model, press)?,
         None => loaded.model.new_cache(),
@@ -129,6 +127,9 @@ fn generate(
         cache.bytes_used() as f64 / (1024.0 * 1024.0),
         cache.bytes_used()
     );
+    if let Some(hook) = &hook {
+        report_press(hook, press.map(|p| p.describe()));
+    }
     let note = answers::stop_note(
         output.stop_reason,
         output.tokens.len(),
@@ -139,4 +140,24 @@ fn generate(
         eprintln!("answer stopped: {why}");
     }
     Ok(())
+}
+
+/// What the press did: the share of the prompt's cache its prefill compression kept, and how often
+/// it compressed while the answer was generated.
+fn report_press(hook: &PressHook<'_>, description: Option<PressDescription>) {
+    let Some(description) = description else {
+        return;
+    };
+    if description.compresses_prefill {
+        eprintln!(
+            "press: kept {:.1}% of the prompt's cache after its prefill",
+            100.0 * kvpress::hooks::kept_fraction(hook.records())
+        );
+    }
+    if description.compresses_while_decoding {
+        eprintln!(
+            "press: {}",
+            kvpress::hooks::run::decode_compressions_note(hook.decode_compressions())
+        );
+    }
 }

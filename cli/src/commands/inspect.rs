@@ -34,11 +34,17 @@ pub fn run(args: Args) -> Result<()> {
         out,
     } = args;
     let name = config_name(&press);
+    let model_path = model.path();
+    let inputs = [
+        ("--context", context.as_path()),
+        ("--press", press.as_path()),
+        ("--model", model_path.as_path()),
+    ];
     let press = press_from_file(&press)?;
     check_press(FrontEnd::Inspect, press.as_ref())?;
     let text = read_text(&context)?;
     let figures = ["budgets.svg", "budgets.png", "kept.svg", "kept.png"];
-    crate::output::prepare_output_dir("--out", &out, &figures)?;
+    crate::output::prepare_output_dir("--out", &out, &figures, &inputs)?;
     let loaded = model.load()?;
     let ids = kvpress::hooks::PromptSplit::context_ids(&loaded, &text)?;
     let (_, report) =

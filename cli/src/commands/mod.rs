@@ -31,11 +31,11 @@ fn note_debug_build() {
 
 /// Writes `svg` as `dir/stem.svg` and its rendering as `dir/stem.png`.
 fn write_figure(dir: &Path, stem: &str, svg: &str) -> Result<()> {
-    let path = dir.join(format!("{stem}.svg"));
-    std::fs::write(&path, svg).with_context(|| format!("cannot write {}", path.display()))?;
-    let path = dir.join(format!("{stem}.png"));
-    std::fs::write(&path, kvpress_eval::png::svg_to_png(svg)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::output::write_file(&dir.join(format!("{stem}.svg")), svg)?;
+    crate::output::write_file(
+        &dir.join(format!("{stem}.png")),
+        kvpress_eval::png::svg_to_png(svg)?,
+    )
 }
 
 /// The text of the file at `path`.

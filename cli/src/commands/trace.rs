@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use kvpress::core::press::press_from_file;
 use kvpress::hooks::trace;
 use kvpress::hooks::{check_press, FrontEnd};
@@ -35,11 +35,15 @@ pub fn run(args: Args) -> Result<()> {
         out,
         press,
     } = args;
-    let inputs: Vec<(&'static str, &std::path::Path)> =
-        std::iter::once(("--prompt", prompt.as_path()))
-            .chain(press.iter().map(|p| ("--press", p.as_path())))
-            .collect();
-    crate::paths::check_output(&out, &inputs)?;
+    let model_path = model.path();
+    let inputs: Vec<crate::output::Input<'_>> = [
+        ("--prompt", prompt.as_path()),
+        ("--model", model_path.as_path()),
+    ]
+    .into_iter()
+    .chain(press.iter().map(|p| ("--press", p.as_path())))
+    .collect();
+    crate::output::check_output_file("--out", &out, &inputs)?;
     let text = read_text(&prompt)?;
     let prompt_file: trace::PromptFile = serde_json::from_str(&text).with_context(|| {
         format!(
@@ -47,6 +51,19 @@ pub fn run(args: Args) -> Result<()> {
             prompt.display()
         )
     })?;
+    let mut names: Vec<(String, &std::path::Path)> = Vec::new();
+    for path in &press {
+        let name = config_name(path);
+        if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+            bail!(
+                "--press {} and --press {} are both recorded as `presses.{name}` (a trace names \
+                 each press after its file name): give the files different names",
+                first.display(),
+                path.display()
+            );
+        }
+        names.push((name, path));
+    }
     let presses = press
         .iter()
         .map(|path| {
@@ -60,8 +77,7 @@ pub fn run(args: Args) -> Result<()> {
     for (name, press_trace) in &result.presses {
         eprintln!("{name}: answer {:?}", press_trace.answer_text);
     }
-    std::fs::write(&out, serde_json::to_string(&result)?)
-        .with_context(|| format!("cannot write {}", out.display()))?;
+    crate::output::write_file(&out, serde_json::to_string(&result)?)?;
     eprintln!("answer: {:?}", result.full.answer_text);
     Ok(())
 }

@@ -88,17 +88,31 @@ pub(super) fn units(
     skip_bad: bool,
 ) -> Result<(Vec<Unit>, Vec<SkippedLine>)> {
     let max_positions = model.model.config().max_position_embeddings;
-    let mut units = generated_units(model, config, kinds)?;
-    for unit in &units {
-        let tokens = unit.positions(model, &config.settings)?;
-        if tokens > max_positions {
-            return Err(Error::ContextTooLong {
-                task: unit.task.clone(),
-                context_length: unit.context_length,
-                tokens,
-                answer_tokens: unit.max_new_tokens,
-                max_positions,
-            });
+    let mut units = Vec::new();
+    for (task_idx, (task, kind)) in config.tasks.iter().zip(kinds).enumerate() {
+        for &length in &config.context_lengths {
+            let cell = Cell {
+                task_idx,
+                task,
+                kind,
+                length,
+            };
+            // Before generating (a huge length would take long): the context alone overflows.
+            let cell_units = match cell.too_long_to_generate(model, config) {
+                true => Vec::new(),
+                false => cell.units(model, config)?,
+            };
+            if let Some(tokens) = cell.overflow(model, config, &cell_units)? {
+                return Err(Error::ContextTooLong {
+                    task: task.clone(),
+                    context_length: length,
+                    tokens,
+                    answer_tokens: cell.answer_tokens(config),
+                    max_positions,
+                    largest_length: cell.largest_fitting_length(model, config)?,
+                });
+            }
+            units.extend(cell_units);
         }
     }
     let Some(path) = &config.dataset else {
@@ -121,68 +135,134 @@ pub(super) fn units(
         }
     }
     if !units.iter().any(|u| u.task == DATASET_TASK) {
-        return Err(Error::EmptyDataset { path: path.clone() });
+        return Err(Error::EmptyDataset {
+            path: path.clone(),
+            skipped: dataset.skipped.iter().map(ToString::to_string).collect(),
+        });
     }
     Ok((units, dataset.skipped))
 }
 
-/// The samples of the generated tasks; an [`Error::ContextTooShort`] naming the fewest tokens
-/// every sample of a task at that length needs when a length cannot hold some of them.
-fn generated_units(
-    model: &LoadedModel,
-    config: &EvalConfig,
-    kinds: &[TaskKind],
-) -> Result<Vec<Unit>> {
-    let count = |text: &str| {
-        model
-            .tokenizer
-            .encode(text, false)
-            .map_or(usize::MAX, |ids| ids.len())
-    };
-    let max_positions = model.model.config().max_position_embeddings;
-    let mut units = Vec::new();
-    for (task_idx, (task, kind)) in config.tasks.iter().zip(kinds).enumerate() {
-        let answer_tokens = config.max_new_tokens.unwrap_or(kind.answer_tokens());
-        for &length in &config.context_lengths {
-            // Before generating (a huge length would take long): the context alone overflows.
-            if length.saturating_add(answer_tokens) > max_positions {
-                return Err(Error::ContextTooLong {
-                    task: task.clone(),
-                    context_length: length,
-                    tokens: length.saturating_add(answer_tokens),
-                    answer_tokens,
-                    max_positions,
-                });
-            }
-            let mut minimum = None;
-            for i in 0..config.samples {
-                let seed = config.seed.wrapping_mul(1_000_003)
-                    ^ ((task_idx as u64) << 40)
-                    ^ ((length as u64) << 16)
-                    ^ i as u64;
-                let depth = (i as f64 + 0.5) / config.samples as f64;
-                match generate(kind, length, seed, depth, &count) {
-                    Ok(sample) => {
-                        let mut unit = Unit::new(task, length, i, sample)?;
-                        unit.max_new_tokens = answer_tokens;
-                        units.push(unit);
-                    }
-                    Err(Error::ContextTooShort { minimum: m, .. }) => {
-                        minimum = Some(minimum.unwrap_or(0).max(m));
-                    }
-                    Err(error) => return Err(error),
+/// One generated task at one context length: the grid's samples of it.
+struct Cell<'c> {
+    task_idx: usize,
+    task: &'c String,
+    kind: &'c TaskKind,
+    length: usize,
+}
+
+impl Cell<'_> {
+    fn answer_tokens(&self, config: &EvalConfig) -> usize {
+        config.max_new_tokens.unwrap_or(self.kind.answer_tokens())
+    }
+
+    /// The samples of this cell; an [`Error::ContextTooShort`] naming the fewest tokens every
+    /// sample needs when the length cannot hold some of them.
+    fn units(&self, model: &LoadedModel, config: &EvalConfig) -> Result<Vec<Unit>> {
+        self.units_at(model, config, self.length)?
+            .map_err(|minimum| Error::ContextTooShort {
+                task: self.task.clone(),
+                context_length: self.length,
+                minimum,
+            })
+    }
+
+    /// The samples of this cell's task at `length` (seeded as the grid seeds them), or the fewest
+    /// tokens some sample needs when `length` is too short.
+    fn units_at(
+        &self,
+        model: &LoadedModel,
+        config: &EvalConfig,
+        length: usize,
+    ) -> Result<std::result::Result<Vec<Unit>, usize>> {
+        let count = |text: &str| {
+            model
+                .tokenizer
+                .encode(text, false)
+                .map_or(usize::MAX, |ids| ids.len())
+        };
+        let mut units = Vec::new();
+        let mut minimum = None;
+        for i in 0..config.samples {
+            let seed = config.seed.wrapping_mul(1_000_003)
+                ^ ((self.task_idx as u64) << 40)
+                ^ ((length as u64) << 16)
+                ^ i as u64;
+            let depth = (i as f64 + 0.5) / config.samples as f64;
+            match generate(self.kind, length, seed, depth, &count) {
+                Ok(sample) => {
+                    let mut unit = Unit::new(self.task, length, i, sample)?;
+                    unit.max_new_tokens = self.answer_tokens(config);
+                    units.push(unit);
                 }
-            }
-            if let Some(minimum) = minimum {
-                return Err(Error::ContextTooShort {
-                    task: task.clone(),
-                    context_length: length,
-                    minimum,
-                });
+                Err(Error::ContextTooShort { minimum: m, .. }) => {
+                    minimum = Some(minimum.unwrap_or(0).max(m));
+                }
+                Err(error) => return Err(error),
             }
         }
+        Ok(match minimum {
+            Some(minimum) => Err(minimum),
+            None => Ok(units),
+        })
     }
-    Ok(units)
+
+    /// Whether the context length and the answer alone are more than the model's positions (no
+    /// sample needs to be generated to know that the cell does not fit).
+    fn too_long_to_generate(&self, model: &LoadedModel, config: &EvalConfig) -> bool {
+        let max_positions = model.model.config().max_position_embeddings;
+        self.length.saturating_add(self.answer_tokens(config)) > max_positions
+    }
+
+    /// The positions of the longest prompt of `units` when it is more than the model has.
+    fn overflow(
+        &self,
+        model: &LoadedModel,
+        config: &EvalConfig,
+        units: &[Unit],
+    ) -> Result<Option<usize>> {
+        if self.too_long_to_generate(model, config) {
+            return Ok(Some(self.length.saturating_add(self.answer_tokens(config))));
+        }
+        let max_positions = model.model.config().max_position_embeddings;
+        let mut most = 0;
+        for unit in units {
+            most = most.max(unit.positions(model, &config.settings)?);
+        }
+        Ok((most > max_positions).then_some(most))
+    }
+
+    /// The largest context length at which every sample of this cell's task fits the model's
+    /// positions (found by bisection, each candidate generated and counted as the grid would);
+    /// `None` when even the shortest length a sample can have does not fit.
+    fn largest_fitting_length(
+        &self,
+        model: &LoadedModel,
+        config: &EvalConfig,
+    ) -> Result<Option<usize>> {
+        let max_positions = model.model.config().max_position_embeddings;
+        let fits = |length: usize| -> Result<bool> {
+            let cell = Cell { length, ..*self };
+            if cell.too_long_to_generate(model, config) {
+                return Ok(false);
+            }
+            match cell.units_at(model, config, length)? {
+                Ok(units) => Ok(cell.overflow(model, config, &units)?.is_none()),
+                Err(_) => Ok(false),
+            }
+        };
+        let (mut low, mut high) = (0, self.length.min(max_positions));
+        // Invariant: `high` does not fit; `low` fits or is 0.
+        while high - low > 1 {
+            let middle = low + (high - low) / 2;
+            if fits(middle)? {
+                low = middle;
+            } else {
+                high = middle;
+            }
+        }
+        Ok((low > 0).then_some(low))
+    }
 }
 
 /// One press of the grid at all its ratios (or the full cache at ratio 0).

@@ -3,7 +3,8 @@
 //! onto the path (a rename within a file system replaces the path in one step), and the folder
 //! is synced so that the rename survives a crash. A failed write removes the temporary file;
 //! a process killed mid-write leaves the path as it was (absent, or the previous complete file)
-//! and at worst a stray temporary file.
+//! and at worst a stray temporary file, which the next write to the same path removes (its
+//! process being gone).
 
 use std::collections::hash_map::RandomState;
 use std::fs::{File, OpenOptions};
@@ -28,6 +29,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ContextFileErro
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    remove_stale_temps(&folder, &name.to_string_lossy());
     let (temp_path, mut file) = create_temp(&folder, &name.to_string_lossy()).map_err(|e| {
         error(format!(
             "cannot create a temporary file in {}: {e}",
@@ -77,6 +79,31 @@ fn create_temp(folder: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
         }
     }
     Err(last_error.unwrap_or_else(|| std::io::Error::other("no free temporary name")))
+}
+
+/// Removes the temporary files `.<name>.tmp-<pid>-<random>` in `folder` left by writers that
+/// were killed: those whose process no longer runs (Linux: no `/proc/<pid>`; elsewhere nothing
+/// is removed). Files that cannot be read or removed are left alone.
+fn remove_stale_temps(folder: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.tmp-");
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// A temporary file removed when dropped, unless [`TempFile::keep`] was called.
@@ -170,6 +197,26 @@ mod tests {
             .file_type()
             .is_symlink());
         assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    }
+
+    #[test]
+    fn temporary_files_of_killed_writers_are_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctx.kvp");
+        // A pid above Linux's largest (4194304) never runs; this process's own is running.
+        let dead = dir.path().join(".ctx.kvp.tmp-4194305-00000000000000aa");
+        let alive = dir.path().join(format!(
+            ".ctx.kvp.tmp-{}-00000000000000bb",
+            std::process::id()
+        ));
+        let other = dir.path().join(".other.kvp.tmp-4194305-00000000000000cc");
+        for stray in [&dead, &alive, &other] {
+            std::fs::write(stray, b"partial").unwrap();
+        }
+        write_atomically(&path, b"whole").unwrap();
+        assert!(!dead.exists() || !Path::new("/proc/self").exists());
+        assert!(alive.exists(), "a running writer's file is kept");
+        assert!(other.exists(), "another path's file is kept");
     }
 
     #[test]

@@ -50,7 +50,10 @@ fn header(path: &Path, bytes: &[u8]) -> Result<ContextHeader> {
         let detail = format!(" (no `format: {FORMAT}` in its metadata)");
         return Err(not_a_context_file(detail).into());
     }
-    let version = info.get("version").cloned().unwrap_or_default();
+    let Some(version) = info.get("version").cloned() else {
+        let detail = " (its metadata has no `version`: damaged, or not written by kvpress)";
+        return Err(not_a_context_file(detail.to_string()).into());
+    };
     if version != VERSION.to_string() {
         return Err(ContextFileError::Version {
             path: path.to_path_buf(),

@@ -115,8 +115,10 @@ pub enum ContextFileError {
     },
     /// The file was made with another model.
     #[error(
-        "{} was made with model {} (weights sha256 {}, layers/heads/kv heads/head dim/hidden/vocab \
-         {:?}), not with {} (sha256 {}, {:?}); compress the context again with this model",
+        "{} was made with model {} (sha256 {} of its files: the GGUF file, or a folder's \
+         weights, config, tokenizer and chat template; layers/heads/kv heads/head dim/hidden/vocab \
+         {:?}), not with {} (sha256 {}, {:?}): a model whose weights or tokenizer or template \
+         differ; compress the context again with this model",
         path.display(), made_with.name, made_with.sha256, made_with.shape,
         loaded.name, loaded.sha256, loaded.shape
     )]

@@ -14,6 +14,7 @@ use crate::press::{find_press, registered_names, Press};
 use crate::{Error, Result};
 
 mod error;
+mod unique_keys;
 
 pub use error::{ConfigError, ConfigFormat};
 
@@ -39,6 +40,12 @@ pub fn press_from_value(value: Value) -> Result<Box<dyn Press>> {
 
 /// Reads the press config at `path` (its format from its extension); errors name the file.
 pub fn read_press_config(path: &Path) -> std::result::Result<Box<dyn Press>, ConfigError> {
+    if path.is_dir() {
+        return Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            error: std::io::Error::other("it is a folder; give a .json or .toml press config file"),
+        });
+    }
     let Some(format) = ConfigFormat::of_path(path) else {
         return Err(ConfigError::Extension {
             path: path.to_path_buf(),
@@ -108,10 +115,12 @@ pub fn build_press(value: Value) -> std::result::Result<Box<dyn Press>, ConfigEr
 /// Parses `text` as `format` into a JSON value (TOML numbers checked on the way).
 fn parse_value(text: &str, format: ConfigFormat) -> std::result::Result<Value, ConfigError> {
     match format {
-        ConfigFormat::Json => serde_json::from_str(text).map_err(|e| ConfigError::Syntax {
-            format,
-            message: json_syntax_message(text, &e),
-        }),
+        ConfigFormat::Json => serde_json::from_str::<unique_keys::UniqueKeys>(text)
+            .map(|unique| unique.0)
+            .map_err(|e| ConfigError::Syntax {
+                format,
+                message: json_syntax_message(text, &e),
+            }),
         ConfigFormat::Toml => {
             let table: toml::Table =
                 toml::from_str(text).map_err(|e| toml_syntax_error(text, &e))?;

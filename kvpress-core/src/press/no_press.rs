@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::press::{Compression, Press, PressInput};
+use crate::press::{Compression, Press, PressDescription, PressInput, RatioControl};
 use crate::Result;
 
 /// Keeps every token: the uncompressed cache.
@@ -18,6 +18,14 @@ impl Press for NoPress {
 
     fn validate(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// Its ratio is 0: a ratio set from outside would not be kept to.
+    fn describe(&self) -> PressDescription {
+        PressDescription {
+            ratio: RatioControl::OwnedByPress,
+            ..PressDescription::defaults_for(self)
+        }
     }
 
     fn compress_at_ratio(&self, input: &PressInput<'_>, _ratio: f64) -> Result<Compression> {

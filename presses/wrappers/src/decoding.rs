@@ -2,6 +2,7 @@
 
 use kvpress_core::press::{
     Compression, DecodingSchedule, DecodingTarget, Press, PressDescription, PressInput,
+    RatioControl,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
@@ -16,6 +17,33 @@ fn default_target_size() -> usize {
 
 fn default_buffer_size() -> usize {
     256
+}
+
+/// Checks that `inner` can decide what a decode-time compression keeps: it runs at the ratio the
+/// schedule sets, from the queries of recent tokens alone (no attention weights), keeps the
+/// cached keys, and has no schedule of its own (kvpress: a `ScorerPress` or `AdaKVPress`).
+fn check_inner(press: &str, inner: &dyn Press) -> Result<()> {
+    inner.validate()?;
+    let description = inner.describe();
+    let why = if description.compresses_while_decoding {
+        Some("it compresses while decoding itself (one schedule at a time)")
+    } else if description.ratio != RatioControl::Settable {
+        Some("it cannot run at the ratio the schedule sets (it sets its own, or keeps everything)")
+    } else if description.needs_attention_weights {
+        Some("it needs attention weights, which decoding steps do not compute")
+    } else if description.rerotates_keys {
+        Some("it re-rotates keys, which would move the positions of the tokens being generated")
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(Error::InvalidArgument(format!(
+            "{press}: the inner press `{}` cannot compress while decoding: {why}; use a scoring \
+             press such as knorm, snapkv or expected_attention (or adakv around one)",
+            kvpress_core::press::press_name(inner)
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn check_schedule(press: &str, interval: usize, buffer: usize) -> Result<()> {
@@ -55,7 +83,7 @@ impl Press for Decoding {
     }
 
     fn validate(&self) -> Result<()> {
-        self.inner.validate()?;
+        check_inner("decoding", self.inner.as_ref())?;
         check_schedule(
             "decoding",
             self.compression_interval,
@@ -117,7 +145,7 @@ impl Press for CompressionRatioDecoding {
     }
 
     fn validate(&self) -> Result<()> {
-        self.inner.validate()?;
+        check_inner("compression_ratio_decoding", self.inner.as_ref())?;
         kvpress_core::press::check_compression_ratio(
             "compression_ratio_decoding (target_compression_ratio)",
             self.target_compression_ratio,
@@ -171,6 +199,13 @@ impl Press for PrefillDecoding {
     fn validate(&self) -> Result<()> {
         if let Some(press) = &self.prefilling {
             press.validate()?;
+            if press.describe().compresses_while_decoding {
+                return Err(Error::InvalidArgument(format!(
+                    "prefill_decoding: `prefilling` must compress the prefill only; `{}` \
+                     compresses while decoding (put it under `decoding`)",
+                    kvpress_core::press::press_name(press.as_ref())
+                )));
+            }
         }
         if let Some(press) = &self.decoding {
             press.validate()?;

@@ -22,7 +22,15 @@ impl Press for KeyRerotation {
     }
 
     fn validate(&self) -> Result<()> {
-        self.inner.validate()
+        self.inner.validate()?;
+        if self.inner.describe().rerotates_keys {
+            return Err(Error::InvalidArgument(format!(
+                "key_rerotation: the inner press `{}` re-rotates keys already; re-rotating \
+                 them again would move every kept key twice (use one key_rerotation)",
+                kvpress_core::press::press_name(self.inner.as_ref())
+            )));
+        }
+        Ok(())
     }
 
     fn describe(&self) -> PressDescription {

@@ -43,6 +43,49 @@ pub fn question_ids(model: &LoadedModel) -> Result<Vec<u32>> {
         .encode(&format!("Continue the text.{suffix}"), false)?)
 }
 
+/// Refuses a batch of `batch` contexts of `n_tokens`, `n_tokens - 64`, ... tokens that cannot be
+/// built (each context is 64 tokens shorter than the one before) or whose uncompressed caches
+/// (each context is prefilled whole before it is compressed, and the press may keep everything)
+/// would not fit in the memory available now.
+pub fn check_batch(model: &LoadedModel, n_tokens: usize, batch: usize) -> Result<()> {
+    ensure!(batch > 0, "--batch must be at least 1");
+    ensure!(
+        n_tokens > 64 * batch,
+        "--batch {batch} needs --context above {} (each context is 64 tokens shorter than the \
+         one before); got --context {n_tokens}",
+        64 * batch
+    );
+    let config = model.model.config();
+    let bytes_per_token = config.n_layers
+        * 2
+        * config.n_kv_heads
+        * config.head_dim
+        * model.model.cache_dtype().size_in_bytes();
+    let tokens: usize = (0..batch).map(|i| n_tokens - 64 * i).sum();
+    let needed = tokens * bytes_per_token;
+    if let Some(available) = available_memory() {
+        let gib = |bytes: usize| bytes as f64 / (1u64 << 30) as f64;
+        ensure!(
+            needed < available,
+            "--batch {batch} at --context {n_tokens} holds up to {:.1} GiB of KV cache (the \
+             contexts uncompressed), more than the {:.1} GiB of memory available: use a \
+             smaller --batch or --context",
+            gib(needed),
+            gib(available)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of memory available to new allocations (Linux: `MemAvailable` of `/proc/meminfo`);
+/// `None` where it cannot be read.
+fn available_memory() -> Option<usize> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Compresses `batch` filler contexts with `press`, then times answering them one at a time,
 /// together, and together with kept f32 weights (`max_new_tokens` each, greedy, stopping at
 /// end-of-sequence).
@@ -54,11 +97,7 @@ pub fn measure_batch(
     batch: usize,
     max_new_tokens: usize,
 ) -> Result<BatchRow> {
-    ensure!(batch > 0, "--batch must be at least 1");
-    ensure!(
-        n_tokens > 64 * batch,
-        "--context must exceed 64 tokens per context"
-    );
+    check_batch(model, n_tokens, batch)?;
     let question = question_ids(model)?;
     let mut sessions = Vec::with_capacity(batch);
     for i in 0..batch {

@@ -60,7 +60,11 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     note_debug_build();
     if let Some(path) = &args.json {
-        output::check_output_file("--json", path)?;
+        let model_path = args.model.path();
+        let inputs: Vec<output::Input<'_>> = std::iter::once(("--model", model_path.as_path()))
+            .chain(args.press.iter().map(|p| ("--press", p.as_path())))
+            .collect();
+        output::check_output_file("--json", path, &inputs)?;
     }
     if args.batch.is_some() && args.context.len() > 1 {
         bail!(
@@ -128,6 +132,7 @@ fn check_positions(loaded: &LoadedModel, args: &Args) -> Result<()> {
 /// `--batch`: each press answering `batch` contexts one at a time and in one batch.
 fn bench_batch(loaded: &LoadedModel, args: &Args, batch: usize) -> Result<()> {
     let n = args.context.first().copied().unwrap_or(1024);
+    batch::check_batch(loaded, n, batch)?;
     let rows = args
         .press
         .iter()

@@ -1,0 +1,63 @@
+//! `--model`, `--dtype` and `--kv-dtype`: files that are not models, damaged models, folders
+//! missing files, unknown dtypes, and combinations a cache cannot hold are refused naming the
+//! path or value; valid narrower caches really store their dtype.
+
+use crate::files::{ctx, long_ctx, text};
+use crate::harness::{fails, succeeds, Case, File};
+
+fn model(name: &str, file: File) -> (String, File) {
+    (name.to_string(), file)
+}
+
+/// `generate --prompt hi` with `extra` arguments.
+fn generate(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["generate", "--prompt", "hi", "--max-new-tokens", "2"]
+        .map(String::from)
+        .to_vec();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+#[rustfmt::skip]
+pub fn cases() -> Vec<Case> {
+    let adakv = "press = \"adakv\"\n[inner]\npress = \"snapkv\"\ncompression_ratio = 0.5\n";
+    vec![
+        fails(&generate(&["--model", "{dir}/text.gguf"]), &["{dir}/text.gguf", "not a readable GGUF file (unknown magic"]).files([text("text.gguf", "hello")]),
+        fails(&generate(&["--model", "{dir}/ctx.txt"]), &["{dir}/ctx.txt", "not a readable GGUF file"]).files([ctx()]),
+        fails(&generate(&["--model", "{dir}/head.gguf"]), &["{dir}/head.gguf", "header declares", "only"]).files([model("head.gguf", File::ModelTruncated(1000))]),
+        fails(&generate(&["--model", "{dir}/cut.gguf"]), &["cannot read tensor", "truncated or corrupt file?"]).files([model("cut.gguf", File::ModelTruncated(5_000_000))]),
+        fails(&generate(&["--model", "{dir}/empty.gguf"]), &["{dir}/empty.gguf"]).files([text("empty.gguf", "")]),
+        fails(&generate(&["--model", "{dir}/folder"]), &["{dir}/folder/config.json: missing: a Hugging Face model folder needs config.json"]).files([model("folder", File::Folder)]),
+        fails(&generate(&["--model", "{dir}/hf"]), &["{dir}/hf/config.json: invalid JSON", "vocab_size"]).files([text("hf/config.json", "{\"model_type\": \"llama\"}")]),
+        fails(&generate(&["--model", "{dir}/hf"]), &["{dir}/hf/config.json"]).files([text("hf/config.json", "not json")]),
+        fails(&generate(&["--dtype", "bogus"]), &["invalid value 'bogus' for '--dtype", "valid are quantized, f32, f16, bf16"]),
+        fails(&generate(&["--dtype", "F32"]), &["valid are quantized, f32, f16, bf16"]),
+        fails(&generate(&["--kv-dtype", "q4"]), &["invalid value 'q4' for '--kv-dtype", "valid are f32, f16, bf16"]),
+        fails(&generate(&["--kv-dtype", "quantized"]), &["valid are f32, f16, bf16"]),
+        fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "f16"], &["head-wise presses store their per-head cache in f32", "--kv-dtype"]).files([long_ctx(), text("adakv.toml", adakv)]),
+        fails(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/adakv.toml", "--kv-dtype", "bf16", "--out", "{dir}/c.kvp"], &["head-wise presses store their per-head cache in f32"]).files([long_ctx(), text("adakv.toml", adakv)]),
+        // A renamed copy of the model is the same model.
+        succeeds(&generate(&["--model", "{dir}/copy.gguf"]), &["prefill:"]).files([model("copy.gguf", File::ModelCopy)]),
+        // A narrower KV cache stores half the bytes (f16: 2 bytes per value).
+        succeeds(&generate(&["--kv-dtype", "f16"]), &["KV cache:"]).check(half_of_f32),
+        succeeds(&generate(&["--dtype", "f32", "--kv-dtype", "bf16"]), &["KV cache:"]).check(half_of_f32),
+    ]
+}
+
+/// The generation's KV cache holds 2 bytes per value: the prompt's tokens and the first answer
+/// token (the second is not fed back) x 30 layers x 2 (K and V) x 3 KV heads x 64 dims x 2 bytes.
+fn half_of_f32(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let number = |after: &str, until: char| -> Option<usize> {
+        let start = output.find(after)? + after.len();
+        output[start..].split(until).next()?.trim().parse().ok()
+    };
+    let tokens = number("prefill: ", ' ').ok_or("no prefill token count")?;
+    let bytes = number("MiB (", ' ').ok_or("no KV byte count")?;
+    let expected = (tokens + 1) * 30 * 2 * 3 * 64 * 2;
+    match bytes == expected {
+        true => Ok(()),
+        false => Err(format!(
+            "KV cache {bytes} bytes for {tokens} tokens, expected {expected} (2 bytes per value)"
+        )),
+    }
+}
