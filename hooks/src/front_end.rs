@@ -95,8 +95,11 @@ fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String
     }
     if front_end == FrontEnd::Eval && description.ratio == RatioControl::OwnedByPress {
         return Some(
-            "it sets its own compression ratios, and the evaluation grid runs every press at \
-             the grid's ratios; list the presses inside it in the grid instead"
+            "it sets its own compression ratios (a wrapper's per-layer or per-press ratios, or \
+             a ratio that is the outcome of the method, as simlayerkv's lazy layers or think's \
+             pruned channels), and the evaluation grid runs every press at the grid's ratios; \
+             grid the presses a wrapper holds instead, or compare such a press with `kvpress \
+             run` or `fidelity`"
                 .to_string(),
         );
     }

@@ -92,7 +92,16 @@ fn the_suite_covers_every_command_with_at_least_300_cases() {
         let command = case.args.first().map_or("", String::as_str);
         *per_command.entry(command).or_default() += 1;
     }
-    eprintln!("{} cases: {per_command:?}", all.len());
+    let refused = all
+        .iter()
+        .filter(|case| matches!(case.expect, harness::Expect::Fails(_)))
+        .count();
+    eprintln!(
+        "{} cases ({refused} must be refused, {} must succeed with a checked result): \
+         {per_command:?}",
+        all.len(),
+        all.len() - refused
+    );
     for command in [
         "generate",
         "run",
