@@ -142,15 +142,16 @@ fn generate(
     Ok(())
 }
 
-/// What the press did: the share of the prompt's cache its prefill compression kept, and how often
-/// it compressed while the answer was generated.
+/// What the press did: the share of the prompt's tokens its prefill compression kept (the KV
+/// cache line above gives the bytes, which a channel-pruning press such as ThinK reduces while
+/// keeping every token), and how often it compressed while the answer was generated.
 fn report_press(hook: &PressHook<'_>, description: Option<PressDescription>) {
     let Some(description) = description else {
         return;
     };
     if description.compresses_prefill {
         eprintln!(
-            "press: kept {:.1}% of the prompt's cache after its prefill",
+            "press: kept {:.1}% of the prompt's tokens after its prefill",
             100.0 * kvpress::hooks::kept_fraction(hook.records())
         );
     }

@@ -42,18 +42,10 @@ fn lagkv(compression_ratio: f64) -> Box<dyn Press> {
     })
 }
 
-/// The kept sets of `press` at ratio 0.5 on the fixed 48-token synthetic layer.
+/// The kept sets of `press` on the fixed 48-token synthetic layer.
 fn kept_sets(press: Box<dyn Press>) -> Vec<Vec<u32>> {
-    let mut layer = SyntheticLayer::random(SyntheticShape::small(48), 1).unwrap();
-    if press.describe().needs_attention_weights {
-        layer = layer.with_attention_weights().unwrap();
-    }
-    press
-        .compress(&layer.input())
-        .unwrap()
-        .selection
-        .heads()
-        .to_vec()
+    let layer = SyntheticLayer::random(SyntheticShape::small(48), 1).unwrap();
+    presses_testing::kept_sets(press.as_ref(), layer).unwrap()
 }
 
 #[test]

@@ -35,12 +35,7 @@ fn cap_conforms() {
 #[test]
 fn cap_kept_sets_on_a_fixed_input() {
     let layer = SyntheticLayer::random(SyntheticShape::small(48), 1).unwrap();
-    let kept = cap(0.5)
-        .compress(&layer.input())
-        .unwrap()
-        .selection
-        .heads()
-        .to_vec();
+    let kept = presses_testing::kept_sets(cap(0.5).as_ref(), layer).unwrap();
     insta::assert_json_snapshot!(kept);
 }
 

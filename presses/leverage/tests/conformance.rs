@@ -52,17 +52,12 @@ fn cur_random_average(compression_ratio: f64) -> Box<dyn Press> {
     })
 }
 
-/// The kept sets of `press` at ratio 0.5 on the fixed 48-token synthetic layer (layer 3).
+/// The kept sets of `press` on the fixed 48-token synthetic layer (layer 3).
 fn kept_sets(press: Box<dyn Press>) -> Vec<Vec<u32>> {
     let layer = SyntheticLayer::random(SyntheticShape::small(48), 1)
         .unwrap()
         .at_layer(3, 4);
-    press
-        .compress(&layer.input())
-        .unwrap()
-        .selection
-        .heads()
-        .to_vec()
+    presses_testing::kept_sets(press.as_ref(), layer).unwrap()
 }
 
 #[test]

@@ -15,3 +15,15 @@ pub use synthetic::{SyntheticLayer, SyntheticShape};
 
 /// Re-exported so tests can build inputs without naming the core crate.
 pub use kvpress_core::PressInput;
+
+/// The tokens each head keeps when `press` compresses `layer` (with attention weights when the
+/// press needs them): what the press crates snapshot on a fixed synthetic input.
+pub fn kept_sets(
+    press: &dyn kvpress_core::Press,
+    mut layer: SyntheticLayer,
+) -> kvpress_core::Result<Vec<Vec<u32>>> {
+    if press.describe().needs_attention_weights {
+        layer = layer.with_attention_weights()?;
+    }
+    Ok(press.compress(&layer.input())?.selection.heads().to_vec())
+}
