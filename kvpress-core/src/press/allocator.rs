@@ -88,11 +88,22 @@ pub struct UniformAllocator;
 impl UniformAllocator {
     /// Every head keeps its `n_kept` best tokens.
     pub fn keep_top(scores: &Tensor, n_kept: usize) -> Result<Selection> {
-        let (rows, batch, n_kv_heads) = score_rows(scores)?;
-        let n_tokens = rows.first().map_or(0, Vec::len);
-        let kept = rows.iter().map(|row| top_k_indices(row, n_kept)).collect();
-        Selection::new(kept, batch, n_kv_heads, n_tokens)
+        keep_top_per_head(scores, n_kept, top_k_indices)
     }
+}
+
+/// Every head of `scores` `(batch, n_kv_heads, n_tokens)` keeps the `n_kept` tokens `top_k`
+/// picks from its row (sorted indices): how a uniform budget becomes a selection, whichever rule
+/// breaks ties.
+pub fn keep_top_per_head(
+    scores: &Tensor,
+    n_kept: usize,
+    top_k: fn(&[f32], usize) -> Vec<u32>,
+) -> Result<Selection> {
+    let (rows, batch, n_kv_heads) = score_rows(scores)?;
+    let n_tokens = rows.first().map_or(0, Vec::len);
+    let kept = rows.iter().map(|row| top_k(row, n_kept)).collect();
+    Selection::new(kept, batch, n_kv_heads, n_tokens)
 }
 
 impl BudgetAllocator for UniformAllocator {

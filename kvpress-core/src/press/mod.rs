@@ -23,8 +23,8 @@ mod scorer;
 mod selection;
 
 pub use allocator::{
-    check_compression_ratio, n_kept, score_rows, top_k_indices, BudgetAllocator, LayerPosition,
-    UniformAllocator,
+    check_compression_ratio, keep_top_per_head, n_kept, score_rows, top_k_indices, BudgetAllocator,
+    LayerPosition, UniformAllocator,
 };
 pub use compression::{
     CacheLayout, Compression, DecodingSchedule, DecodingTarget, LayerNote, NoteScope, Press,

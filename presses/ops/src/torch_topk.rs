@@ -9,7 +9,7 @@
 //! inputs full of ties).
 
 use candle_core::Tensor;
-use kvpress_core::press::{n_kept, score_rows, BudgetAllocator, LayerPosition, Selection};
+use kvpress_core::press::{keep_top_per_head, n_kept, BudgetAllocator, LayerPosition, Selection};
 use kvpress_core::Result;
 
 /// A score and its token, as PyTorch's top-k queue holds them.
@@ -177,10 +177,7 @@ pub struct TorchTopK;
 impl TorchTopK {
     /// Every head of `scores` `(batch, n_kv_heads, n_tokens)` keeps what `topk(n_kept)` keeps.
     pub fn keep_top(scores: &Tensor, n_kept: usize) -> Result<Selection> {
-        let (rows, batch, n_kv_heads) = score_rows(scores)?;
-        let n_tokens = rows.first().map_or(0, Vec::len);
-        let kept = rows.iter().map(|row| torch_top_k(row, n_kept)).collect();
-        Selection::new(kept, batch, n_kv_heads, n_tokens)
+        keep_top_per_head(scores, n_kept, torch_top_k)
     }
 }
 

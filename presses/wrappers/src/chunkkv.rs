@@ -1,11 +1,11 @@
 //! [`ChunkKv`]: whole chunks kept by their scores summed over heads (ChunkKV).
 
-use kvpress_core::press::{scores_at_ratios, Compression, Press, PressInput, Scorer, Selection};
+use kvpress_core::press::{Compression, Press, PressInput, Scorer, Selection};
 use kvpress_core::{Error, Result};
 use presses_ops::torch_top_k;
 use serde::{Deserialize, Serialize};
 
-use crate::scoring::{check_scoring_inner, head_sums, scorer_of};
+use crate::scoring::{check_scoring_inner, head_sums, select_at_ratios};
 
 /// ChunkKV ([arXiv:2502.00299](https://arxiv.org/abs/2502.00299)) as kvpress's `ChunkKVPress`
 /// computes it: the scoring press `inner` scores every token of the whole layer; the context is
@@ -105,19 +105,13 @@ impl Press for ChunkKv {
         if input.n_tokens()? < self.chunk_length {
             return self.inner.compress_at_ratios(input, ratios);
         }
-        let scorer = scorer_of("chunkkv", self.inner.as_ref())?;
-        let scores = scores_at_ratios(scorer, input, ratios)?;
-        ratios
-            .iter()
-            .zip(scores)
-            .map(|(&ratio, scores)| match scores {
-                None => Compression::keep_all(input),
-                Some(scores) => Ok(Compression::select(
-                    self.select(input, &scores, ratio)?,
-                    Some(scores),
-                )),
-            })
-            .collect()
+        select_at_ratios(
+            "chunkkv",
+            self.inner.as_ref(),
+            input,
+            ratios,
+            |scores, ratio| self.select(input, scores, ratio),
+        )
     }
 }
 

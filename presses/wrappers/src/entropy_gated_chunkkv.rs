@@ -1,14 +1,12 @@
 //! [`EntropyGatedChunkKv`]: ChunkKV whose spiky chunks keep only their best tokens.
 
 use candle_core::Tensor;
-use kvpress_core::press::{
-    n_kept, scores_at_ratios, Compression, Press, PressInput, Scorer, Selection,
-};
+use kvpress_core::press::{n_kept, Compression, Press, PressInput, Scorer, Selection};
 use kvpress_core::{Error, Result};
 use presses_ops::torch_top_k;
 use serde::{Deserialize, Serialize};
 
-use crate::scoring::{check_scoring_inner, head_sums, scorer_of};
+use crate::scoring::{check_scoring_inner, head_sums, select_at_ratios};
 
 /// kvpress's `EPSILON` of the entropy gate.
 const EPSILON: f32 = 1e-8;
@@ -174,19 +172,13 @@ impl Press for EntropyGatedChunkKv {
         input: &PressInput<'_>,
         ratios: &[f64],
     ) -> Result<Vec<Compression>> {
-        let scorer = scorer_of("entropy_gated_chunkkv", self.inner.as_ref())?;
-        let scores = scores_at_ratios(scorer, input, ratios)?;
-        ratios
-            .iter()
-            .zip(scores)
-            .map(|(&ratio, scores)| match scores {
-                None => Compression::keep_all(input),
-                Some(scores) => Ok(Compression::select(
-                    self.select(&scores, ratio)?,
-                    Some(scores),
-                )),
-            })
-            .collect()
+        select_at_ratios(
+            "entropy_gated_chunkkv",
+            self.inner.as_ref(),
+            input,
+            ratios,
+            |scores, ratio| self.select(scores, ratio),
+        )
     }
 }
 

@@ -3,7 +3,9 @@
 //! themselves.
 
 use candle_core::Tensor;
-use kvpress_core::press::{CacheLayout, Press, RatioControl, Scorer};
+use kvpress_core::press::{
+    scores_at_ratios, CacheLayout, Compression, Press, PressInput, RatioControl, Scorer, Selection,
+};
 use kvpress_core::{Error, Result};
 
 /// Checks that `inner` is valid and a scoring press a wrapper can drive: it has a scorer, reads
@@ -62,4 +64,26 @@ pub(crate) fn head_sums(scores: &Tensor) -> Result<Vec<Vec<f32>>> {
             sum
         })
         .collect())
+}
+
+/// The compressions of a scoring wrapper at each of `ratios`: `inner`'s scores (computed once
+/// for all ratios when they do not depend on the ratio), each turned into the wrapper's
+/// selection by `select(scores, ratio)`; a ratio that needs no scores keeps everything. The
+/// reported scores are the inner scorer's.
+pub(crate) fn select_at_ratios(
+    wrapper: &str,
+    inner: &dyn Press,
+    input: &PressInput<'_>,
+    ratios: &[f64],
+    select: impl Fn(&Tensor, f64) -> Result<Selection>,
+) -> Result<Vec<Compression>> {
+    let scores = scores_at_ratios(scorer_of(wrapper, inner)?, input, ratios)?;
+    ratios
+        .iter()
+        .zip(scores)
+        .map(|(&ratio, scores)| match scores {
+            None => Compression::keep_all(input),
+            Some(scores) => Ok(Compression::select(select(&scores, ratio)?, Some(scores))),
+        })
+        .collect()
 }
