@@ -120,8 +120,39 @@ pub fn run_context(
     options: AnswerOptions,
 ) -> Result<RunOutput> {
     run::check_inputs(context, questions)?;
-    let context_ids = PromptSplit::context_ids(loaded, context)?;
     let max_positions = loaded.model.config().max_position_embeddings;
+    if press.describe().needs_question {
+        // Each question is prefilled with the context; what follows it in the chat template
+        // is fed after the compressed length (re-rotated keys) or after the prefill.
+        for question in questions {
+            let (split, _) =
+                PromptSplit::new(loaded, context, question)?.question_in_context(loaded)?;
+            let prefill = split.context_ids.len();
+            let what = format!("the context with the question {question:?} ({prefill} tokens)");
+            check_room(&what, prefill, 0, max_positions, false)?;
+            let context_positions = if press.describe().rerotates_keys {
+                kvpress::core::press::n_kept(prefill, press.compression_ratio())
+            } else {
+                prefill
+            };
+            let used = context_positions + split.question_ids.len();
+            check_room(
+                &what,
+                used,
+                options.max_new_tokens,
+                max_positions,
+                options.warn,
+            )?;
+        }
+        return Ok(run::run_per_question(
+            loaded,
+            context,
+            questions,
+            press,
+            options.max_new_tokens,
+        )?);
+    }
+    let context_ids = PromptSplit::context_ids(loaded, context)?;
     let what = format!("the context ({} tokens)", context_ids.len());
     check_room(&what, context_ids.len(), 0, max_positions, false)?;
     // Questions start after the context; with re-rotated keys, after its compressed length,

@@ -75,6 +75,14 @@ pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
 }
 
 fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String> {
+    if description.needs_question && !matches!(front_end, FrontEnd::Run | FrontEnd::Trace) {
+        return Some(format!(
+            "it compresses the context for the question asked of it (the question is prefilled \
+             with the context), and `{}` compresses a context without its question; use it with \
+             `kvpress run` (each question compresses the context anew) or `kvpress trace`",
+            front_end.name()
+        ));
+    }
     if description.cache_layout == CacheLayout::ChannelPruned
         && (front_end == FrontEnd::Compress || description.compresses_while_decoding)
     {

@@ -91,6 +91,16 @@ impl Pipeline {
     /// compresses it with `press`.
     pub fn compress(&self, context: &str, press: &dyn Press) -> Result<CompressedContext> {
         check_press(FrontEnd::Run, press)?;
+        if press.describe().needs_question {
+            return Err(Error::PressNotSupported {
+                press: kvpress_core::press::press_name(press),
+                front_end: "Pipeline::compress",
+                reason: "it compresses the context for one question, and a compressed context \
+                         answers many; use `kvpress_hooks::run::run` (or `kvpress run`), which \
+                         compresses the context anew for each question"
+                    .to_string(),
+            });
+        }
         if context.trim().is_empty() {
             return Err(Error::InvalidInput("the context is empty".to_string()));
         }

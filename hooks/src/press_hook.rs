@@ -70,6 +70,8 @@ pub struct PressHook<'p> {
     decoding: Vec<DecodingState>,
     decode_compressions: usize,
     peak_cache_len: usize,
+    /// Tokens at the end of the prefill that are the question ([`PressInput::question_tokens`]).
+    question_tokens: usize,
 }
 
 /// Per-layer state of decode-time compression: tokens since the last compression and the recent
@@ -136,7 +138,16 @@ impl<'p> PressHook<'p> {
             decoding: Vec::new(),
             decode_compressions: 0,
             peak_cache_len: 0,
+            question_tokens: 0,
         })
+    }
+
+    /// The same hook telling the press that the prefill's last `n` tokens are the question
+    /// asked of the context, for presses that compress for it
+    /// ([`kvpress_core::press::PressDescription::needs_question`]).
+    pub fn with_question_tokens(mut self, n: usize) -> Self {
+        self.question_tokens = n;
+        self
     }
 
     /// The longest any layer's cache has been when the hook ran (after each forward's tokens
@@ -305,7 +316,11 @@ impl AttentionHook for PressHook<'_> {
         let start = Instant::now();
         let bytes_before = context.cache.bytes_reserved();
         let cached = CachedKeysValues::of(context)?;
-        let compression = self.press.compress(&cached.input(context))?;
+        let input = PressInput {
+            question_tokens: self.question_tokens,
+            ..cached.input(context)
+        };
+        let compression = self.press.compress(&input)?;
         drop(cached);
         context
             .cache

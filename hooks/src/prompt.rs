@@ -41,6 +41,44 @@ impl PromptSplit {
         })
     }
 
+    /// This split as a press that compresses the context for its question needs it
+    /// ([`kvpress_core::press::PressDescription::needs_question`], Finch), the way kvpress's
+    /// evaluation builds it: the question, tokenized on its own (kvpress puts a delimiter token
+    /// before it), joins the context part, and only the chat template's end of turn and
+    /// assistant header are asked afterwards. Returns that split and the question's token count
+    /// (the last tokens of its context part).
+    pub fn question_in_context(&self, model: &LoadedModel) -> Result<(Self, usize)> {
+        let suffix = Self::question_suffix(model)?;
+        let question = self
+            .question_text
+            .strip_suffix(suffix.as_str())
+            .ok_or_else(|| {
+                Error::InvalidInput("the question part does not end with the chat suffix".into())
+            })?;
+        let question_only = model.tokenizer.encode(question, false)?;
+        if question_only.is_empty() {
+            return Err(Error::InvalidInput("empty question".into()));
+        }
+        let question_ids = model.tokenizer.encode(&suffix, false)?;
+        if question_ids.is_empty() {
+            return Err(Error::InvalidInput(
+                "a press that compresses for the question (finch) answers from what follows the \
+                 question in the chat template (end of turn, assistant header), and this model \
+                 has no chat template"
+                    .into(),
+            ));
+        }
+        let mut context_ids = self.context_ids.clone();
+        context_ids.extend_from_slice(&question_only);
+        let split = Self {
+            context_text: format!("{}{question}", self.context_text),
+            question_text: suffix,
+            context_ids,
+            question_ids,
+        };
+        Ok((split, question_only.len()))
+    }
+
     /// Token ids of the context part alone (it does not depend on the question).
     pub fn context_ids(model: &LoadedModel, context: &str) -> Result<Vec<u32>> {
         let (context_text, _) = Self::render(model, context)?;

@@ -175,6 +175,7 @@ impl RecordedPrefill {
             rotary: model.rotary(),
             projections,
             front_padding: None,
+            question_tokens: 0,
         })
     }
 

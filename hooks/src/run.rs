@@ -23,12 +23,17 @@ pub struct Answer {
     /// when the press does not compress while decoding, or the question and answer together were
     /// shorter than its `compression_interval`).
     pub decode_compressions: usize,
+    /// The compression made for this question alone, for a press that compresses the context
+    /// for its question (Finch; [`run_per_question`]); `None` when every question shares one
+    /// compressed context.
+    pub compression: Option<CompressionReport>,
 }
 
 /// What `kvpress run` did.
 #[derive(Debug, Clone)]
 pub struct RunOutput {
-    /// The compression of the context.
+    /// The compression of the context (for a press that compresses for each question, that of
+    /// the first question; each answer carries its own).
     pub report: CompressionReport,
     /// One answer per question, in order.
     pub answers: Vec<Answer>,
@@ -47,9 +52,68 @@ pub fn run(
     max_new_tokens: usize,
 ) -> Result<RunOutput> {
     check_inputs(context, questions)?;
+    if press.describe().needs_question {
+        return run_per_question(model, context, questions, press, max_new_tokens);
+    }
     let context_ids = PromptSplit::context_ids(model, context)?;
     let (mut session, report) = ContextSession::compress(&model.model, &context_ids, press, &[])?;
     let answers = answer_all(model, &mut session, questions, max_new_tokens)?;
+    Ok(RunOutput {
+        report,
+        answers,
+        compresses_while_decoding: press.describe().compresses_while_decoding,
+    })
+}
+
+/// [`run`] for a press that compresses the context for its question (Finch): each question is
+/// prefilled with the context ([`PromptSplit::question_in_context`]), the press compresses
+/// both, and the answer comes from what follows the question in the chat template. Every
+/// question costs a prefill of the context.
+pub fn run_per_question(
+    model: &LoadedModel,
+    context: &str,
+    questions: &[String],
+    press: &dyn Press,
+    max_new_tokens: usize,
+) -> Result<RunOutput> {
+    check_inputs(context, questions)?;
+    let config = GenerationConfig {
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+    };
+    let mut answers = Vec::with_capacity(questions.len());
+    for question in questions {
+        let (split, question_tokens) =
+            PromptSplit::new(model, context, question)?.question_in_context(model)?;
+        let (mut session, report) = ContextSession::compress_with_question(
+            &model.model,
+            &split.context_ids,
+            question_tokens,
+            press,
+            &[],
+        )?;
+        let start = std::time::Instant::now();
+        let output = session.answer(
+            &model.model,
+            &split.question_ids,
+            model.tokenizer.eos_ids(),
+            &config,
+            &mut |_| Ok(()),
+        )?;
+        answers.push(Answer {
+            question: question.clone(),
+            text: model.tokenizer.decode(&output.tokens, true)?,
+            seconds: start.elapsed().as_secs_f64(),
+            n_tokens: output.tokens.len(),
+            stop_reason: output.stop_reason,
+            decode_compressions: session.last_answer_compressions(),
+            compression: Some(report),
+        });
+    }
+    let report = answers[0]
+        .compression
+        .clone()
+        .ok_or_else(|| Error::InvalidInput("no question".to_string()))?;
     Ok(RunOutput {
         report,
         answers,
@@ -105,6 +169,7 @@ pub fn answer_all(
             n_tokens: output.tokens.len(),
             stop_reason: output.stop_reason,
             decode_compressions: session.last_answer_compressions(),
+            compression: None,
         });
     }
     Ok(answers)
@@ -129,16 +194,23 @@ pub fn print_comparison(
             ms_per_token(f),
             f.text.trim()
         )?;
+        let report = c.compression.as_ref().unwrap_or(&compressed.report);
         writeln!(
             out,
             "  {press_name:<12} ({:7.2} MiB, {:5.1} ms/token): {}",
-            mib(compressed.report.kv_bytes),
+            mib(report.kv_bytes),
             ms_per_token(c),
             c.text.trim()
         )?;
         if compressed.compresses_while_decoding {
             writeln!(out, "  {}", decode_time_note(c))?;
         }
+        if let Some(report) = &c.compression {
+            writeln!(out, "  {}", question_compression_note(report))?;
+        }
+    }
+    if compressed.answers.iter().any(|a| a.compression.is_some()) {
+        return Ok(());
     }
     let saved = 1.0 - compressed.report.kv_bytes as f64 / full.report.kv_bytes.max(1) as f64;
     writeln!(
@@ -151,6 +223,21 @@ pub fn print_comparison(
         100.0 * saved,
         compressed.report.compression_seconds,
         compressed.report.prefill_seconds - compressed.report.compression_seconds,
+    )
+}
+
+/// What a compression made for one question did (a press that compresses for the question).
+pub fn question_compression_note(report: &CompressionReport) -> String {
+    let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);
+    format!(
+        "compressed for this question: {} tokens (context and question) | kept {:.1}% | KV cache \
+         {:.2} MiB -> {:.2} MiB | prefill {:.2} s, of which compression {:.3} s",
+        report.context_tokens,
+        100.0 * report.kept_fraction(),
+        mib(report.kv_bytes_full),
+        mib(report.kv_bytes),
+        report.prefill_seconds,
+        report.compression_seconds
     )
 }
 
@@ -184,6 +271,12 @@ pub fn print(output: &RunOutput, mut out: impl Write) -> std::io::Result<()> {
         if output.compresses_while_decoding {
             writeln!(out, "   {}", decode_time_note(answer))?;
         }
+        if let Some(report) = &answer.compression {
+            writeln!(out, "   {}", question_compression_note(report))?;
+        }
+    }
+    if output.answers.iter().any(|a| a.compression.is_some()) {
+        return Ok(());
     }
     let report = &output.report;
     let mib = |bytes: usize| bytes as f64 / (1024.0 * 1024.0);

@@ -143,16 +143,48 @@ impl ContextSession {
         press: &dyn Press,
         score_layers: &[usize],
     ) -> Result<(Self, CompressionReport)> {
-        let mut hook = PressHook::new(press, score_layers)?;
+        Self::compress_prefill(model, context_ids, 0, press, score_layers)
+    }
+
+    /// [`Self::compress`] for a press that compresses the context for the question asked of it
+    /// ([`kvpress_core::press::PressDescription::needs_question`], Finch): `prefill_ids` is the
+    /// context followed by the question's `question_tokens` tokens, prefilled together; the
+    /// session's context is then what the press kept of both, and only the rest of the prompt
+    /// (the chat template's end of turn and assistant header) should be answered from it.
+    pub fn compress_with_question(
+        model: &Model,
+        prefill_ids: &[u32],
+        question_tokens: usize,
+        press: &dyn Press,
+        score_layers: &[usize],
+    ) -> Result<(Self, CompressionReport)> {
+        if question_tokens == 0 || question_tokens >= prefill_ids.len() {
+            return Err(crate::Error::InvalidInput(format!(
+                "the question ({question_tokens} tokens) must be at least one token and shorter \
+                 than the prefill with the context ({} tokens)",
+                prefill_ids.len()
+            )));
+        }
+        Self::compress_prefill(model, prefill_ids, question_tokens, press, score_layers)
+    }
+
+    fn compress_prefill(
+        model: &Model,
+        prefill_ids: &[u32],
+        question_tokens: usize,
+        press: &dyn Press,
+        score_layers: &[usize],
+    ) -> Result<(Self, CompressionReport)> {
+        let mut hook = PressHook::new(press, score_layers)?.with_question_tokens(question_tokens);
         let start = Instant::now();
         let cache = new_cache_for(model, press)?;
-        let mut session = Self::prefill_into(model, cache, context_ids, Some(&mut hook))?;
+        let mut session = Self::prefill_into(model, cache, prefill_ids, Some(&mut hook))?;
         let prefill_seconds = start.elapsed().as_secs_f64();
-        continue_positions(press, &mut session.cache, context_ids.len());
+        continue_positions(press, &mut session.cache, prefill_ids.len());
         session.context_seen = session.cache.seen_tokens();
         session.set_press(press)?;
         let report = CompressionReport::new(
-            context_ids.len(),
+            prefill_ids.len(),
             prefill_seconds,
             hook.into_records(),
             &session.cache,

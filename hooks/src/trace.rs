@@ -177,9 +177,55 @@ pub fn trace_press(
     split: &PromptSplit,
     press: &dyn Press,
 ) -> Result<PressTrace> {
+    if press.describe().needs_question {
+        return trace_question_press(model, split, press);
+    }
     let (mut session, report) =
         ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
-    let (answer_first_logits, answer) = greedy_answer(model, &mut session, split)?;
+    press_trace(model, split, &mut session, &report)
+}
+
+/// [`trace_press`] for a press that compresses the context for its question (Finch): the
+/// question is prefilled with the context and only the chat suffix is asked afterwards. Beside
+/// the common fields, the trace has the fixtures' `window_size` (question tokens),
+/// `question_ids` (the suffix), `question_position_start` (where the suffix is fed) and
+/// `prefill_ids` (context and question; kvpress's also hold its delimiter token, which its
+/// embedding layer drops).
+fn trace_question_press(
+    model: &LoadedModel,
+    split: &PromptSplit,
+    press: &dyn Press,
+) -> Result<PressTrace> {
+    let (split, question_tokens) = split.question_in_context(model)?;
+    let (mut session, report) = ContextSession::compress_with_question(
+        &model.model,
+        &split.context_ids,
+        question_tokens,
+        press,
+        &RECORDED_LAYERS,
+    )?;
+    let position = session.cache().seen_tokens();
+    let mut trace = press_trace(model, &split, &mut session, &report)?;
+    let fields = [
+        ("window_size", serde_json::json!(question_tokens)),
+        ("question_ids", serde_json::json!(split.question_ids)),
+        ("question_position_start", serde_json::json!(position)),
+        ("prefill_ids", serde_json::json!(split.context_ids)),
+    ];
+    for (name, value) in fields {
+        trace.notes.insert(name.to_string(), value);
+    }
+    Ok(trace)
+}
+
+/// The trace of a compressed `session` of `split`'s context: answer and what `report` says.
+fn press_trace(
+    model: &LoadedModel,
+    split: &PromptSplit,
+    session: &mut ContextSession,
+    report: &crate::CompressionReport,
+) -> Result<PressTrace> {
+    let (answer_first_logits, answer) = greedy_answer(model, session, split)?;
     let mut scores = BTreeMap::new();
     for layer in &report.layers {
         if let Some(layer_scores) = &layer.scores {

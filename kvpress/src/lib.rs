@@ -15,6 +15,7 @@ pub mod presses {
     pub use presses_cap as cap;
     pub use presses_criticalkv as criticalkv;
     pub use presses_expected_attention as expected_attention;
+    pub use presses_finch as finch;
     pub use presses_leverage as leverage;
     pub use presses_merging as merging;
     pub use presses_ops as ops;

@@ -497,3 +497,27 @@ fn cur_matches_kvpress() {
 fn cap_matches_kvpress() {
     check("cap@0.5", Lengths::Equal);
 }
+
+/// Finch: the question is prefilled after the context (kvpress's delimiter token, dropped by its
+/// embedding layer, never reaches the model), the question's tokens are the window, the kept keys
+/// are re-rotated and the chat suffix is fed from the compressed length.
+#[test]
+fn finch_matches_kvpress() {
+    let (got, want) = check("finch@0.5", Lengths::Equal);
+    let delimiter = want["delimiter_token_id"].as_u64().unwrap();
+    let kvpress_prefill: Vec<u64> = want["prefill_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .filter(|&id| id != delimiter)
+        .collect();
+    assert_eq!(
+        got.notes["prefill_ids"],
+        serde_json::json!(kvpress_prefill),
+        "the model sees kvpress's tokens"
+    );
+    for field in ["window_size", "question_ids", "question_position_start"] {
+        assert_eq!(got.notes[field], want[field], "{field}");
+    }
+}

@@ -68,6 +68,38 @@ fn the_grid_refuses_presses_that_own_their_ratios() {
 }
 
 #[test]
+fn finch_runs_where_the_question_is_prefilled_with_the_context_and_nowhere_else() {
+    let finch = press("press = \"finch\"\ncompression_ratio = 0.5\n");
+    assert!(finch.describe().needs_question);
+    for front_end in [FrontEnd::Run, FrontEnd::Trace] {
+        assert!(!refused_by(front_end, finch.as_ref()), "{front_end:?}");
+    }
+    for front_end in [
+        FrontEnd::Compress,
+        FrontEnd::Generate,
+        FrontEnd::Eval,
+        FrontEnd::Fidelity,
+        FrontEnd::Inspect,
+        FrontEnd::Bench,
+    ] {
+        assert!(refused_by(front_end, finch.as_ref()), "{front_end:?}");
+    }
+    // Nested, it would score the question as context: refused by every front end.
+    for wrapper in [
+        "press = \"key_rerotation\"\n[inner]\npress = \"finch\"\nrerotate_keys = false\n",
+        "press = \"composed\"\n[[presses]]\npress = \"finch\"\ncompression_ratio = 0.5\n",
+        "press = \"per_layer\"\ncompression_ratios = [0.5]\n[inner]\npress = \"finch\"\n",
+    ] {
+        let nested = press(wrapper);
+        let error = check_press(FrontEnd::Run, nested.as_ref()).unwrap_err();
+        assert!(
+            error.to_string().contains("only a press at the top"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
 fn composed_refuses_two_decode_time_presses() {
     let config = "press = \"composed\"\n\
                   [[presses]]\npress = \"decoding\"\n[presses.inner]\npress = \"knorm\"\n\

@@ -147,6 +147,12 @@ pub struct PressDescription {
     pub compresses_prefill: bool,
     /// The press compresses while tokens are generated ([`Press::decoding`]).
     pub compresses_while_decoding: bool,
+    /// The press compresses the context for one question (Finch): the front end prefills the
+    /// context and the question together, tells the press how many of the last tokens are the
+    /// question ([`PressInput::question_tokens`]), and then feeds only the rest of the prompt
+    /// (the chat template's end of turn and assistant header). The compressed context answers
+    /// that question; another question needs another compression.
+    pub needs_question: bool,
 }
 
 impl PressDescription {
@@ -166,6 +172,7 @@ impl PressDescription {
             ratio: RatioControl::Settable,
             compresses_prefill: press.compression_ratio() > 0.0,
             compresses_while_decoding: press.decoding().is_some(),
+            needs_question: false,
         }
     }
 }

@@ -42,6 +42,11 @@ pub struct PressInput<'a> {
     /// entries). Padding is not context: scorers give it no attention and allocators never keep
     /// it ([`Self::mask_padding`]).
     pub front_padding: Option<&'a [usize]>,
+    /// How many of the forward's last tokens are the question that will be asked of this
+    /// context, when the front end prefilled the context and the question together for a press
+    /// that asks for it ([`crate::press::PressDescription::needs_question`], e.g. Finch); 0
+    /// otherwise.
+    pub question_tokens: usize,
 }
 
 impl std::fmt::Debug for PressInput<'_> {
@@ -93,6 +98,7 @@ impl CachedKeysValues {
             rotary: context.rotary,
             projections: context.projections,
             front_padding: None,
+            question_tokens: 0,
         }
     }
 }
@@ -201,6 +207,7 @@ impl InputChunk {
             values: &self.values,
             attention_weights: None,
             front_padding: None,
+            question_tokens: 0,
             ..*whole
         }
     }

@@ -1,7 +1,8 @@
 //! What a wrapper may hold: a press inside another only acts as far as the outer press passes
 //! it on. Decode-time compression ([`Press::decoding`]) only runs from the press the runtime
 //! holds, which finds it through the wrappers that pass it on (`composed`, `prefill_decoding`):
-//! a decode-time press inside any other wrapper would silently never run.
+//! a decode-time press inside any other wrapper would silently never run. A press that needs the
+//! question prefilled with the context (Finch) is only given it at the top.
 
 use serde_json::Value;
 
@@ -21,6 +22,16 @@ pub fn check_nesting(press: &dyn Press) -> Result<()> {
 fn check_children(config: &Value, outer: &dyn Press) -> Result<()> {
     for child in nested_presses(config) {
         let inner = press_from_value(child.clone())?;
+        if inner.describe().needs_question {
+            return Err(Error::InvalidArgument(format!(
+                "`{}` holds `{}`, which compresses the context for the question prefilled with \
+                 it; only a press at the top is given the question (wrappers would score or cut \
+                 it as context), so use `{}` on its own",
+                press_name(outer),
+                press_name(inner.as_ref()),
+                press_name(inner.as_ref()),
+            )));
+        }
         if inner.describe().compresses_while_decoding && !outer.describe().compresses_while_decoding
         {
             return Err(Error::InvalidArgument(format!(

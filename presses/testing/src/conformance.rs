@@ -163,8 +163,19 @@ fn constant_layer(press: &dyn Press, shape: SyntheticShape) -> SyntheticLayer {
     with_weights_if_needed(press, layer)
 }
 
+/// Question tokens of the synthetic layers for presses that need the question prefilled with
+/// the context ([`kvpress_core::press::PressDescription::needs_question`]): the last ones.
+pub const QUESTION_TOKENS: usize = 8;
+
 fn with_weights_if_needed(press: &dyn Press, layer: SyntheticLayer) -> SyntheticLayer {
-    if press.describe().needs_attention_weights {
+    let description = press.describe();
+    let layer = if description.needs_question {
+        let n = QUESTION_TOKENS.min(layer.shape.n_tokens.saturating_sub(1));
+        layer.with_question_tokens(n)
+    } else {
+        layer
+    };
+    if description.needs_attention_weights {
         layer.with_attention_weights().expect("attention weights")
     } else {
         layer

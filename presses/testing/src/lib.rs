@@ -10,7 +10,7 @@ pub mod conformance;
 mod synthetic;
 
 pub use cache_conformance::{run_cache_conformance, CacheLayout};
-pub use conformance::{run_conformance, run_decoding_conformance, Promises};
+pub use conformance::{run_conformance, run_decoding_conformance, Promises, QUESTION_TOKENS};
 pub use synthetic::{SyntheticLayer, SyntheticShape};
 
 /// Re-exported so tests can build inputs without naming the core crate.

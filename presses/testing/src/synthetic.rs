@@ -79,6 +79,7 @@ pub struct SyntheticLayer {
     attention_weights: Option<Tensor>,
     rotary: RotaryEmbedding,
     projections: SyntheticProjections,
+    question_tokens: usize,
 }
 
 impl SyntheticLayer {
@@ -169,6 +170,7 @@ impl SyntheticLayer {
                 query_weight,
                 output_weight,
             },
+            question_tokens: 0,
         })
     }
 
@@ -177,6 +179,13 @@ impl SyntheticLayer {
         let output = grouped_query_attention(&self.queries, &self.keys, &self.values, true)?;
         self.attention_weights = output.weights;
         Ok(self)
+    }
+
+    /// The same layer with its last `n` tokens presented as the question prefilled with the
+    /// context ([`PressInput::question_tokens`]), for presses that need it (Finch).
+    pub fn with_question_tokens(mut self, n: usize) -> Self {
+        self.question_tokens = n;
+        self
     }
 
     /// The same layer reported as layer `layer_idx` of `n_layers`.
@@ -205,6 +214,7 @@ impl SyntheticLayer {
             rotary: &self.rotary,
             projections: &self.projections,
             front_padding: None,
+            question_tokens: self.question_tokens,
         }
     }
 }

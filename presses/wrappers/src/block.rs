@@ -135,6 +135,7 @@ impl Block {
                 query_position: input.query_position + start,
                 attention_weights: None,
                 front_padding: None,
+                question_tokens: 0,
                 ..*input
             };
             let (rows, _, _) = score_rows(&scorer.score(&scored, ratio)?)?;

@@ -87,6 +87,7 @@ impl Press for Composed {
             ratio: RatioControl::OwnedByPress,
             compresses_prefill: members.iter().any(|d| d.compresses_prefill),
             compresses_while_decoding: members.iter().any(|d| d.compresses_while_decoding),
+            needs_question: members.iter().any(|d| d.needs_question),
         }
     }
 

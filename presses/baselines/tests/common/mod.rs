@@ -104,6 +104,7 @@ impl HandMade {
             rotary: &self.rotary,
             projections: &self.projections,
             front_padding: None,
+            question_tokens: 0,
         }
     }
 }
