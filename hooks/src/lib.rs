@@ -31,6 +31,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod attention_history;
 pub mod batch;
 pub mod context_file;
 mod error;

@@ -5,7 +5,11 @@ use std::time::Instant;
 
 use candle_core::DType;
 use candle_core::Tensor;
-use kvpress_core::press::{CachedKeysValues, LayerNote, NoteScope, Press, PressInput, Selection};
+use kvpress_core::press::{
+    AttentionHistory, CachedKeysValues, LayerNote, NoteScope, Press, PressInput, Selection,
+};
+
+use crate::attention_history::AttentionSums;
 use kvpress_core::{AttentionHook, ForwardPhase, LayerCache, LayerContext, LayerSnapshot};
 
 /// What a press did to one layer.
@@ -83,6 +87,9 @@ struct DecodingState {
     /// `(hidden_states (b, n, hidden), queries (b, heads, n, d), first position)` per forward.
     recent: std::collections::VecDeque<(Tensor, Tensor, usize)>,
     buffered: usize,
+    /// The attention generated tokens gave the cache, for schedules that track it; kept (for
+    /// the tokens kept) across compressions.
+    attention: AttentionSums,
 }
 
 impl DecodingState {
@@ -179,6 +186,9 @@ impl<'p> PressHook<'p> {
             schedule.buffer_size,
         )?;
         state.steps += n_new;
+        if schedule.tracks_attention {
+            state.attention.observe(context)?;
+        }
         let len = context.cache.len();
         let target = schedule.target.tokens(context.position_offset + n_new);
         if state.steps < schedule.compression_interval || len <= target {
@@ -188,12 +198,24 @@ impl<'p> PressHook<'p> {
         // The ratio whose kept count floor(len * (1 - ratio)) is exactly the target.
         let ratio = 1.0 - (target as f64 + 0.5) / len as f64;
         let (cached, padding) = padded_keys_values(context.cache)?;
+        let sums = match schedule.tracks_attention {
+            true => Some(
+                state
+                    .attention
+                    .tensor(cached.keys.dim(0)?, cached.keys.device())?,
+            ),
+            false => None,
+        };
         let input = PressInput {
             hidden_states: &hidden,
             queries: &queries,
             query_position: first_position,
             attention_weights: None,
             front_padding: padding.as_deref(),
+            attention_history: sums.as_ref().map(|sums| AttentionHistory {
+                sums,
+                new_tokens: state.steps,
+            }),
             ..cached.input(context)
         };
         let compression = schedule.press.compress_at_ratio(&input, ratio)?;
@@ -205,7 +227,14 @@ impl<'p> PressHook<'p> {
         context
             .cache
             .compact(&selection, compression.keys.as_ref())?;
-        *state = DecodingState::default();
+        let mut attention = std::mem::take(&mut state.attention);
+        if schedule.tracks_attention {
+            attention.compact(&selection)?;
+        }
+        *state = DecodingState {
+            attention,
+            ..DecodingState::default()
+        };
         self.decode_compressions += 1;
         Ok(())
     }

@@ -176,6 +176,7 @@ impl RecordedPrefill {
             projections,
             front_padding: None,
             question_tokens: 0,
+            attention_history: None,
         })
     }
 

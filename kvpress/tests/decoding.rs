@@ -69,6 +69,23 @@ fn a_3000_token_generation_stays_within_target_plus_interval() {
 }
 
 #[test]
+fn cam_merges_within_its_budget_and_repeats_itself_from_its_seed() {
+    let model = model();
+    let press = press_from_toml(
+        "press = \"cam\"\ncompression_interval = 64\ntarget_size = 128\n\
+         hidden_states_buffer_size = 64\nmerge_budget = 8\n[inner]\npress = \"knorm\"\n",
+    )
+    .unwrap();
+    let (tokens, peak, lengths) = run(&model, Some(press.as_ref()), 300);
+    assert_eq!(tokens.len(), 300);
+    assert!(peak <= 128 + 64, "peak cache length {peak}");
+    assert!(peak > 128, "compression happened after growth ({peak})");
+    assert!(lengths.iter().all(|&l| l <= 128 + 64), "{lengths:?}");
+    let (again, _, _) = run(&model, Some(press.as_ref()), 300);
+    assert_eq!(tokens, again, "the same seed draws the same merges");
+}
+
+#[test]
 fn a_schedule_that_keeps_everything_generates_like_plain_generation() {
     let model = model();
     let press = press_from_toml(

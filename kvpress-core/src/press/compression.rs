@@ -102,6 +102,10 @@ pub struct DecodingSchedule<'a> {
     pub target: DecodingTarget,
     /// Recent tokens whose queries and hidden states the scorer sees.
     pub buffer_size: usize,
+    /// The runtime accumulates, per layer, the attention each forward's last query gives every
+    /// cached token, and hands it to `press` ([`PressInput::attention_history`]); CaM merges by
+    /// it. Costs one pass over the cache per layer and generated token.
+    pub tracks_attention: bool,
 }
 
 /// The cache layout a press stores its kept tokens in.

@@ -47,6 +47,21 @@ pub struct PressInput<'a> {
     /// that asks for it ([`crate::press::PressDescription::needs_question`], e.g. Finch); 0
     /// otherwise.
     pub question_tokens: usize,
+    /// While decoding, for presses whose schedule asks for it
+    /// ([`crate::press::DecodingSchedule::tracks_attention`], CaM): the attention the generated
+    /// tokens gave each cached token so far; `None` otherwise.
+    pub attention_history: Option<AttentionHistory<'a>>,
+}
+
+/// The attention generated tokens gave the cache, accumulated by the runtime while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionHistory<'a> {
+    /// `(batch, n_kv_heads, n_tokens)`: per cached token, the sum over the forwards since the
+    /// prefill of the attention the forward's last query gave it (mean over each KV head's query
+    /// heads); tokens cached later have summed fewer forwards.
+    pub sums: &'a Tensor,
+    /// Tokens fed since the last compression (or since the prefill).
+    pub new_tokens: usize,
 }
 
 impl std::fmt::Debug for PressInput<'_> {
@@ -99,6 +114,7 @@ impl CachedKeysValues {
             projections: context.projections,
             front_padding: None,
             question_tokens: 0,
+            attention_history: None,
         }
     }
 }
@@ -156,6 +172,7 @@ impl<'a> PressInput<'a> {
             values,
             attention_weights: None,
             front_padding: None,
+            attention_history: None,
             ..*self
         }
     }
@@ -208,6 +225,7 @@ impl InputChunk {
             attention_weights: None,
             front_padding: None,
             question_tokens: 0,
+            attention_history: None,
             ..*whole
         }
     }

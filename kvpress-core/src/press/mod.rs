@@ -34,9 +34,9 @@ pub use config::{
     press_clone, press_from_file, press_from_json, press_from_toml, press_from_value, press_name,
     press_to_json,
 };
-pub use input::{CachedKeysValues, InputChunk, PressInput};
+pub use input::{AttentionHistory, CachedKeysValues, InputChunk, PressInput};
 pub use key_channels::KeyChannels;
-pub use nesting::check_nesting;
+pub use nesting::{check_nesting, holds_presses};
 pub use no_press::NoPress;
 pub use pyramid::{layer_budget, PyramidAllocator};
 pub use registry::{

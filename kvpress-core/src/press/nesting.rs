@@ -18,6 +18,11 @@ pub fn check_nesting(press: &dyn Press) -> Result<()> {
     check_children(&config, press)
 }
 
+/// Whether `press` holds other presses (a wrapper such as `chunkkv`, `adakv` or `composed`).
+pub fn holds_presses(press: &dyn Press) -> bool {
+    serde_json::to_value(press).is_ok_and(|config| !nested_presses(&config).is_empty())
+}
+
 /// Checks the presses directly inside `config` (the config of `outer`), then theirs.
 fn check_children(config: &Value, outer: &dyn Press) -> Result<()> {
     for child in nested_presses(config) {

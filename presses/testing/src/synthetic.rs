@@ -215,6 +215,7 @@ impl SyntheticLayer {
             projections: &self.projections,
             front_padding: None,
             question_tokens: self.question_tokens,
+            attention_history: None,
         }
     }
 }

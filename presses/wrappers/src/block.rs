@@ -136,6 +136,7 @@ impl Block {
                 attention_weights: None,
                 front_padding: None,
                 question_tokens: 0,
+                attention_history: None,
                 ..*input
             };
             let (rows, _, _) = score_rows(&scorer.score(&scored, ratio)?)?;

@@ -7,22 +7,22 @@ use kvpress_core::press::{
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 
-fn default_interval() -> usize {
+pub(crate) fn default_interval() -> usize {
     512
 }
 
-fn default_target_size() -> usize {
+pub(crate) fn default_target_size() -> usize {
     2048
 }
 
-fn default_buffer_size() -> usize {
+pub(crate) fn default_buffer_size() -> usize {
     256
 }
 
 /// Checks that `inner` can decide what a decode-time compression keeps: it runs at the ratio the
 /// schedule sets, from the queries of recent tokens alone (no attention weights), keeps the
 /// cached keys, and has no schedule of its own (kvpress: a `ScorerPress` or `AdaKVPress`).
-fn check_inner(press: &str, inner: &dyn Press) -> Result<()> {
+pub(crate) fn check_inner(press: &str, inner: &dyn Press) -> Result<()> {
     inner.validate()?;
     let description = inner.describe();
     let why = if description.compresses_while_decoding {
@@ -46,7 +46,7 @@ fn check_inner(press: &str, inner: &dyn Press) -> Result<()> {
     }
 }
 
-fn check_schedule(press: &str, interval: usize, buffer: usize) -> Result<()> {
+pub(crate) fn check_schedule(press: &str, interval: usize, buffer: usize) -> Result<()> {
     if interval == 0 || buffer == 0 {
         return Err(Error::InvalidArgument(format!(
             "{press}: compression_interval and hidden_states_buffer_size must be at least 1"
@@ -103,6 +103,7 @@ impl Press for Decoding {
             compression_interval: self.compression_interval,
             target: DecodingTarget::Tokens(self.target_size),
             buffer_size: self.hidden_states_buffer_size,
+            tracks_attention: false,
         })
     }
 
@@ -163,6 +164,7 @@ impl Press for CompressionRatioDecoding {
             compression_interval: self.compression_interval,
             target: DecodingTarget::CompressionRatio(self.target_compression_ratio),
             buffer_size: self.hidden_states_buffer_size,
+            tracks_attention: false,
         })
     }
 

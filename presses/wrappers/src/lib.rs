@@ -10,7 +10,8 @@
 //!   best tokens;
 //! - [`Block`] (`block`): block-wise iterative top-k (KeyDiff's block processing);
 //! - [`Decoding`] (`decoding`), [`CompressionRatioDecoding`] (`compression_ratio_decoding`) and
-//!   [`PrefillDecoding`] (`prefill_decoding`): compression while tokens are generated.
+//!   [`PrefillDecoding`] (`prefill_decoding`): compression while tokens are generated;
+//! - [`Cam`] (`cam`): CaM, merging evicted values into kept neighbours while decoding.
 //!
 //! ```
 //! use kvpress_core::press::press_from_json;
@@ -24,6 +25,8 @@
 #![warn(missing_docs)]
 
 mod block;
+mod cam;
+mod cam_merge;
 mod chunked;
 mod chunkkv;
 mod composed;
@@ -34,6 +37,7 @@ mod per_layer;
 mod scoring;
 
 pub use block::{Block, BlockIteration};
+pub use cam::Cam;
 pub use chunked::Chunked;
 pub use chunkkv::ChunkKv;
 pub use composed::Composed;

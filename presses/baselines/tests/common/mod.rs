@@ -105,6 +105,7 @@ impl HandMade {
             projections: &self.projections,
             front_padding: None,
             question_tokens: 0,
+            attention_history: None,
         }
     }
 }
