@@ -176,8 +176,8 @@ pub struct Answer {
     /// Seconds for the question's prefill and the decoding.
     pub seconds: f64,
     /// Layer compressions a decode-time press made while answering (0 for other presses, or
-    /// when the question and answer together were shorter than the press's
-    /// `compression_interval`).
+    /// when the question's forward and one forward per generated token were fewer than the
+    /// press's `compression_interval`).
     pub decode_compressions: usize,
 }
 

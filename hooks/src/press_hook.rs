@@ -78,58 +78,38 @@ pub struct PressHook<'p> {
     question_tokens: usize,
 }
 
-/// Per-layer state of decode-time compression: tokens since the last compression and the recent
-/// forwards' hidden states and queries (kept as they came; joined only when compressing, so a
-/// decode step copies nothing).
+/// Per-layer state of decode-time compression: forwards since the last compression and the
+/// recent forwards' hidden states and queries (kept as they came; joined only when compressing,
+/// so a decode step copies nothing). As in kvpress 0.5.5's `DecodingPress`, a forward counts once
+/// however many tokens it feeds (the question's forward, then one per generated token), and the
+/// buffer holds the last `hidden_states_buffer_size` forwards.
 #[derive(Debug, Default)]
 struct DecodingState {
+    /// Forwards since the last compression.
     steps: usize,
     /// `(hidden_states (b, n, hidden), queries (b, heads, n, d), first position)` per forward.
     recent: std::collections::VecDeque<(Tensor, Tensor, usize)>,
-    buffered: usize,
     /// The attention generated tokens gave the cache, for schedules that track it; kept (for
     /// the tokens kept) across compressions.
     attention: AttentionSums,
 }
 
 impl DecodingState {
-    /// Remembers one forward's tokens, forgetting forwards no longer needed for the last
-    /// `buffer_size` tokens.
-    fn push(
-        &mut self,
-        hidden: &Tensor,
-        queries: &Tensor,
-        position: usize,
-        buffer_size: usize,
-    ) -> kvpress_core::Result<()> {
-        let n = hidden.dim(1)?;
+    /// Remembers one forward's tokens, forgetting the forwards beyond the last `buffer_size`.
+    fn push(&mut self, hidden: &Tensor, queries: &Tensor, position: usize, buffer_size: usize) {
         self.recent
             .push_back((hidden.clone(), queries.clone(), position));
-        self.buffered += n;
-        while let Some((front, _, _)) = self.recent.front() {
-            let front_len = front.dim(1)?;
-            if self.buffered - front_len < buffer_size {
-                break;
-            }
-            self.buffered -= front_len;
+        while self.recent.len() > buffer_size {
             self.recent.pop_front();
         }
-        Ok(())
     }
 
-    /// The last `buffer_size` tokens' hidden states and queries, and the first one's position.
-    fn window(&self, buffer_size: usize) -> kvpress_core::Result<(Tensor, Tensor, usize)> {
+    /// The buffered forwards' hidden states and queries, and the first token's position.
+    fn window(&self) -> kvpress_core::Result<(Tensor, Tensor, usize)> {
         let hidden: Vec<&Tensor> = self.recent.iter().map(|(h, _, _)| h).collect();
         let queries: Vec<&Tensor> = self.recent.iter().map(|(_, q, _)| q).collect();
-        let (hidden, queries) = (Tensor::cat(&hidden, 1)?, Tensor::cat(&queries, 2)?);
-        let len = hidden.dim(1)?;
-        let keep = len.min(buffer_size);
-        let first = self.recent.front().map_or(0, |(_, _, p)| *p) + (len - keep);
-        Ok((
-            hidden.narrow(1, len - keep, keep)?,
-            queries.narrow(2, len - keep, keep)?,
-            first,
-        ))
+        let first = self.recent.front().map_or(0, |(_, _, p)| *p);
+        Ok((Tensor::cat(&hidden, 1)?, Tensor::cat(&queries, 2)?, first))
     }
 }
 
@@ -184,17 +164,19 @@ impl<'p> PressHook<'p> {
             context.queries,
             context.position_offset,
             schedule.buffer_size,
-        )?;
-        state.steps += n_new;
+        );
+        state.steps += 1;
         if schedule.tracks_attention {
             state.attention.observe(context)?;
         }
         let len = context.cache.len();
         let target = schedule.target.tokens(context.position_offset + n_new);
-        if state.steps < schedule.compression_interval || len <= target {
+        // kvpress also compresses after a forward of at least `target` tokens.
+        let due = state.steps >= schedule.compression_interval || n_new >= target;
+        if !due || len <= target {
             return Ok(());
         }
-        let (hidden, queries, first_position) = state.window(schedule.buffer_size)?;
+        let (hidden, queries, first_position) = state.window()?;
         // The ratio whose kept count floor(len * (1 - ratio)) is exactly the target.
         let ratio = 1.0 - (target as f64 + 0.5) / len as f64;
         let (cached, padding) = padded_keys_values(context.cache)?;
@@ -214,7 +196,7 @@ impl<'p> PressHook<'p> {
             front_padding: padding.as_deref(),
             attention_history: sums.as_ref().map(|sums| AttentionHistory {
                 sums,
-                new_tokens: state.steps,
+                new_forwards: state.steps,
             }),
             ..cached.input(context)
         };

@@ -20,8 +20,8 @@ pub struct Answer {
     /// Why the answer ended (EOS, the token budget, the model's position limit).
     pub stop_reason: StopReason,
     /// Layer compressions decode-time compression made while this answer was generated (0
-    /// when the press does not compress while decoding, or the question and answer together were
-    /// shorter than its `compression_interval`).
+    /// when the press does not compress while decoding, or the question's forward and one
+    /// forward per generated token were fewer than its `compression_interval`).
     pub decode_compressions: usize,
     /// The compression made for this question alone, for a press that compresses the context
     /// for its question (Finch; [`run_per_question`]); `None` when every question shares one
@@ -250,9 +250,9 @@ pub fn decode_time_note(answer: &Answer) -> String {
 /// steps).
 pub fn decode_compressions_note(n: usize) -> String {
     match n {
-        0 => "decode-time compression did not run: the question and the answer together were \
-              fewer tokens than the press's compression_interval (as in kvpress, every token fed \
-              after the context counts)"
+        0 => "decode-time compression did not run: the question's forward and one forward per \
+              generated token were fewer than the press's compression_interval (kvpress counts \
+              forwards the same way)"
             .to_string(),
         n => format!("decode-time compression ran {n} times (layers x steps) during this answer"),
     }

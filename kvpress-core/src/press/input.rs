@@ -60,8 +60,9 @@ pub struct AttentionHistory<'a> {
     /// prefill of the attention the forward's last query gave it (mean over each KV head's query
     /// heads); tokens cached later have summed fewer forwards.
     pub sums: &'a Tensor,
-    /// Tokens fed since the last compression (or since the prefill).
-    pub new_tokens: usize,
+    /// Forwards since the last compression (or since the prefill): the question's forward, then
+    /// one per generated token (kvpress's `layer_step_counts`).
+    pub new_forwards: usize,
 }
 
 impl std::fmt::Debug for PressInput<'_> {

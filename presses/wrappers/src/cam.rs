@@ -20,15 +20,13 @@ fn default_merge_budget() -> usize {
 /// Cache Merging ([CaM](https://openreview.net/forum?id=LCTmppB165)), kvpress 0.5.5's
 /// `CAMPress` (`cam`): while tokens are generated, every `compression_interval` tokens each
 /// layer goes back to `target_size` tokens ranked by `inner`'s scores averaged over the KV heads;
-/// before the evicted tokens go, the best of them (as many as tokens were fed since the last
-/// compression) may merge their value into the `merge_budget` kept tokens after them, each with
+/// before the evicted tokens go, the best of them (as many as forwards ran since the last
+/// compression: the question's, then one per generated token) may merge their value into the `merge_budget` kept tokens after them, each with
 /// probability `clamp(A_m / mean(A_window), 0, 1)`, where `A` is the attention generated tokens
 /// gave each token so far (the runtime tracks it: [`DecodingSchedule::tracks_attention`]).
 ///
 /// The draws come from a generator seeded with `seed`, the layer and the cache length, so a run
-/// is reproducible (kvpress draws from torch's global generator). kvpress counts the forwards
-/// since the last compression, kvpress-rs the tokens (they differ only for the question's
-/// forward).
+/// is reproducible (kvpress draws from torch's global generator).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Cam {
@@ -113,7 +111,7 @@ impl Press for Cam {
             values: input.values,
             attention: history.map(|h| h.sums),
             n_kept: n_kept(n_tokens, ratio),
-            n_merge: history.map_or(0, |h| h.new_tokens),
+            n_merge: history.map_or(0, |h| h.new_forwards),
             merge_budget: self.merge_budget,
         };
         let stream = ((input.layer_idx as u64) << 32) | n_tokens as u64;

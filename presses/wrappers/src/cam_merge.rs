@@ -17,7 +17,7 @@ pub(crate) struct MergeInput<'a> {
     pub attention: Option<&'a Tensor>,
     /// Tokens every head keeps.
     pub n_kept: usize,
-    /// Evicted tokens that may merge: the tokens fed since the last compression.
+    /// Evicted tokens that may merge: the forwards since the last compression.
     pub n_merge: usize,
     /// Kept neighbours each merged value is spread over.
     pub merge_budget: usize,

@@ -109,7 +109,7 @@ fn merge_then_evict_matches_kvpress_written_as_loops() {
     let with_history = PressInput {
         attention_history: Some(AttentionHistory {
             sums: &sums,
-            new_tokens: 6,
+            new_forwards: 6,
         }),
         ..input
     };
