@@ -6,6 +6,29 @@ use candle_core::{DType, Device, Tensor, D};
 use kvpress_core::press::Selection;
 use kvpress_core::{Error, LayerContext, Result};
 
+/// The last query's softmax over the whole cache, `(batch, n_heads, 1, len)`.
+fn last_query_attention(context: &LayerContext<'_>) -> Result<Tensor> {
+    let (keys, _) = context
+        .cache
+        .keys_values()?
+        .ok_or_else(|| Error::Shape("cannot track attention over an empty cache".to_string()))?;
+    let (batch, n_kv_heads, _, head_dim) = keys.dims4()?;
+    let n_new = context.queries.dim(2)?;
+    let group = context.shape.group_size();
+    let query = context
+        .queries
+        .narrow(2, n_new - 1, 1)?
+        .to_dtype(DType::F32)?
+        .reshape((batch, n_kv_heads, group, head_dim))?;
+    let keys = keys.to_dtype(DType::F32)?.contiguous()?;
+    let logits = (query.matmul(&keys.t()?)? / (head_dim as f64).sqrt())?;
+    let max = logits.max_keepdim(D::Minus1)?;
+    let exp = logits.broadcast_sub(&max)?.exp()?;
+    let weights = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
+    let len = weights.dim(3)?;
+    Ok(weights.reshape((batch, n_kv_heads * group, 1, len))?)
+}
+
 /// Running sums `(batch * n_kv_heads)` rows of one entry per cached token.
 #[derive(Debug, Default)]
 pub(crate) struct AttentionSums {
@@ -17,25 +40,23 @@ pub(crate) struct AttentionSums {
 impl AttentionSums {
     /// Adds the attention the last query of `context`'s forward gives every cached token (its
     /// softmax over the whole cache, as kvpress's CaM computes it, averaged over each KV head's
-    /// query heads). Tokens new to the cache start from zero.
+    /// query heads): from the forward's attention weights when the model computed them (the hook
+    /// asks for them), else computed here. Tokens new to the cache start from zero.
     pub fn observe(&mut self, context: &LayerContext<'_>) -> Result<()> {
-        let (keys, _) = context.cache.keys_values()?.ok_or_else(|| {
-            Error::Shape("cannot track attention over an empty cache".to_string())
-        })?;
-        let (batch, n_kv_heads, len, head_dim) = keys.dims4()?;
         let n_new = context.queries.dim(2)?;
+        let batch = context.queries.dim(0)?;
+        let n_kv_heads = context.shape.n_kv_heads;
         let group = context.shape.group_size();
-        let query = context
-            .queries
-            .narrow(2, n_new - 1, 1)?
-            .to_dtype(DType::F32)?
-            .reshape((batch, n_kv_heads, group, head_dim))?;
-        let keys = keys.to_dtype(DType::F32)?.contiguous()?;
-        let logits = (query.matmul(&keys.t()?)? / (head_dim as f64).sqrt())?;
-        let max = logits.max_keepdim(D::Minus1)?;
-        let exp = logits.broadcast_sub(&max)?.exp()?;
-        let weights = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?.mean(2)?;
-        let weights = weights.flatten_all()?.to_vec1::<f32>()?;
+        let last_row = match context.attention_weights {
+            Some(weights) => weights.narrow(2, n_new - 1, 1)?.to_dtype(DType::F32)?,
+            None => last_query_attention(context)?,
+        };
+        let len = last_row.dim(3)?;
+        let weights = last_row
+            .reshape((batch, n_kv_heads, group, len))?
+            .mean(2)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         self.grow(batch * n_kv_heads, len)?;
         self.data
             .iter_mut()

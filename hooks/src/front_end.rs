@@ -75,11 +75,12 @@ pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
 }
 
 fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String> {
-    if description.needs_question && !matches!(front_end, FrontEnd::Run | FrontEnd::Trace) {
+    let question_aware = matches!(front_end, FrontEnd::Run | FrontEnd::Trace | FrontEnd::Bench);
+    if description.needs_question && !question_aware {
         return Some(format!(
             "it compresses the context for the question asked of it (the question is prefilled \
              with the context), and `{}` compresses a context without its question; use it with \
-             `kvpress run` (each question compresses the context anew) or `kvpress trace`",
+             `kvpress run` (each question compresses the context anew), `trace` or `bench`",
             front_end.name()
         ));
     }

@@ -69,6 +69,9 @@ pub struct PressHook<'p> {
     press: &'p dyn Press,
     /// The press's `describe().needs_attention_weights`, read once (asked every layer forward).
     needs_attention_weights: bool,
+    /// Whether the press's decoding schedule tracks attention (then decoding forwards compute
+    /// attention weights).
+    tracks_attention: bool,
     score_layers: Vec<usize>,
     records: Vec<LayerRecord>,
     decoding: Vec<DecodingState>,
@@ -120,6 +123,7 @@ impl<'p> PressHook<'p> {
         Ok(Self {
             press,
             needs_attention_weights: press.describe().needs_attention_weights,
+            tracks_attention: press.decoding().is_some_and(|s| s.tracks_attention),
             score_layers: score_layers.to_vec(),
             records: Vec::new(),
             decoding: Vec::new(),
@@ -316,7 +320,10 @@ fn unpad(selection: &Selection, padding: &[usize], len: usize) -> kvpress_core::
 
 impl AttentionHook for PressHook<'_> {
     fn wants_attention_weights(&self, _layer_idx: usize, phase: ForwardPhase) -> bool {
-        phase == ForwardPhase::Prefill && self.needs_attention_weights
+        match phase {
+            ForwardPhase::Prefill => self.needs_attention_weights,
+            ForwardPhase::Decode => self.tracks_attention,
+        }
     }
 
     fn after_attention(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {

@@ -188,9 +188,9 @@ pub fn trace_press(
 /// [`trace_press`] for a press that compresses the context for its question (Finch): the
 /// question is prefilled with the context and only the chat suffix is asked afterwards. Beside
 /// the common fields, the trace has the fixtures' `window_size` (question tokens),
-/// `question_ids` (the suffix), `question_position_start` (where the suffix is fed) and
-/// `prefill_ids` (context and question; kvpress's also hold its delimiter token, which its
-/// embedding layer drops).
+/// `question_ids` (the suffix) and `question_position_start` (where the suffix is fed), and
+/// `model_prefill_ids`: the context and question ids the model sees, which are the fixtures'
+/// `prefill_ids` without kvpress's delimiter token (its embedding layer drops it).
 fn trace_question_press(
     model: &LoadedModel,
     split: &PromptSplit,
@@ -210,7 +210,7 @@ fn trace_question_press(
         ("window_size", serde_json::json!(question_tokens)),
         ("question_ids", serde_json::json!(split.question_ids)),
         ("question_position_start", serde_json::json!(position)),
-        ("prefill_ids", serde_json::json!(split.context_ids)),
+        ("model_prefill_ids", serde_json::json!(split.context_ids)),
     ];
     for (name, value) in fields {
         trace.notes.insert(name.to_string(), value);

@@ -513,7 +513,7 @@ fn finch_matches_kvpress() {
         .filter(|&id| id != delimiter)
         .collect();
     assert_eq!(
-        got.notes["prefill_ids"],
+        got.notes["model_prefill_ids"],
         serde_json::json!(kvpress_prefill),
         "the model sees kvpress's tokens"
     );

@@ -71,7 +71,7 @@ fn the_grid_refuses_presses_that_own_their_ratios() {
 fn finch_runs_where_the_question_is_prefilled_with_the_context_and_nowhere_else() {
     let finch = press("press = \"finch\"\ncompression_ratio = 0.5\n");
     assert!(finch.describe().needs_question);
-    for front_end in [FrontEnd::Run, FrontEnd::Trace] {
+    for front_end in [FrontEnd::Run, FrontEnd::Trace, FrontEnd::Bench] {
         assert!(!refused_by(front_end, finch.as_ref()), "{front_end:?}");
     }
     for front_end in [
@@ -80,7 +80,6 @@ fn finch_runs_where_the_question_is_prefilled_with_the_context_and_nowhere_else(
         FrontEnd::Eval,
         FrontEnd::Fidelity,
         FrontEnd::Inspect,
-        FrontEnd::Bench,
     ] {
         assert!(refused_by(front_end, finch.as_ref()), "{front_end:?}");
     }

@@ -30,8 +30,13 @@ pub struct PressBenchRow {
     pub decode_ms_per_token: f64,
 }
 
+/// Tokens at the end of the filler context that play the question for a press that compresses
+/// for its question (Finch): about a RULER question with its chat suffix.
+pub const BENCH_QUESTION_TOKENS: usize = 24;
+
 /// Compresses a filler context of `n_tokens` tokens with `press` `repeats` times; keeps the
-/// fastest prefill and the fastest compression.
+/// fastest prefill and the fastest compression. For a press that compresses for its question,
+/// the last [`BENCH_QUESTION_TOKENS`] tokens are the question.
 pub fn measure_press(
     model: &LoadedModel,
     name: &str,
@@ -44,7 +49,12 @@ pub fn measure_press(
     let ids = prompt_of_length(model, n_tokens)?;
     let mut best: Option<PressBenchRow> = None;
     for _ in 0..repeats {
-        let (session, report) = ContextSession::compress(&model.model, &ids, press, &[])?;
+        let (session, report) = if press.describe().needs_question {
+            let question = BENCH_QUESTION_TOKENS.min(n_tokens.saturating_sub(1));
+            ContextSession::compress_with_question(&model.model, &ids, question, press, &[])?
+        } else {
+            ContextSession::compress(&model.model, &ids, press, &[])?
+        };
         let decode_ms_per_token = decode(model, session, decode_tokens)?;
         let prefill_seconds = report.prefill_seconds - report.compression_seconds;
         let row = PressBenchRow {
