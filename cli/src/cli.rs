@@ -82,6 +82,9 @@ pub enum Command {
     Presses,
     /// Measure prefill tokens/s and decode ms/token at several context lengths.
     Bench(commands::bench::Args),
+    /// Run the model over calibration texts and write its query statistics (pre-RoPE mean and
+    /// covariance, Q-Filters) for the qfilter and expected_attention_stats presses.
+    CalibrateQueries(commands::calibrate_queries::Args),
 }
 
 /// Parses a KV-cache dtype: `f32`, `f16`, `bf16`.

@@ -56,5 +56,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Inspect(args) => commands::inspect::run(args),
         Command::Presses => commands::presses::run(),
         Command::Bench(args) => commands::bench::run(args),
+        Command::CalibrateQueries(args) => commands::calibrate_queries::run(args),
     }
 }

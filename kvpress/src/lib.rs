@@ -20,6 +20,7 @@ pub mod presses {
     pub use presses_merging as merging;
     pub use presses_ops as ops;
     pub use presses_pyramidkv as pyramidkv;
+    pub use presses_query_stats as query_stats;
     pub use presses_snapkv as snapkv;
     pub use presses_think as think;
     pub use presses_wrappers as wrappers;

@@ -2,6 +2,7 @@
 //! [`crate::cli::Command`]) and `run`, which carries it out; plus what several commands share.
 
 pub mod bench;
+pub mod calibrate_queries;
 pub mod compress;
 pub mod eval;
 pub mod fetch_model;

@@ -353,12 +353,10 @@ fn softmax_rows(rows: &mut [f32], n: usize) {
     }
 }
 
-impl Scorer for ExpectedAttention {
-    fn scores_depend_on_ratio(&self) -> bool {
-        false
-    }
-
-    fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
+impl ExpectedAttention {
+    /// Refuses a context no longer than the sinks and query heads that do not group over the
+    /// KV heads; returns `(batch, n_heads, n_kv_heads, n_tokens, head_dim)`.
+    fn check_input(&self, input: &PressInput<'_>) -> Result<[usize; 5]> {
         let (batch, n_kv_heads, n_tokens, d) = input.keys.dims4()?;
         if n_tokens <= self.n_sink {
             return Err(Error::InvalidArgument(format!(
@@ -374,14 +372,54 @@ impl Scorer for ExpectedAttention {
                  heads"
             )));
         }
+        if input.rotary.head_dim() != d {
+            return Err(Error::Unsupported(format!(
+                "expected_attention: the rotary tables rotate {} dimensions but heads have {d} \
+                 (partial rotary embeddings are not supported)",
+                input.rotary.head_dim()
+            )));
+        }
+        Ok([batch, n_heads, n_kv_heads, n_tokens, d])
+    }
+
+    /// The scores of `input`'s cached tokens given pre-RoPE query statistics: `mean` `(batch,
+    /// n_heads, head_dim)` and `covariance` `(batch, n_heads, head_dim, head_dim)` (read only
+    /// with `use_covariance`), both flattened row-major. Both are rotated by the RoPE matrix
+    /// averaged over the `n_future_positions` positions after the forward (kvpress's
+    /// `apply_avg_rope`); then every token after the sinks gets the softmax of its expected
+    /// logit, averaged over its KV head's query heads and rescaled by its value norm, and the
+    /// sinks get the largest score plus one.
+    ///
+    /// [`Scorer::score`] calls this with the context's own statistics
+    /// ([`Self::query_statistics`]); a press with statistics from elsewhere (kvpress's
+    /// `ExpectedAttentionStatsPress`, which reads calibrated ones) calls it with those.
+    pub fn score_from_statistics(
+        &self,
+        input: &PressInput<'_>,
+        mut mean: Vec<f32>,
+        mut covariance: Option<Vec<f32>>,
+    ) -> Result<Tensor> {
+        let [batch, n_heads, n_kv_heads, n_tokens, d] = self.check_input(input)?;
+        if mean.len() != batch * n_heads * d {
+            return Err(Error::Shape(format!(
+                "expected_attention: {} query means for {batch} x {n_heads} heads of dimension {d}",
+                mean.len()
+            )));
+        }
+        if !self.use_covariance {
+            covariance = None;
+        }
+        if let Some(cov) = &covariance {
+            if cov.len() != batch * n_heads * d * d {
+                return Err(Error::Shape(format!(
+                    "expected_attention: {} covariance entries for {batch} x {n_heads} heads of \
+                     dimension {d} x {d}",
+                    cov.len()
+                )));
+            }
+        }
         let group = n_heads / n_kv_heads;
         let n = n_tokens - self.n_sink;
-
-        let (mean, covariance) = self.query_statistics(input)?;
-        let mut mean = mean.flatten_all()?.to_vec1::<f32>()?;
-        let mut covariance = covariance
-            .map(|c| c.flatten_all()?.to_vec1::<f32>())
-            .transpose()?;
         let (cos, sin) = averaged_rotation(
             input.rotary,
             input.next_position()?,
@@ -433,6 +471,22 @@ impl Scorer for ExpectedAttention {
         }
         let scores = Tensor::from_vec(scores, (batch, n_kv_heads, n), input.keys.device())?;
         ops::pad_with_max(&scores, self.n_sink, 0)
+    }
+}
+
+impl Scorer for ExpectedAttention {
+    fn scores_depend_on_ratio(&self) -> bool {
+        false
+    }
+
+    fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
+        self.check_input(input)?;
+        let (mean, covariance) = self.query_statistics(input)?;
+        let mean = mean.flatten_all()?.to_vec1::<f32>()?;
+        let covariance = covariance
+            .map(|c| c.flatten_all()?.to_vec1::<f32>())
+            .transpose()?;
+        self.score_from_statistics(input, mean, covariance)
     }
 }
 
