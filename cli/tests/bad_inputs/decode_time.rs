@@ -98,7 +98,7 @@ pub fn cases() -> Vec<Case> {
             .files([text(file, config)]),
         );
         cases.push(
-            succeeds(&[&run[..], &["--max-new-tokens", "2"]].concat(), &["decode-time compression did not run: the question and the answer together were fewer tokens than the press's compression_interval"])
+            succeeds(&[&run[..], &["--max-new-tokens", "2"]].concat(), &["decode-time compression did not run: the question's forward and one forward per generated token were fewer than the press's compression_interval"])
                 .files(inputs())
                 .files([text(file, &every(template, 64))]),
         );
