@@ -42,5 +42,9 @@ done
 
 cd "$repo"
 export KVPRESS_REFERENCE_DIR="$work"
+status=0
 cargo test --workspace --test press_parity --test catalogue_parity --no-fail-fast \
-    -- --nocapture --test-threads 1 2>&1 | grep -E '^\||^[a-z_@0-9.]+ \||panicked|test result' || true
+    -- --nocapture --test-threads 1 > "$work/parity.log" 2>&1 || status=$?
+grep -E '\| `|^[a-z_@0-9.]+ \||panicked|test result' "$work/parity.log" || true
+echo "full output: $work/parity.log"
+exit "$status"
