@@ -165,7 +165,11 @@ fn unknown_keys_are_refused_and_the_committed_configs_pass() {
         assert!(format!("{error}").contains("unknown field"), "{error}");
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for config in ["configs/eval/ci.toml", "configs/eval/default.toml"] {
+    for config in [
+        "configs/eval/ci.toml",
+        "configs/eval/default.toml",
+        "configs/eval/catalogue.toml",
+    ] {
         EvalConfig::from_file(&root.join(config)).unwrap_or_else(|e| panic!("{config}: {e}"));
     }
 }
