@@ -90,17 +90,18 @@ impl DecodingTarget {
 }
 
 /// When and how a press compresses while tokens are generated (kvpress's `DecodingPress`):
-/// every `compression_interval` new tokens, each layer's cache is compressed back to the target
-/// by `press`, scoring with the last `buffer_size` tokens' queries and hidden states.
+/// every `compression_interval` forwards (the question's, then one per generated token), each
+/// layer's cache is compressed back to the target by `press`, scoring with the queries and
+/// hidden states of the last `buffer_size` forwards.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodingSchedule<'a> {
     /// The press that chooses what to keep (its ratio is set to reach the target).
     pub press: &'a dyn Press,
-    /// New tokens between compressions.
+    /// Forwards between compressions (the question's forward, then one per generated token).
     pub compression_interval: usize,
     /// What to keep.
     pub target: DecodingTarget,
-    /// Recent tokens whose queries and hidden states the scorer sees.
+    /// Recent forwards whose tokens' queries and hidden states the scorer sees.
     pub buffer_size: usize,
     /// The runtime accumulates, per layer, the attention each forward's last query gives every
     /// cached token, and hands it to `press` ([`PressInput::attention_history`]); CaM merges by

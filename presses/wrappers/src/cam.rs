@@ -18,7 +18,7 @@ fn default_merge_budget() -> usize {
 }
 
 /// Cache Merging ([CaM](https://openreview.net/forum?id=LCTmppB165)), kvpress 0.5.5's
-/// `CAMPress` (`cam`): while tokens are generated, every `compression_interval` tokens each
+/// `CAMPress` (`cam`): while tokens are generated, every `compression_interval` forwards each
 /// layer goes back to `target_size` tokens ranked by `inner`'s scores averaged over the KV heads;
 /// before the evicted tokens go, the best of them (as many as forwards ran since the last
 /// compression: the question's, then one per generated token) may merge their value into the `merge_budget` kept tokens after them, each with
@@ -34,13 +34,13 @@ pub struct Cam {
     /// (kvpress: a `ScorerPress`), not a wrapper, with the dense cache (merged values cannot be
     /// stored in the per-head cache).
     pub inner: Box<dyn Press>,
-    /// Generated tokens between compressions.
+    /// Forwards between compressions (the question's forward, then one per generated token).
     #[serde(default = "default_interval")]
     pub compression_interval: usize,
     /// Tokens each head keeps after a compression.
     #[serde(default = "default_target_size")]
     pub target_size: usize,
-    /// Recent tokens whose queries and hidden states the scorer sees.
+    /// Recent forwards whose tokens' queries and hidden states the scorer sees.
     #[serde(default = "default_buffer_size")]
     pub hidden_states_buffer_size: usize,
     /// Kept tokens after an evicted one that its value is spread over.

@@ -56,8 +56,9 @@ pub(crate) fn check_schedule(press: &str, interval: usize, buffer: usize) -> Res
 }
 
 /// Compresses while generating (kvpress's `DecodingPress`): every `compression_interval`
-/// generated tokens, each layer's cache goes back to `target_size` tokens with `inner` (any
-/// press: uniform or head-wise), which scores with the last `hidden_states_buffer_size` tokens.
+/// forwards (the question's, then one per generated token), each layer's cache goes back to
+/// `target_size` tokens with `inner` (any press: uniform or head-wise), which scores with the
+/// last `hidden_states_buffer_size` forwards' tokens.
 /// The context's prefill is not compressed. Positions keep counting tokens seen.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,13 +66,13 @@ pub struct Decoding {
     /// The press that chooses what to keep; its own ratio is replaced by the one reaching the
     /// target.
     pub inner: Box<dyn Press>,
-    /// Generated tokens between compressions.
+    /// Forwards between compressions (the question's forward, then one per generated token).
     #[serde(default = "default_interval")]
     pub compression_interval: usize,
     /// Tokens each head keeps after a compression.
     #[serde(default = "default_target_size")]
     pub target_size: usize,
-    /// Recent tokens whose queries and hidden states the scorer sees.
+    /// Recent forwards whose tokens' queries and hidden states the scorer sees.
     #[serde(default = "default_buffer_size")]
     pub hidden_states_buffer_size: usize,
 }
@@ -131,10 +132,10 @@ pub struct CompressionRatioDecoding {
     /// Fraction of the tokens seen that is removed, in `[0, 1)`.
     #[serde(default = "default_target_ratio")]
     pub target_compression_ratio: f64,
-    /// Generated tokens between compressions.
+    /// Forwards between compressions (the question's forward, then one per generated token).
     #[serde(default = "default_interval")]
     pub compression_interval: usize,
-    /// Recent tokens whose queries and hidden states the scorer sees.
+    /// Recent forwards whose tokens' queries and hidden states the scorer sees.
     #[serde(default = "default_buffer_size")]
     pub hidden_states_buffer_size: usize,
 }
