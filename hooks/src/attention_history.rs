@@ -2,121 +2,81 @@
 //! layer while decoding for presses whose schedule tracks it (CaM,
 //! [`kvpress_core::press::DecodingSchedule::tracks_attention`]).
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use kvpress_core::press::Selection;
 use kvpress_core::{Error, LayerContext, Result};
 
-/// The last query's softmax over the whole cache, `(batch, n_heads, 1, len)`.
-fn last_query_attention(context: &LayerContext<'_>) -> Result<Tensor> {
-    let (keys, _) = context
-        .cache
-        .keys_values()?
-        .ok_or_else(|| Error::Shape("cannot track attention over an empty cache".to_string()))?;
-    let (batch, n_kv_heads, _, head_dim) = keys.dims4()?;
-    let n_new = context.queries.dim(2)?;
-    let group = context.shape.group_size();
-    let query = context
-        .queries
-        .narrow(2, n_new - 1, 1)?
-        .to_dtype(DType::F32)?
-        .reshape((batch, n_kv_heads, group, head_dim))?;
-    let keys = keys.to_dtype(DType::F32)?.contiguous()?;
-    let logits = (query.matmul(&keys.t()?)? / (head_dim as f64).sqrt())?;
-    let max = logits.max_keepdim(D::Minus1)?;
-    let exp = logits.broadcast_sub(&max)?.exp()?;
-    let weights = exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?;
-    let len = weights.dim(3)?;
-    Ok(weights.reshape((batch, n_kv_heads * group, 1, len))?)
-}
-
-/// Running sums `(batch * n_kv_heads)` rows of one entry per cached token.
+/// Running sums, one row per `(batch, kv_head)` with one entry per cached token.
 #[derive(Debug, Default)]
 pub(crate) struct AttentionSums {
-    rows: usize,
-    len: usize,
-    data: Vec<f32>,
+    rows: Vec<Vec<f32>>,
 }
 
 impl AttentionSums {
     /// Adds the attention the last query of `context`'s forward gives every cached token (its
     /// softmax over the whole cache, as kvpress's CaM computes it, averaged over each KV head's
-    /// query heads): from the forward's attention weights when the model computed them (the hook
-    /// asks for them), else computed here. Tokens new to the cache start from zero.
+    /// query heads), read from the forward's attention weights, which the hook asks the model
+    /// for. Tokens new to the cache start from zero.
     pub fn observe(&mut self, context: &LayerContext<'_>) -> Result<()> {
-        let n_new = context.queries.dim(2)?;
-        let batch = context.queries.dim(0)?;
-        let n_kv_heads = context.shape.n_kv_heads;
-        let group = context.shape.group_size();
-        let last_row = match context.attention_weights {
-            Some(weights) => weights.narrow(2, n_new - 1, 1)?.to_dtype(DType::F32)?,
-            None => last_query_attention(context)?,
-        };
-        let len = last_row.dim(3)?;
-        let weights = last_row
-            .reshape((batch, n_kv_heads, group, len))?
-            .mean(2)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        self.grow(batch * n_kv_heads, len)?;
-        self.data
-            .iter_mut()
-            .zip(&weights)
-            .for_each(|(sum, w)| *sum += w);
-        Ok(())
-    }
-
-    /// Pads every row with zeros up to `len` tokens.
-    fn grow(&mut self, rows: usize, len: usize) -> Result<()> {
-        if self.data.is_empty() {
-            (self.rows, self.len) = (rows, 0);
+        let weights = context.attention_weights.ok_or_else(|| {
+            Error::Unsupported(
+                "tracking attention while decoding needs the forward's attention weights, \
+                 which this layer cache did not give"
+                    .to_string(),
+            )
+        })?;
+        let (batch, _, n_new, len) = weights.dims4()?;
+        let (n_kv_heads, group) = (context.shape.n_kv_heads, context.shape.group_size());
+        let last_row = weights
+            .narrow(2, n_new - 1, 1)?
+            .to_dtype(DType::F32)?
+            .reshape((batch * n_kv_heads, group, len))?
+            .mean(1)?
+            .to_vec2::<f32>()?;
+        if self.rows.is_empty() {
+            self.rows = vec![Vec::new(); last_row.len()];
         }
-        if rows != self.rows || len < self.len {
+        if self.rows.len() != last_row.len() || self.rows[0].len() > len {
             return Err(Error::Shape(format!(
-                "attention sums of {} heads x {} tokens cannot follow a cache of {rows} heads x \
+                "attention sums of {} heads x {} tokens cannot follow a cache of {} heads x \
                  {len} tokens",
-                self.rows, self.len
+                self.rows.len(),
+                self.rows[0].len(),
+                last_row.len()
             )));
         }
-        let mut grown = vec![0f32; rows * len];
-        for (new, old) in grown
-            .chunks_exact_mut(len)
-            .zip(self.data.chunks_exact(self.len.max(1)))
-        {
-            new[..self.len].copy_from_slice(&old[..self.len]);
+        for (sums, new) in self.rows.iter_mut().zip(&last_row) {
+            sums.resize(len, 0.0);
+            sums.iter_mut().zip(new).for_each(|(sum, w)| *sum += w);
         }
-        (self.data, self.len) = (grown, len);
         Ok(())
     }
 
     /// The sums as a `(batch, n_kv_heads, n_tokens)` tensor.
     pub fn tensor(&self, batch: usize, device: &Device) -> Result<Tensor> {
-        let heads = self.rows / batch.max(1);
+        let len = self.rows.first().map_or(0, Vec::len);
+        let data: Vec<f32> = self.rows.concat();
         Ok(Tensor::from_vec(
-            self.data.clone(),
-            (batch, heads, self.len),
+            data,
+            (batch, self.rows.len() / batch.max(1), len),
             device,
         )?)
     }
 
     /// Keeps the sums of the tokens each head of `selection` keeps, in its order.
     pub fn compact(&mut self, selection: &Selection) -> Result<()> {
-        if selection.heads().len() != self.rows || selection.n_tokens() != self.len {
+        let len = self.rows.first().map_or(0, Vec::len);
+        if selection.heads().len() != self.rows.len() || selection.n_tokens() != len {
             return Err(Error::Shape(format!(
-                "a selection of {} heads x {} tokens does not fit attention sums of {} x {}",
+                "a selection of {} heads x {} tokens does not fit attention sums of {} x {len}",
                 selection.heads().len(),
                 selection.n_tokens(),
-                self.rows,
-                self.len
+                self.rows.len(),
             )));
         }
-        let kept = selection.uniform_len().ok_or_else(|| {
-            Error::Unsupported("attention sums of heads keeping different counts".to_string())
-        })?;
-        let mut data = Vec::with_capacity(self.rows * kept);
-        for (row, head) in self.data.chunks_exact(self.len).zip(selection.heads()) {
-            data.extend(head.iter().map(|&i| row[i as usize]));
+        for (row, head) in self.rows.iter_mut().zip(selection.heads()) {
+            *row = head.iter().map(|&i| row[i as usize]).collect();
         }
-        (self.data, self.len) = (data, kept);
         Ok(())
     }
 }

@@ -1,10 +1,11 @@
 //! `kvpress run`: compress a context once with a press, then answer questions from it.
 
 use std::io::Write;
+use std::time::Instant;
 
 use crate::{CompressionReport, ContextSession, Error, PromptSplit, Result};
 use kvpress_core::Press;
-use kvpress_models::{GenerationConfig, LoadedModel, Sampling, StopReason};
+use kvpress_models::{GenerationConfig, GenerationOutput, LoadedModel, Sampling, StopReason};
 
 /// One answered question.
 #[derive(Debug, Clone)]
@@ -77,10 +78,7 @@ pub fn run_per_question(
     max_new_tokens: usize,
 ) -> Result<RunOutput> {
     check_inputs(context, questions)?;
-    let config = GenerationConfig {
-        max_new_tokens,
-        sampling: Sampling::Greedy,
-    };
+    let config = greedy(max_new_tokens);
     let mut answers = Vec::with_capacity(questions.len());
     for question in questions {
         let (split, question_tokens) =
@@ -92,7 +90,7 @@ pub fn run_per_question(
             press,
             &[],
         )?;
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let output = session.answer(
             &model.model,
             &split.question_ids,
@@ -100,14 +98,10 @@ pub fn run_per_question(
             &config,
             &mut |_| Ok(()),
         )?;
+        let answer = answer_record(model, &session, question, output, start)?;
         answers.push(Answer {
-            question: question.clone(),
-            text: model.tokenizer.decode(&output.tokens, true)?,
-            seconds: start.elapsed().as_secs_f64(),
-            n_tokens: output.tokens.len(),
-            stop_reason: output.stop_reason,
-            decode_compressions: session.last_answer_compressions(),
             compression: Some(report),
+            ..answer
         });
     }
     let report = answers[0]
@@ -153,26 +147,43 @@ pub fn answer_all(
     max_new_tokens: usize,
 ) -> Result<Vec<Answer>> {
     check_questions(questions)?;
-    let config = GenerationConfig {
-        max_new_tokens,
-        sampling: Sampling::Greedy,
-    };
+    let config = greedy(max_new_tokens);
     let mut answers = Vec::with_capacity(questions.len());
     for question in questions {
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         let output =
             crate::pipeline::answer_question(model, session, question, &config, &mut |_| Ok(()))?;
-        answers.push(Answer {
-            question: question.clone(),
-            text: model.tokenizer.decode(&output.tokens, true)?,
-            seconds: start.elapsed().as_secs_f64(),
-            n_tokens: output.tokens.len(),
-            stop_reason: output.stop_reason,
-            decode_compressions: session.last_answer_compressions(),
-            compression: None,
-        });
+        answers.push(answer_record(model, session, question, output, start)?);
     }
     Ok(answers)
+}
+
+/// Greedy generation of at most `max_new_tokens` tokens.
+fn greedy(max_new_tokens: usize) -> GenerationConfig {
+    GenerationConfig {
+        max_new_tokens,
+        sampling: Sampling::Greedy,
+    }
+}
+
+/// The [`Answer`] to `question` that `session` generated as `output`, timed from `start`
+/// (without a compression of its own).
+fn answer_record(
+    model: &LoadedModel,
+    session: &ContextSession,
+    question: &str,
+    output: GenerationOutput,
+    start: Instant,
+) -> Result<Answer> {
+    Ok(Answer {
+        question: question.to_string(),
+        text: model.tokenizer.decode(&output.tokens, true)?,
+        seconds: start.elapsed().as_secs_f64(),
+        n_tokens: output.tokens.len(),
+        stop_reason: output.stop_reason,
+        decode_compressions: session.last_answer_compressions(),
+        compression: None,
+    })
 }
 
 /// Prints the answers of the full cache and of the compressed one side by side, with the memory
