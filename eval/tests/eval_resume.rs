@@ -312,17 +312,19 @@ fn rows_that_cannot_be_vouched_for_are_refused() {
     );
 }
 
-/// The committed results (written before rows had fingerprints) are refused for resuming
-/// unless trusted, and then every one of their 3,960 rows is found.
+/// The committed results (their first 3,960 rows written before rows had fingerprints) are
+/// refused for resuming unless trusted, and then every one of their 10,200 rows is found.
 #[test]
 fn the_documented_results_resume_only_when_trusted() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        root.join("docs/eval/question_agnostic").join(RESULTS_FILE),
-        dir.path().join(RESULTS_FILE),
-    )
-    .unwrap();
+    for file in [RESULTS_FILE, SETTINGS_FILE] {
+        std::fs::copy(
+            root.join("docs/eval/question_agnostic").join(file),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
     let grid = EvalConfig::from_file(&root.join("configs/eval/default.toml")).unwrap();
     let error = prepare_error(&grid, dir.path(), &RunOptions::default());
     assert!(
