@@ -127,6 +127,30 @@ pub fn decode_attention(
     head_dim: usize,
     scale: f32,
 ) -> Result<Vec<Vec<f32>>> {
+    Ok(decode_attention_parts(problems, head_dim, scale)?
+        .into_iter()
+        .map(|part| part.output)
+        .collect())
+}
+
+/// The attention of a head problem's query rows over some of the keys they see, with what
+/// merging it with the attention over the other keys needs ([`merge_attention_parts`]).
+#[derive(Debug, Clone)]
+pub struct AttentionPart {
+    /// Normalised outputs, `rows x head_dim`.
+    pub output: Vec<f32>,
+    /// Per row, the log of the sum of `exp(score)` over the keys of this part.
+    pub log_sum_exp: Vec<f32>,
+}
+
+/// [`decode_attention`], keeping each row's log-sum-exp: attention over keys held in two
+/// storages (a quantized cache and its newest tokens in f32) is solved once per storage and
+/// merged exactly with [`merge_attention_parts`].
+pub fn decode_attention_parts(
+    problems: &[HeadProblem<'_>],
+    head_dim: usize,
+    scale: f32,
+) -> Result<Vec<AttentionPart>> {
     for (p, problem) in problems.iter().enumerate() {
         check_problem(problem, head_dim)
             .map_err(|e| Error::Msg(format!("decode attention, head problem {p}: {e}")))?;
@@ -149,16 +173,23 @@ pub fn decode_attention(
         }
     }
     first_task.push(tasks.len());
-    let partials: Vec<ChunkPartials> = tasks
-        .par_iter()
-        .map(|&(p, start, end)| chunk_partials(&problems[p], start, end, head_dim, scale))
-        .collect();
+    let solve = |&(p, start, end): &(usize, usize, usize)| {
+        chunk_partials(&problems[p], start, end, head_dim, scale)
+    };
+    // A few keys in all (the newest tokens of a quantized cache) are not worth waking threads.
+    let total_keys: usize = problems.iter().map(|p| p.n_keys).sum();
+    let partials: Vec<ChunkPartials> = if total_keys < MIN_KEYS_PER_CHUNK {
+        tasks.iter().map(solve).collect()
+    } else {
+        tasks.par_iter().map(solve).collect()
+    };
     Ok(problems
         .iter()
         .enumerate()
         .map(|(p, problem)| {
             let rows = problem.positions.len();
             let mut out = vec![0f32; rows * head_dim];
+            let mut log_sum_exp = vec![0f32; rows];
             let own = &partials[first_task[p]..first_task[p + 1]];
             for row in 0..rows {
                 let max = own
@@ -177,10 +208,34 @@ pub fn decode_attention(
                 }
                 let inv = 1.0 / total;
                 dst.iter_mut().for_each(|d| *d *= inv);
+                log_sum_exp[row] = max + total.ln();
             }
-            out
+            AttentionPart {
+                output: out,
+                log_sum_exp,
+            }
         })
         .collect())
+}
+
+/// The attention over the keys of both parts (of the same query rows, `head_dim` wide), from
+/// each part's normalised output weighted by its share of the softmax mass.
+pub fn merge_attention_parts(a: &AttentionPart, b: &AttentionPart, head_dim: usize) -> Vec<f32> {
+    let mut out = vec![0f32; a.output.len()];
+    for (row, dst) in out.chunks_exact_mut(head_dim).enumerate() {
+        let (la, lb) = (a.log_sum_exp[row], b.log_sum_exp[row]);
+        let max = la.max(lb);
+        let (wa, wb) = ((la - max).exp(), (lb - max).exp());
+        let inv = 1.0 / (wa + wb);
+        let (oa, ob) = (
+            &a.output[row * head_dim..(row + 1) * head_dim],
+            &b.output[row * head_dim..(row + 1) * head_dim],
+        );
+        for ((d, x), y) in dst.iter_mut().zip(oa).zip(ob) {
+            *d = (wa * x + wb * y) * inv;
+        }
+    }
+    out
 }
 
 /// Why `problem` cannot be solved, if it cannot.
@@ -304,6 +359,48 @@ mod tests {
                     / total
             })
             .collect()
+    }
+
+    #[test]
+    fn attention_split_over_two_storages_merges_exactly() {
+        let d = 8;
+        let stored: Vec<f32> = (0..900 * d).map(|i| (i as f32 * 0.029).cos()).collect();
+        let rows = |start: usize| HeadRows {
+            data: CacheData::F32(&stored),
+            start,
+            row_stride: d,
+        };
+        let queries: Vec<f32> = (0..2 * d).map(|i| (i as f32 * 0.3).sin()).collect();
+        let scale = 1.0 / (d as f32).sqrt();
+        // 900 keys, the last two rows being the new tokens (causal between them); the first
+        // 600 keys in one storage, the other 300 in another.
+        let whole = HeadProblem {
+            queries: queries.clone(),
+            positions: vec![898, 899],
+            keys: rows(0),
+            values: rows(0),
+            n_keys: 900,
+        };
+        let older = HeadProblem {
+            queries: queries.clone(),
+            positions: vec![599, 599],
+            keys: rows(0),
+            values: rows(0),
+            n_keys: 600,
+        };
+        let newer = HeadProblem {
+            queries,
+            positions: vec![298, 299],
+            keys: rows(600 * d),
+            values: rows(600 * d),
+            n_keys: 300,
+        };
+        let want = decode_attention(&[whole], d, scale).unwrap().remove(0);
+        let parts = decode_attention_parts(&[older, newer], d, scale).unwrap();
+        let got = merge_attention_parts(&parts[0], &parts[1], d);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-5, "{g} vs {w}");
+        }
     }
 
     #[test]

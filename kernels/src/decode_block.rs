@@ -1,10 +1,12 @@
 //! The inner loops of decode attention over one block of a KV head's cached rows: the scores of a
 //! few query rows, and the score-weighted sum of the values. AVX2 kernels for head dimensions that
-//! are multiples of 8 (f16/bf16 rows widened to f32 in registers as they are loaded), portable
-//! loops over f32 copies otherwise.
+//! are multiples of 8 (f16/bf16 rows widened to f32 in registers as they are loaded), the
+//! quantized kernels of [`super::quant_block`] for 8- and 4-bit codes, portable loops over f32
+//! copies otherwise.
 
 use super::decode_attention::{F32Rows, HeadRows};
 use super::matvec::dot_generic;
+use super::quant_block::{quantized_block_scores, quantized_block_values, QuantBlock};
 use super::view::CacheData;
 
 /// `scores[r * stride + j] = scale * dot(queries[r], rows.row(first + j))` for every query row
@@ -22,6 +24,23 @@ pub(super) fn block_scores(
     stride: usize,
     buffer: &mut Vec<f32>,
 ) {
+    if let Some(block) = QuantBlock::new(keys, first, n_keys, head_dim) {
+        return quantized_block_scores(queries, &block, scale, scores, stride, buffer);
+    }
+    if let CacheData::Quantized(_) = keys.data {
+        // Quantized rows in another layout are dequantized a block at a time into `buffer` (it
+        // stays in the core's cache), then read as f32 rows.
+        let rows = keys.rows_f32(first, n_keys, head_dim, buffer);
+        let widened = HeadRows {
+            data: CacheData::F32(rows.data),
+            start: 0,
+            row_stride: rows.row_stride,
+        };
+        let no_buffer = &mut Vec::new();
+        return block_scores(
+            queries, &widened, 0, n_keys, head_dim, scale, scores, stride, no_buffer,
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if head_dim.is_multiple_of(8) && avx2::is_supported() {
@@ -42,6 +61,7 @@ pub(super) fn block_scores(
                     CacheData::BF16(d) => {
                         avx2::block_scores(queries, d, block, scale, scores, stride)
                     }
+                    CacheData::Quantized(_) => unreachable!("dequantized into f32 rows above"),
                 }
             };
         }
@@ -67,6 +87,21 @@ pub(super) fn block_values(
     outputs: &mut [f32],
     buffer: &mut Vec<f32>,
 ) {
+    if let Some(block) = QuantBlock::new(values, first, n_values, head_dim) {
+        return quantized_block_values(weights, stride, &block, outputs, buffer);
+    }
+    if let CacheData::Quantized(_) = values.data {
+        let rows = values.rows_f32(first, n_values, head_dim, buffer);
+        let widened = HeadRows {
+            data: CacheData::F32(rows.data),
+            start: 0,
+            row_stride: rows.row_stride,
+        };
+        let no_buffer = &mut Vec::new();
+        return block_values(
+            weights, stride, &widened, 0, n_values, head_dim, outputs, no_buffer,
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     {
         if head_dim.is_multiple_of(8) && avx2::is_supported() {
@@ -81,6 +116,7 @@ pub(super) fn block_values(
                     CacheData::F32(d) => avx2::block_values(weights, stride, d, block, outputs),
                     CacheData::F16(d) => avx2::block_values(weights, stride, d, block, outputs),
                     CacheData::BF16(d) => avx2::block_values(weights, stride, d, block, outputs),
+                    CacheData::Quantized(_) => unreachable!("dequantized into f32 rows above"),
                 }
             };
         }
@@ -110,7 +146,7 @@ fn accumulate_generic(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use half::{bf16, f16};
@@ -228,7 +264,7 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX (the callers are compiled with AVX2 enabled).
     #[inline(always)]
-    unsafe fn lane_sum(v: __m256) -> f32 {
+    pub(crate) unsafe fn lane_sum(v: __m256) -> f32 {
         // SAFETY: register-only AVX/SSE operations, and the caller guarantees AVX.
         unsafe {
             let sum128 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

@@ -19,7 +19,9 @@ pub mod blas;
 mod decode_attention;
 mod decode_block;
 mod gqa;
+pub mod kv_quant;
 mod matvec;
+mod quant_block;
 pub mod quantized;
 mod ragged_attention;
 mod sgemm;
@@ -29,7 +31,10 @@ mod view;
 pub use activation::silu_mul;
 pub use attention::attention_f32;
 pub use blas::blas_backend;
-pub use decode_attention::{decode_attention, HeadProblem, HeadRows};
+pub use decode_attention::{
+    decode_attention, decode_attention_parts, merge_attention_parts, AttentionPart, HeadProblem,
+    HeadRows,
+};
 pub use gqa::{grouped_query_attention, AttentionResult};
 pub use matvec::{dot, for_each_output_row, matvec_f32};
 pub use ragged_attention::{ragged_attention, RaggedHeads};

@@ -3,6 +3,8 @@
 use candle_core::{DType, Storage, Tensor, WithDType};
 use half::{bf16, f16};
 
+use crate::kv_quant::QuantizedView;
+
 /// Whether `t` is an f32 tensor on the CPU.
 pub fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
@@ -32,7 +34,8 @@ pub fn f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32], usize, &[usize]) -> R) ->
     cpu_slice::<f32, R>(t, f)
 }
 
-/// Cache storage the attention kernels read: f32, or 16-bit floats converted on the fly.
+/// Cache storage the attention kernels read: f32, or 16-bit floats or quantized codes converted
+/// on the fly.
 #[derive(Clone, Copy, Debug)]
 pub enum CacheData<'a> {
     /// Single precision.
@@ -41,6 +44,8 @@ pub enum CacheData<'a> {
     F16(&'a [f16]),
     /// bfloat16.
     BF16(&'a [bf16]),
+    /// 8- or 4-bit codes with f16 group parameters ([`crate::kv_quant`]).
+    Quantized(QuantizedView<'a>),
 }
 
 impl<'a> CacheData<'a> {
@@ -50,6 +55,7 @@ impl<'a> CacheData<'a> {
             Self::F32(data) => data.len(),
             Self::F16(data) => data.len(),
             Self::BF16(data) => data.len(),
+            Self::Quantized(view) => view.len(),
         }
     }
 
@@ -77,6 +83,11 @@ impl<'a> CacheData<'a> {
                     // bf16 is the upper half of an f32.
                     *d = f32::from_bits((s.to_bits() as u32) << 16);
                 }
+                buffer
+            }
+            Self::Quantized(view) => {
+                buffer.resize(len, 0.0);
+                view.dequantize(start, buffer);
                 buffer
             }
         }

@@ -1,0 +1,453 @@
+//! Group-wise asymmetric quantization of KV-cache rows in 8 or 4 bits.
+//!
+//! A row (one token's keys or values of one head, `row_len` channels) is cut into groups of
+//! [`GROUP_SIZE`] channels (one group per row when the row is not a multiple of it); each group
+//! stores its minimum and its step as f16 and one code per channel: `x ≈ code * step + min`,
+//! `code` in `0..=255` (8 bits, one byte each) or `0..=15` (4 bits, two per byte, the even
+//! channel in the low nibble). Rows are independent, so gathering, truncating or appending rows
+//! moves codes without quantizing anything again.
+//!
+//! [`QuantizedRows`] owns growable rows; [`QuantizedView`] borrows them element-wise, as the
+//! attention kernels read every storage ([`crate::CacheData::Quantized`]), dequantizing a block
+//! of rows at a time into a small buffer that stays in the core's cache.
+
+use candle_core::{Error, Result};
+use half::f16;
+
+/// Channels per quantization group (when the row length is a multiple of it).
+pub const GROUP_SIZE: usize = 32;
+
+/// Bits per stored code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum QuantBits {
+    /// One byte per channel.
+    Eight,
+    /// Half a byte per channel.
+    Four,
+}
+
+impl QuantBits {
+    /// The largest code.
+    pub fn max_code(self) -> u8 {
+        match self {
+            Self::Eight => 255,
+            Self::Four => 15,
+        }
+    }
+
+    /// Bytes holding the codes of `elements` channels (`elements` even for 4 bits).
+    pub fn code_bytes(self, elements: usize) -> usize {
+        match self {
+            Self::Eight => elements,
+            Self::Four => elements / 2,
+        }
+    }
+
+    /// The bits per code.
+    pub fn bits(self) -> usize {
+        match self {
+            Self::Eight => 8,
+            Self::Four => 4,
+        }
+    }
+}
+
+/// The group size for rows of `row_len` channels: [`GROUP_SIZE`] when it divides the row, else
+/// the whole row.
+pub fn group_size(row_len: usize) -> usize {
+    if row_len.is_multiple_of(GROUP_SIZE) {
+        GROUP_SIZE
+    } else {
+        row_len
+    }
+}
+
+/// Quantized elements, borrowed: element `e` has the code at `e` (8 bits) or in the nibble
+/// `e % 2` of byte `e / 2` (4 bits), and the step and minimum `params[2 * (e / group)]` and
+/// `params[2 * (e / group) + 1]`.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizedView<'a> {
+    /// Bits per code.
+    pub bits: QuantBits,
+    /// Elements per group.
+    pub group: usize,
+    /// The codes.
+    pub codes: &'a [u8],
+    /// Step and minimum of every group, in order.
+    pub params: &'a [f16],
+}
+
+impl QuantizedView<'_> {
+    /// Number of stored elements.
+    pub fn len(&self) -> usize {
+        match self.bits {
+            QuantBits::Eight => self.codes.len(),
+            QuantBits::Four => self.codes.len() * 2,
+        }
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.codes.is_empty()
+    }
+
+    /// Writes elements `start..start + out.len()`, dequantized, into `out`.
+    pub fn dequantize(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        let mut element = start;
+        while element < end {
+            let group = element / self.group;
+            let group_end = ((group + 1) * self.group).min(end);
+            let step = self.params[2 * group].to_f32();
+            let min = self.params[2 * group + 1].to_f32();
+            let dst = &mut out[element - start..group_end - start];
+            match self.bits {
+                QuantBits::Eight => {
+                    for (d, &code) in dst.iter_mut().zip(&self.codes[element..group_end]) {
+                        *d = code as f32 * step + min;
+                    }
+                }
+                QuantBits::Four if element.is_multiple_of(2) && group_end.is_multiple_of(2) => {
+                    // Whole bytes: the low nibble, then the high one.
+                    let bytes = &self.codes[element / 2..group_end / 2];
+                    for (pair, &byte) in dst.chunks_exact_mut(2).zip(bytes) {
+                        pair[0] = (byte & 0x0f) as f32 * step + min;
+                        pair[1] = (byte >> 4) as f32 * step + min;
+                    }
+                }
+                QuantBits::Four => {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        let e = element + i;
+                        let code = (self.codes[e / 2] >> (4 * (e % 2))) & 0x0f;
+                        *d = code as f32 * step + min;
+                    }
+                }
+            }
+            element = group_end;
+        }
+    }
+}
+
+/// Rows of `row_len` channels stored quantized, growable like a `Vec`.
+#[derive(Clone, Debug)]
+pub struct QuantizedRows {
+    bits: QuantBits,
+    row_len: usize,
+    group: usize,
+    codes: Vec<u8>,
+    params: Vec<f16>,
+}
+
+impl QuantizedRows {
+    /// No rows yet, of `row_len` channels (even for 4 bits, so that rows start on whole bytes).
+    pub fn new(bits: QuantBits, row_len: usize) -> Result<Self> {
+        if row_len == 0 || (bits == QuantBits::Four && !row_len.is_multiple_of(2)) {
+            return Err(Error::Msg(format!(
+                "cannot store rows of {row_len} channels in {} bits: rows must hold at least \
+                 one channel, and an even number in 4 bits",
+                bits.bits()
+            )));
+        }
+        Ok(Self {
+            bits,
+            row_len,
+            group: group_size(row_len),
+            codes: Vec::new(),
+            params: Vec::new(),
+        })
+    }
+
+    /// Bits per code.
+    pub fn bits(&self) -> QuantBits {
+        self.bits
+    }
+
+    /// Channels per row.
+    pub fn row_len(&self) -> usize {
+        self.row_len
+    }
+
+    /// Rows stored.
+    pub fn n_rows(&self) -> usize {
+        self.codes.len() / self.row_code_bytes()
+    }
+
+    fn row_code_bytes(&self) -> usize {
+        self.bits.code_bytes(self.row_len)
+    }
+
+    fn row_params(&self) -> usize {
+        2 * (self.row_len / self.group)
+    }
+
+    /// Quantizes and appends `rows` (whole rows, back to back). Refuses, storing nothing, a
+    /// value that is not finite or beyond f16's range (65504), which the group's f16 minimum and
+    /// step could not represent.
+    pub fn push_rows(&mut self, rows: &[f32]) -> Result<()> {
+        if !rows.len().is_multiple_of(self.row_len) {
+            return Err(Error::Msg(format!(
+                "{} values are not whole rows of {} channels",
+                rows.len(),
+                self.row_len
+            )));
+        }
+        check_quantizable(rows)?;
+        self.codes.reserve(self.bits.code_bytes(rows.len()));
+        self.params.reserve(2 * rows.len() / self.group);
+        let mut codes = vec![0u8; self.group];
+        for group in rows.chunks_exact(self.group) {
+            let (step, min) = quantize_group(group, self.bits.max_code(), &mut codes);
+            self.params.extend([step, min]);
+            match self.bits {
+                QuantBits::Eight => self.codes.extend_from_slice(&codes),
+                QuantBits::Four => self
+                    .codes
+                    .extend(codes.chunks_exact(2).map(|pair| pair[0] | (pair[1] << 4))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends rows already quantized in the same bits and row length (gathered from another
+    /// store): codes and parameters are copied as they are.
+    fn push_quantized_row(&mut self, other: &QuantizedRows, row: usize) {
+        let (c, p) = (self.row_code_bytes(), self.row_params());
+        self.codes
+            .extend_from_slice(&other.codes[row * c..(row + 1) * c]);
+        self.params
+            .extend_from_slice(&other.params[row * p..(row + 1) * p]);
+    }
+
+    /// The rows `rows` (indices below [`Self::n_rows`]), in that order, as a new store with
+    /// the same codes.
+    pub fn gather(&self, rows: &[u32]) -> Result<Self> {
+        let n_rows = self.n_rows();
+        if let Some(&bad) = rows.iter().find(|&&r| r as usize >= n_rows) {
+            return Err(Error::Msg(format!(
+                "cannot keep row {bad} of {n_rows} quantized rows"
+            )));
+        }
+        let mut kept = Self {
+            codes: Vec::with_capacity(rows.len() * self.row_code_bytes()),
+            params: Vec::with_capacity(rows.len() * self.row_params()),
+            ..self.empty_like()
+        };
+        for &row in rows {
+            kept.push_quantized_row(self, row as usize);
+        }
+        Ok(kept)
+    }
+
+    /// Appends every row of `other` (same bits and row length), codes as they are.
+    pub fn extend_from(&mut self, other: &QuantizedRows) -> Result<()> {
+        if (other.bits, other.row_len) != (self.bits, self.row_len) {
+            return Err(Error::Msg(format!(
+                "cannot append {}-bit rows of {} channels to {}-bit rows of {}",
+                other.bits.bits(),
+                other.row_len,
+                self.bits.bits(),
+                self.row_len
+            )));
+        }
+        self.codes.extend_from_slice(&other.codes);
+        self.params.extend_from_slice(&other.params);
+        Ok(())
+    }
+
+    /// An empty store of the same bits and row length.
+    pub fn empty_like(&self) -> Self {
+        Self {
+            bits: self.bits,
+            row_len: self.row_len,
+            group: self.group,
+            codes: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Keeps the first `n_rows` rows.
+    pub fn truncate(&mut self, n_rows: usize) {
+        self.codes.truncate(n_rows * self.row_code_bytes());
+        self.params.truncate(n_rows * self.row_params());
+    }
+
+    /// Rows `first..first + n`, dequantized, appended to `out`.
+    pub fn dequantize_rows(&self, first: usize, n: usize, out: &mut Vec<f32>) {
+        let at = out.len();
+        out.resize(at + n * self.row_len, 0.0);
+        self.view().dequantize(first * self.row_len, &mut out[at..]);
+    }
+
+    /// The stored elements, borrowed for the attention kernels.
+    pub fn view(&self) -> QuantizedView<'_> {
+        QuantizedView {
+            bits: self.bits,
+            group: self.group,
+            codes: &self.codes,
+            params: &self.params,
+        }
+    }
+
+    /// Bytes holding stored rows: codes, steps and minimums.
+    pub fn bytes_used(&self) -> usize {
+        self.codes.len() + 2 * self.params.len()
+    }
+
+    /// Bytes allocated, slack included.
+    pub fn bytes_reserved(&self) -> usize {
+        self.codes.capacity() + 2 * self.params.capacity()
+    }
+
+    /// Bytes that `n_rows` rows of `row_len` channels take in `bits`.
+    pub fn bytes_for(bits: QuantBits, row_len: usize, n_rows: usize) -> usize {
+        n_rows * (bits.code_bytes(row_len) + 2 * 2 * (row_len / group_size(row_len)))
+    }
+
+    /// Frees the slack.
+    pub fn shrink_to_fit(&mut self) {
+        self.codes.shrink_to_fit();
+        self.params.shrink_to_fit();
+    }
+}
+
+/// Refuses a value that is not finite or beyond f16's range (65504), which a group's f16
+/// minimum and step could not represent.
+pub fn check_quantizable(values: &[f32]) -> Result<()> {
+    match values
+        .iter()
+        .find(|v| !v.is_finite() || v.abs() > f16::MAX.to_f32())
+    {
+        Some(bad) => Err(Error::Msg(format!(
+            "cannot quantize the value {bad}: a quantized KV cache stores values within ±65504 \
+             (f16 group parameters); use --kv-dtype f32 or bf16 for this model"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Quantizes one group: writes its codes and returns its f16 step and minimum. The codes are
+/// rounded against the f16 parameters actually stored, so dequantizing is within half a step
+/// (plus the f16 rounding of the minimum) of every value.
+fn quantize_group(values: &[f32], max_code: u8, codes: &mut [u8]) -> (f16, f16) {
+    let (lo, hi) = values
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let min = f16::from_f32(lo);
+    let min_f32 = min.to_f32();
+    let step = f16::from_f32((hi - min_f32).max(0.0) / max_code as f32);
+    let step_f32 = step.to_f32();
+    let inverse = if step_f32 > 0.0 { 1.0 / step_f32 } else { 0.0 };
+    for (code, &v) in codes.iter_mut().zip(values) {
+        *code = ((v - min_f32) * inverse)
+            .round()
+            .clamp(0.0, max_code as f32) as u8;
+    }
+    (step, min)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(n: usize, row_len: usize, seed: f32) -> Vec<f32> {
+        (0..n * row_len)
+            .map(|i| ((i as f32 + seed) * 0.37).sin() * (1.0 + (i % 7) as f32))
+            .collect()
+    }
+
+    /// The largest error against the stored step: at most half a step plus f16 rounding.
+    fn worst_error_in_steps(store: &QuantizedRows, original: &[f32]) -> f32 {
+        let mut back = Vec::new();
+        store.dequantize_rows(0, store.n_rows(), &mut back);
+        assert_eq!(back.len(), original.len());
+        let group = store.group;
+        back.chunks(group)
+            .zip(original.chunks(group))
+            .zip(store.params.chunks(2))
+            .map(|((b, o), p)| {
+                let step = p[0].to_f32().max(1e-6);
+                b.iter()
+                    .zip(o)
+                    .map(|(x, y)| (x - y).abs() / step)
+                    .fold(0.0, f32::max)
+            })
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn rows_round_trip_within_half_a_step() {
+        for bits in [QuantBits::Eight, QuantBits::Four] {
+            for row_len in [64, 8, 6] {
+                let original = rows(37, row_len, 1.0);
+                let mut store = QuantizedRows::new(bits, row_len).unwrap();
+                store.push_rows(&original[..10 * row_len]).unwrap();
+                store.push_rows(&original[10 * row_len..]).unwrap();
+                assert_eq!(store.n_rows(), 37);
+                let worst = worst_error_in_steps(&store, &original);
+                assert!(worst <= 0.51, "{bits:?} rows of {row_len}: {worst} steps");
+                assert_eq!(
+                    store.bytes_used(),
+                    QuantizedRows::bytes_for(bits, row_len, 37)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn four_bit_rows_of_64_take_a_sixth_of_f32() {
+        // 32 bytes of codes and two groups of (step, min) in f16: 40 bytes against 256.
+        assert_eq!(QuantizedRows::bytes_for(QuantBits::Four, 64, 1), 40);
+        assert_eq!(QuantizedRows::bytes_for(QuantBits::Eight, 64, 1), 72);
+    }
+
+    #[test]
+    fn gathering_and_truncating_move_codes_exactly() {
+        let original = rows(20, 64, 3.0);
+        let mut store = QuantizedRows::new(QuantBits::Four, 64).unwrap();
+        store.push_rows(&original).unwrap();
+        let mut all = Vec::new();
+        store.dequantize_rows(0, 20, &mut all);
+        let kept = store.gather(&[19, 0, 7]).unwrap();
+        let mut got = Vec::new();
+        kept.dequantize_rows(0, 3, &mut got);
+        let want: Vec<f32> = [19, 0, 7]
+            .iter()
+            .flat_map(|&r| all[r * 64..(r + 1) * 64].to_vec())
+            .collect();
+        assert_eq!(got, want);
+        let mut partial = Vec::new();
+        kept.dequantize_rows(1, 2, &mut partial);
+        assert_eq!(partial, want[64..]);
+        // Ranges starting or ending inside a byte read the same values.
+        let mut odd = vec![0f32; 61];
+        store.view().dequantize(3, &mut odd);
+        assert_eq!(odd, all[3..64]);
+        store.truncate(5);
+        assert_eq!(store.n_rows(), 5);
+        let mut truncated = Vec::new();
+        store.dequantize_rows(0, 5, &mut truncated);
+        assert_eq!(truncated, all[..5 * 64]);
+        assert!(store.gather(&[5]).is_err());
+    }
+
+    #[test]
+    fn constant_groups_and_bad_values() {
+        let mut store = QuantizedRows::new(QuantBits::Eight, 32).unwrap();
+        store.push_rows(&[0.25; 32]).unwrap();
+        let mut back = Vec::new();
+        store.dequantize_rows(0, 1, &mut back);
+        assert_eq!(back, vec![0.25; 32]);
+        for bad in [f32::NAN, f32::INFINITY, 1e6] {
+            let mut row = vec![0.0; 32];
+            row[3] = bad;
+            let error = store.push_rows(&row).unwrap_err().to_string();
+            assert!(error.contains("65504"), "{error}");
+        }
+        assert_eq!(store.n_rows(), 1, "a refused append stores nothing");
+        assert!(store.push_rows(&[0.0; 31]).is_err());
+        assert!(QuantizedRows::new(QuantBits::Four, 7).is_err());
+        assert!(QuantizedRows::new(QuantBits::Eight, 0).is_err());
+    }
+}
