@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Parser, Subcommand};
 use kvpress::default_model;
-use kvpress::models::{LoadedModel, WeightMode};
+use kvpress::models::{KvStorage, LoadedModel, WeightMode};
 
 use crate::commands;
 
@@ -30,9 +30,10 @@ pub struct ModelArgs {
     /// Weights in memory: quantized (GGUF only), f32, f16, bf16 [default: quantized for GGUF, f32 for folders].
     #[arg(long, value_parser = parse_weight_mode)]
     dtype: Option<WeightMode>,
-    /// KV-cache storage: f32, f16, bf16 [default: the activation dtype, f32 for GGUF].
+    /// KV-cache storage: f32, f16, bf16, q8, q4 (8- or 4-bit, groups of 32 channels per token)
+    /// [default: the activation dtype, f32 for GGUF].
     #[arg(long, value_parser = parse_cache_dtype)]
-    kv_dtype: Option<candle_core::DType>,
+    kv_dtype: Option<KvStorage>,
 }
 
 impl ModelArgs {
@@ -48,8 +49,8 @@ impl ModelArgs {
         };
         let mut loaded = kvpress::models::load_model(&path, self.dtype, &Device::Cpu)
             .with_context(|| format!("cannot load {}", path.display()))?;
-        if let Some(dtype) = self.kv_dtype {
-            loaded.model.set_cache_dtype(dtype)?;
+        if let Some(storage) = self.kv_dtype {
+            loaded.model.set_kv_storage(storage)?;
         }
         Ok(loaded)
     }
@@ -87,17 +88,9 @@ pub enum Command {
     CalibrateQueries(commands::calibrate_queries::Args),
 }
 
-/// Parses a KV-cache dtype: `f32`, `f16`, `bf16`.
-pub fn parse_cache_dtype(text: &str) -> Result<candle_core::DType, String> {
-    use candle_core::DType;
-    match text {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        other => Err(format!(
-            "unknown KV-cache dtype `{other}`: valid are f32, f16, bf16"
-        )),
-    }
+/// Parses a KV-cache storage type: `f32`, `f16`, `bf16`, `q8`, `q4`.
+pub fn parse_cache_dtype(text: &str) -> Result<KvStorage, String> {
+    text.parse()
 }
 
 /// Parses a weight mode: `quantized` (or `q`, GGUF only), `f32`, `f16`, `bf16`.

@@ -2,10 +2,10 @@
 //! cache and from the full cache (teacher forcing the same tokens) and compare the next-token
 //! distributions and every layer's attention output.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use kvpress_core::{AttentionHook, ForwardPhase, LayerContext, NoPress, Press};
 use kvpress_hooks::{ContextSession, RecordedPrefill};
-use kvpress_models::{LogitsFor, Model};
+use kvpress_models::{KvStorage, LogitsFor, Model};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -95,7 +95,8 @@ fn relative_error(full: &Tensor, compressed: &Tensor) -> Result<f64> {
 }
 
 /// Compresses `context_ids` with `press` and measures how the continuation `continuation_ids`
-/// fares with the compressed cache against the full one.
+/// fares with the compressed cache against the full one, stored in f32 (so a narrower
+/// `Model::kv_storage` is measured with the press).
 pub fn fidelity(
     model: &Model,
     context_ids: &[u32],
@@ -107,13 +108,36 @@ pub fn fidelity(
     }
     kvpress_hooks::check_press(kvpress_hooks::FrontEnd::Fidelity, press)?;
     let recorded = RecordedPrefill::record(model, context_ids)?;
-    let (full_session, _) = recorded.compress(model, &NoPress::default(), &[])?;
+    // The reference is the full cache stored in f32, whatever storage the compressed cache
+    // uses (`--kv-dtype f16` or `q4` is measured against it too).
+    let f32_storage = KvStorage::Float(DType::F32);
+    let f32_model;
+    let reference = if model.kv_storage() == f32_storage {
+        model
+    } else {
+        let mut copy = model.clone();
+        copy.set_kv_storage(f32_storage)?;
+        f32_model = copy;
+        &f32_model
+    };
+    // The reference prefill runs in f32 too: a half-precision cache changes the prefill itself
+    // (each layer attends over its stored keys), a quantized one does not (it attends over the
+    // newest tokens in f32) but is recorded again all the same.
+    let reference_prefill = match model.kv_storage() == f32_storage {
+        true => None,
+        false => Some(RecordedPrefill::record(reference, context_ids)?),
+    };
+    let (full_session, _) = reference_prefill.as_ref().unwrap_or(&recorded).compress(
+        reference,
+        &NoPress::default(),
+        &[],
+    )?;
     let (compressed_session, _) = if press.describe().needs_attention_weights {
         ContextSession::compress(model, context_ids, press, &[])?
     } else {
         recorded.compress(model, press, &[])?
     };
-    let full_run = continue_from(model, full_session, continuation_ids)?;
+    let full_run = continue_from(reference, full_session, continuation_ids)?;
     let compressed_run = continue_from(model, compressed_session, continuation_ids)?;
     let (full, compressed) = (&full_run.logits, &compressed_run.logits);
     // Row i predicts continuation token i; the last row predicts past the continuation.

@@ -82,7 +82,7 @@ impl ModelSettings {
         Self {
             sha256,
             dtype,
-            kv_dtype: model.model.cache_dtype().as_str().to_string(),
+            kv_dtype: model.model.kv_storage().name().to_string(),
         }
     }
 

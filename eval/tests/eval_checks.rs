@@ -169,6 +169,7 @@ fn unknown_keys_are_refused_and_the_committed_configs_pass() {
         "configs/eval/ci.toml",
         "configs/eval/default.toml",
         "configs/eval/catalogue.toml",
+        "configs/eval/quantized.toml",
     ] {
         EvalConfig::from_file(&root.join(config)).unwrap_or_else(|e| panic!("{config}: {e}"));
     }

@@ -210,7 +210,9 @@ fn a_rerun_resumes_only_rows_made_with_its_settings() {
         error.to_string()
     };
     let mut f16 = model().clone();
-    f16.model.set_cache_dtype(DType::F16).unwrap();
+    f16.model
+        .set_kv_storage(kvpress::models::KvStorage::Float(DType::F16))
+        .unwrap();
     let error = prepare(&f16, &grid, &out, &options).map(drop).unwrap_err();
     let message = changed(error, "--kv-dtype", "f32", "f16");
     assert!(
@@ -336,5 +338,5 @@ fn the_documented_results_resume_only_when_trusted() {
         ..RunOptions::default()
     };
     let prepared = prepare(model(), &grid, dir.path(), &trusting).unwrap();
-    assert_eq!((prepared.found, prepared.rows), (3960, 3960));
+    assert_eq!((prepared.found, prepared.rows), (10200, 10200));
 }

@@ -21,11 +21,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use kvpress_core::press::{press_clone, Press};
 use kvpress_models::{
-    default_model, load_model, GenerationConfig, LoadedModel, Sampling, StopReason, StreamDecoder,
-    WeightMode,
+    default_model, load_model, GenerationConfig, KvStorage, LoadedModel, Sampling, StopReason,
+    StreamDecoder, WeightMode,
 };
 
 use crate::front_end::{check_press, FrontEnd};
@@ -37,8 +37,9 @@ pub struct LoadOptions {
     /// Keep GGUF weights quantized, or dequantize them to a dtype; `None`: quantized for GGUF,
     /// f32 for Hugging Face folders.
     pub weights: Option<WeightMode>,
-    /// The dtype the KV cache stores (f32, f16, bf16); `None`: the model's dtype.
-    pub kv_dtype: Option<DType>,
+    /// How the KV cache stores keys and values (f32, f16, bf16, q8, q4); `None`: the model's
+    /// dtype.
+    pub kv_dtype: Option<KvStorage>,
     /// Where the model runs.
     pub device: Device,
 }
@@ -64,8 +65,8 @@ impl Pipeline {
     /// Loads a GGUF file or a Hugging Face folder.
     pub fn load(path: impl AsRef<Path>, options: LoadOptions) -> Result<Self> {
         let mut loaded = load_model(path.as_ref(), options.weights, &options.device)?;
-        if let Some(dtype) = options.kv_dtype {
-            loaded.model.set_cache_dtype(dtype)?;
+        if let Some(storage) = options.kv_dtype {
+            loaded.model.set_kv_storage(storage)?;
         }
         Ok(Self::from_loaded(loaded))
     }

@@ -242,17 +242,22 @@ impl<'p> PressHook<'p> {
 fn padded_keys_values(
     cache: &dyn LayerCache,
 ) -> kvpress_core::Result<(CachedKeysValues, Option<Vec<usize>>)> {
-    match cache.snapshot()? {
-        LayerSnapshot::Dense(Some((keys, values))) => Ok((
+    let dense = |stored: Option<(Tensor, Tensor)>| match stored {
+        Some((keys, values)) => Ok((
             CachedKeysValues {
                 keys: keys.to_dtype(DType::F32)?.contiguous()?,
                 values: values.to_dtype(DType::F32)?.contiguous()?,
             },
             None,
         )),
-        LayerSnapshot::Dense(None) => Err(kvpress_core::Error::Shape(
+        None => Err(kvpress_core::Error::Shape(
             "cannot compress an empty cache".to_string(),
         )),
+    };
+    match cache.snapshot()? {
+        LayerSnapshot::Dense(stored) => dense(stored),
+        // A cache kept as stored (quantized) gives its tokens dequantized.
+        LayerSnapshot::Stored(_) => dense(cache.keys_values()?),
         LayerSnapshot::PerHead {
             keys,
             values,

@@ -80,11 +80,12 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
     if press.new_layer_cache().is_none() {
         return Ok(model.new_cache());
     }
-    if model.cache_dtype() != candle_core::DType::F32 {
+    let storage = model.kv_storage();
+    if storage != kvpress_models::KvStorage::Float(candle_core::DType::F32) {
         return Err(crate::Error::InvalidInput(format!(
             "head-wise presses store their per-head cache in f32 (and think its channel-pruned \
-             cache); a {:?} KV cache (--kv-dtype) is not supported with them yet",
-            model.cache_dtype()
+             cache); a {storage} KV cache (--kv-dtype) is not supported with them yet: use \
+             --kv-dtype f32 or a press that keeps the same tokens in every head"
         )));
     }
     let layers = (0..model.config().n_layers)

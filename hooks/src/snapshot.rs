@@ -7,7 +7,8 @@ use kvpress_models::DenseLayerCache;
 use crate::Result;
 
 /// A layer cache holding exactly what `snapshot` holds: a dense cache for a dense snapshot, the
-/// flattened per-head cache for heads of their own lengths.
+/// flattened per-head cache for heads of their own lengths, a copy of the cache for a cache kept
+/// as it is stored (quantized).
 pub fn layer_from_snapshot(snapshot: &LayerSnapshot) -> Result<Box<dyn LayerCache>> {
     Ok(match snapshot {
         LayerSnapshot::Dense(None) => Box::new(DenseLayerCache::new()),
@@ -29,6 +30,14 @@ pub fn layer_from_snapshot(snapshot: &LayerSnapshot) -> Result<Box<dyn LayerCach
             *batch,
             *n_kv_heads,
         )?),
+
+        LayerSnapshot::Stored(layer) => layer.try_clone().ok_or_else(|| {
+            crate::Error::InvalidInput(
+                "a layer snapshot holds a cache that cannot be copied (its `try_clone` gives \
+                 nothing)"
+                    .to_string(),
+            )
+        })?,
     })
 }
 

@@ -6,6 +6,8 @@
 //! original RoPE positions ([`ModelCache::seen_tokens`]) while attention masks follow the cache
 //! length ([`LayerCache::len`]).
 
+use std::sync::Arc;
+
 use candle_core::Tensor;
 
 use crate::attention::AttentionOutput;
@@ -83,6 +85,12 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
 
     /// The stored tokens in a layout-independent form, for saving a compressed context.
     fn snapshot(&self) -> Result<LayerSnapshot>;
+
+    /// A copy of this cache, for layouts whose snapshot is the cache itself
+    /// ([`LayerSnapshot::Stored`]); `None` (the default) for the others.
+    fn try_clone(&self) -> Option<Box<dyn LayerCache>> {
+        None
+    }
 }
 
 /// What one layer cache stores, independent of its buffers: enough to rebuild it exactly.
@@ -105,6 +113,10 @@ pub enum LayerSnapshot {
         /// KV heads per sequence.
         n_kv_heads: usize,
     },
+    /// Tokens in a storage the forms above would change (a quantized cache): a copy of the
+    /// layer cache itself, which [`LayerCache::try_clone`] rebuilds exactly; its
+    /// [`LayerCache::keys_values`] reads the tokens (dequantized).
+    Stored(Arc<dyn LayerCache>),
 }
 
 /// The caches of all layers of one model plus the number of tokens the model has seen, which is
@@ -192,6 +204,12 @@ impl ModelCache {
         }
         self.seen_tokens = seen_tokens;
         Ok(())
+    }
+
+    /// Releases every layer's slack ([`LayerCache::shrink_to_fit`]; a quantized layer also
+    /// quantizes the tokens of its latest append, which it held in f32).
+    pub fn shrink_to_fit(&mut self) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.shrink_to_fit())
     }
 
     /// Empties every layer and resets the position to 0.

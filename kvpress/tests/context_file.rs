@@ -171,7 +171,10 @@ fn the_model_is_recognised_by_its_bytes_not_its_name() {
 #[test]
 fn an_f16_cache_is_stored_as_f16_and_converted_on_request() {
     let mut model16 = load(&default_path());
-    model16.model.set_cache_dtype(DType::F16).unwrap();
+    model16
+        .model
+        .set_kv_storage(kvpress::models::KvStorage::Float(DType::F16))
+        .unwrap();
     let press = press("press = \"knorm\"\ncompression_ratio = 0.5\n");
     let (mut session, ids) = compress(&model16, context_file_support::TINY_CONTEXT, press.as_ref());
     let fresh = answer(&model16, &mut session);

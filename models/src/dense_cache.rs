@@ -7,18 +7,26 @@ use kvpress_core::{
 };
 use kvpress_kernels::grouped_query_attention;
 
-/// A model cache of `n_layers` dense layer caches storing keys and values as `dtype`.
-pub fn dense_model_cache(n_layers: usize, dtype: DType) -> ModelCache {
+use crate::{KvStorage, QuantizedLayerCache};
+
+/// A model cache of `n_layers` dense layer caches storing keys and values as `storage` says:
+/// floats of a dtype, or quantized ([`crate::QuantizedLayerCache`]).
+pub fn dense_model_cache(n_layers: usize, storage: KvStorage) -> ModelCache {
     ModelCache::from_layers(
         (0..n_layers)
-            .map(|_| Box::new(DenseLayerCache::with_dtype(dtype)) as Box<dyn LayerCache>)
+            .map(|_| match storage {
+                KvStorage::Float(dtype) => {
+                    Box::new(DenseLayerCache::with_dtype(dtype)) as Box<dyn LayerCache>
+                }
+                KvStorage::Quantized(bits) => Box::new(QuantizedLayerCache::new(bits)),
+            })
             .collect(),
     )
 }
 
 /// Keys given to replace the kept ones (re-rotated keys), checked against the kept `values` and
 /// in their dtype.
-fn replacement_keys(keys: &Tensor, values: &Tensor) -> Result<Tensor> {
+pub(crate) fn replacement_keys(keys: &Tensor, values: &Tensor) -> Result<Tensor> {
     if keys.dims() != values.dims() {
         return Err(Error::Shape(format!(
             "replacement keys {:?} do not match the kept values {:?}",
@@ -31,7 +39,7 @@ fn replacement_keys(keys: &Tensor, values: &Tensor) -> Result<Tensor> {
 
 /// Refuses what a dense cache cannot store of a selection: key channels (every head stores
 /// every channel of its keys).
-fn check_storable(selection: &Selection) -> Result<()> {
+pub(crate) fn check_storable(selection: &Selection) -> Result<()> {
     if selection.key_channels().is_some() {
         return Err(Error::Unsupported(
             "this selection keeps only some key channels (think), which the dense cache cannot \
@@ -44,7 +52,7 @@ fn check_storable(selection: &Selection) -> Result<()> {
 
 /// The values the kept tokens store, `dtype`: the selection's replacement values (merging,
 /// checked against the kept keys' shape and copied), else the kept rows of `cached`.
-fn kept_values(selection: &Selection, cached: &Tensor, dtype: DType) -> Result<Tensor> {
+pub(crate) fn kept_values(selection: &Selection, cached: &Tensor, dtype: DType) -> Result<Tensor> {
     let Some(values) = selection.values() else {
         return Ok(selection.gather(cached)?.to_dtype(dtype)?);
     };
@@ -58,6 +66,22 @@ fn kept_values(selection: &Selection, cached: &Tensor, dtype: DType) -> Result<T
         )));
     }
     Ok(values.to_dtype(dtype)?.copy()?)
+}
+
+/// Causal grouped-query attention of `queries` over `stored` keys and values (the kernels');
+/// an error when nothing is stored.
+pub(crate) fn attend_over(
+    queries: &Tensor,
+    stored: Option<(Tensor, Tensor)>,
+    want_weights: bool,
+) -> Result<AttentionOutput> {
+    let (keys, values) =
+        stored.ok_or_else(|| Error::Shape("attend called on an empty cache".to_string()))?;
+    let attended = grouped_query_attention(queries, &keys, &values, want_weights)?;
+    Ok(AttentionOutput {
+        output: attended.output,
+        weights: attended.weights,
+    })
 }
 
 /// Dense layer cache: all heads have the same length, stored in preallocated buffers of shape
@@ -171,14 +195,7 @@ impl LayerCache for DenseLayerCache {
     }
 
     fn attend(&self, queries: &Tensor, want_weights: bool) -> Result<AttentionOutput> {
-        let (keys, values) = self
-            .keys_values()?
-            .ok_or_else(|| Error::Shape("attend called on an empty cache".to_string()))?;
-        let attended = grouped_query_attention(queries, &keys, &values, want_weights)?;
-        Ok(AttentionOutput {
-            output: attended.output,
-            weights: attended.weights,
-        })
+        attend_over(queries, self.keys_values()?, want_weights)
     }
 
     fn keys_values(&self) -> Result<Option<(Tensor, Tensor)>> {
@@ -445,7 +462,7 @@ mod tests {
 
     #[test]
     fn model_cache_tracks_positions_separately_from_lengths() -> Result<()> {
-        let mut cache = dense_model_cache(2, DType::F32);
+        let mut cache = dense_model_cache(2, KvStorage::Float(DType::F32));
         let t = tokens(5, 0.0)?;
         cache.layer_mut(0).unwrap().append(&t, &t)?;
         cache.set_seen_tokens(5);

@@ -33,12 +33,14 @@ pub mod gguf;
 mod hf_chat_template;
 mod hf_config;
 mod hf_rope;
+pub mod kv_storage;
 mod layer;
 pub mod linear;
 pub mod loader;
 pub mod model;
 pub mod param;
 mod projection_group;
+pub mod quantized_cache;
 mod safetensors;
 pub mod tokenizer;
 mod weights;
@@ -53,7 +55,10 @@ pub use generate::{
     Sampling, StopReason, StopRule,
 };
 pub use gguf::GgufFile;
+pub use kv_storage::KvStorage;
+pub use kvpress_kernels::kv_quant::QuantBits;
 pub use loader::{load_gguf, load_model, LoadedModel};
 pub use model::{LogitsFor, Model};
+pub use quantized_cache::QuantizedLayerCache;
 pub use tokenizer::{print_tokens, StreamDecoder, TextTokenizer};
 pub use weights::WeightMode;

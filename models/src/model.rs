@@ -8,6 +8,7 @@ use crate::forward::ForwardStep;
 use crate::layer::DecoderLayer;
 use crate::linear::{Embedding, Linear, RowMode};
 use crate::weights::WeightMode;
+use crate::KvStorage;
 use crate::{Error, Result};
 
 mod load;
@@ -33,7 +34,7 @@ pub struct Model {
     rotary: RotaryEmbedding,
     weight_mode: WeightMode,
     dtype: DType,
-    cache_dtype: DType,
+    cache_storage: KvStorage,
     device: Device,
     /// Whether [`Self::keep_dequantized_weights`] kept f32 copies of the quantized weights.
     dense_weights_kept: bool,
@@ -75,21 +76,32 @@ impl Model {
         &self.rotary
     }
 
-    /// Dtype in which [`Self::new_cache`] stores keys and values (by default the activation
-    /// dtype).
-    pub fn cache_dtype(&self) -> DType {
-        self.cache_dtype
+    /// How [`Self::new_cache`] stores keys and values (by default in the activation dtype).
+    pub fn kv_storage(&self) -> KvStorage {
+        self.cache_storage
     }
 
-    /// Stores keys and values of new caches as `dtype` (f16 or bf16 halve the cache of an f32
-    /// model and the bytes each decode step reads, at a small cost in precision).
-    pub fn set_cache_dtype(&mut self, dtype: DType) -> Result<()> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(Error::InvalidInput(format!(
-                "KV-cache dtype {dtype:?} is not supported: valid are f32, f16, bf16"
-            )));
+    /// Stores keys and values of new caches as `storage`: f16 or bf16 halve the cache of an
+    /// f32 model and the bytes each decode step reads, at a small cost in precision; q8 and q4
+    /// quantize them ([`crate::QuantizedLayerCache`], on the CPU).
+    pub fn set_kv_storage(&mut self, storage: KvStorage) -> Result<()> {
+        match storage {
+            KvStorage::Float(DType::F32 | DType::F16 | DType::BF16) => {}
+            KvStorage::Float(dtype) => {
+                return Err(Error::InvalidInput(format!(
+                    "KV-cache dtype {dtype:?} is not supported: valid are {}",
+                    KvStorage::VALID
+                )))
+            }
+            KvStorage::Quantized(_) if !self.device.is_cpu() => {
+                return Err(Error::InvalidInput(format!(
+                    "a {storage} KV cache runs on the CPU only; on {:?} use f32, f16 or bf16",
+                    self.device
+                )))
+            }
+            KvStorage::Quantized(_) => {}
         }
-        self.cache_dtype = dtype;
+        self.cache_storage = storage;
         Ok(())
     }
 
@@ -125,9 +137,10 @@ impl Model {
         self.dense_weights_kept
     }
 
-    /// A fresh dense cache with one layer cache per decoder layer, storing [`Self::cache_dtype`].
+    /// A fresh dense cache with one layer cache per decoder layer, storing keys and values as
+    /// [`Self::kv_storage`] says.
     pub fn new_cache(&self) -> ModelCache {
-        crate::dense_cache::dense_model_cache(self.config.n_layers, self.cache_dtype)
+        crate::dense_cache::dense_model_cache(self.config.n_layers, self.cache_storage)
     }
 
     /// Runs the new tokens `input_ids` `(batch, n_new)` (u32) through the model, appending to

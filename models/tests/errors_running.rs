@@ -163,7 +163,10 @@ fn out_of_vocabulary_ids_and_bad_inputs_are_invalid_input() {
         "{err}"
     );
     // A cache built for another number of layers.
-    let mut wrong_cache = kvpress_models::dense_model_cache(3, candle_core::DType::F32);
+    let mut wrong_cache = kvpress_models::dense_model_cache(
+        3,
+        kvpress_models::KvStorage::Float(candle_core::DType::F32),
+    );
     let err = expect_err(model.forward(&ids(&[1]), &mut wrong_cache, None));
     assert!(
         matches!(err, Error::InvalidInput(_)) && err.to_string().contains("layers"),

@@ -52,7 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         kvpress::hooks::ContextSession::compress(&loaded.model, &context_ids, press.as_ref(), &[])?;
     let size = context_file::save(&out, &loaded, &session, &context_ids, press.as_ref())?;
     // The file stores the cache in its own dtype, so both sizes count the same bytes per value.
-    let dtype = loaded.model.cache_dtype().as_str();
+    let dtype = loaded.model.kv_storage().name();
     println!(
         "{}: {} bytes ({:.1}% of the {} bytes of the full {dtype} cache) | {} context tokens, \
          kept {:.1}% | KV cache {dtype}, {} bytes",

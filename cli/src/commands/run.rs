@@ -61,14 +61,14 @@ fn answer_from_file(
     max_new_tokens: usize,
 ) -> Result<()> {
     let (mut session, header) = context_file::load(path, loaded)?;
-    let cache_dtype = loaded.model.cache_dtype();
-    if header.kv_dtype.dtype() != cache_dtype {
+    let cache_dtype = loaded.model.kv_storage();
+    if header.kv_dtype.name() != cache_dtype.name() {
         eprintln!(
             "note: {} stores its KV cache as {}; converted to {} (--kv-dtype, default the \
              model's dtype); pass --kv-dtype {} to keep the file's dtype",
             path.display(),
             header.kv_dtype,
-            cache_dtype.as_str(),
+            cache_dtype.name(),
             header.kv_dtype
         );
     }
@@ -94,7 +94,7 @@ fn answer_from_file(
         path.display(),
         header.context_ids.len(),
         header.press,
-        cache_dtype.as_str(),
+        cache_dtype.name(),
         kv_bytes
     );
     Ok(())

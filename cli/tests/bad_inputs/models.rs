@@ -32,8 +32,10 @@ pub fn cases() -> Vec<Case> {
         fails(&generate(&["--model", "{dir}/hf"]), &["{dir}/hf/config.json"]).files([text("hf/config.json", "not json")]),
         fails(&generate(&["--dtype", "bogus"]), &["invalid value 'bogus' for '--dtype", "valid are quantized, f32, f16, bf16"]),
         fails(&generate(&["--dtype", "F32"]), &["valid are quantized, f32, f16, bf16"]),
-        fails(&generate(&["--kv-dtype", "q4"]), &["invalid value 'q4' for '--kv-dtype", "valid are f32, f16, bf16"]),
-        fails(&generate(&["--kv-dtype", "quantized"]), &["valid are f32, f16, bf16"]),
+        fails(&generate(&["--kv-dtype", "q2"]), &["invalid value 'q2' for '--kv-dtype", "valid are f32, f16, bf16, q8, q4"]),
+        fails(&generate(&["--kv-dtype", "quantized"]), &["valid are f32, f16, bf16, q8, q4"]),
+        fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "q4"], &["a q4 KV cache (--kv-dtype) is not supported with them yet"]).files([long_ctx(), text("adakv.toml", adakv)]),
+        fails(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/knorm.toml", "--kv-dtype", "q8", "--out", "{dir}/c.kvp"], &["stores its tokens quantized (--kv-dtype q8 or q4), which a context file does not hold yet"]).files([long_ctx(), text("knorm.toml", "press = \"knorm\"\ncompression_ratio = 0.5\n")]),
         fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "f16"], &["head-wise presses store their per-head cache in f32", "--kv-dtype"]).files([long_ctx(), text("adakv.toml", adakv)]),
         fails(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/adakv.toml", "--kv-dtype", "bf16", "--out", "{dir}/c.kvp"], &["head-wise presses store their per-head cache in f32"]).files([long_ctx(), text("adakv.toml", adakv)]),
         // A renamed copy of the model is the same model.
@@ -41,18 +43,40 @@ pub fn cases() -> Vec<Case> {
         // A narrower KV cache stores half the bytes (f16: 2 bytes per value).
         succeeds(&generate(&["--kv-dtype", "f16"]), &["KV cache:"]).check(half_of_f32),
         succeeds(&generate(&["--dtype", "f32", "--kv-dtype", "bf16"]), &["KV cache:"]).check(half_of_f32),
+        // A 4-bit cache stores 40 bytes per row of 64 (codes, f16 step and minimum per group
+        // of 32); the last token appended is still in f32.
+        succeeds(&generate(&["--kv-dtype", "q4"]), &["KV cache:"]).check(four_bit_codes),
     ]
 }
 
-/// The generation's KV cache holds 2 bytes per value: the prompt's tokens and the first answer
-/// token (the second is not fed back) x 30 layers x 2 (K and V) x 3 KV heads x 64 dims x 2 bytes.
-fn half_of_f32(_: &std::path::Path, output: &str) -> Result<(), String> {
+/// `(prefill tokens, KV bytes)` of `kvpress generate`'s report.
+fn generate_kv_bytes(output: &str) -> Result<(usize, usize), String> {
     let number = |after: &str, until: char| -> Option<usize> {
         let start = output.find(after)? + after.len();
         output[start..].split(until).next()?.trim().parse().ok()
     };
     let tokens = number("prefill: ", ' ').ok_or("no prefill token count")?;
     let bytes = number("MiB (", ' ').ok_or("no KV byte count")?;
+    Ok((tokens, bytes))
+}
+
+/// The q4 cache of the default model (30 layers, 3 KV heads, rows of 64): every token but the
+/// last in 40 bytes per row, the last in f32.
+fn four_bit_codes(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let (tokens, bytes) = generate_kv_bytes(output)?;
+    let expected = tokens * 30 * 2 * 3 * 40 + 30 * 2 * 3 * 64 * 4;
+    match bytes == expected {
+        true => Ok(()),
+        false => Err(format!(
+            "KV cache {bytes} bytes for {tokens} tokens, expected {expected} (q4)"
+        )),
+    }
+}
+
+/// The generation's KV cache holds 2 bytes per value: the prompt's tokens and the first answer
+/// token (the second is not fed back) x 30 layers x 2 (K and V) x 3 KV heads x 64 dims x 2 bytes.
+fn half_of_f32(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let (tokens, bytes) = generate_kv_bytes(output)?;
     let expected = (tokens + 1) * 30 * 2 * 3 * 64 * 2;
     match bytes == expected {
         true => Ok(()),

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use kvpress_core::{LayerCache, LayerSnapshot, ModelCache, Press};
-use kvpress_models::LoadedModel;
+use kvpress_models::{KvStorage, LoadedModel, QuantizedLayerCache};
 use safetensors::tensor::SafeTensors;
 
 use super::dtype::{first_non_finite, StoredDtype};
@@ -159,23 +159,31 @@ pub(super) fn session(
 ) -> Result<ContextSession> {
     let header = &file.header;
     let device = model.model.device();
-    let target = model.model.cache_dtype();
+    let target = model.model.kv_storage();
     let n_kv_heads = model.model.config().n_kv_heads;
     let mut layers: Vec<Box<dyn LayerCache>> = Vec::with_capacity(header.head_lengths.len());
     for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {
         let keys = file.tensor(&keys_name(layer_idx), device)?;
         let values = file.tensor(&values_name(layer_idx), device)?;
-        let snapshot = match lengths {
-            None => LayerSnapshot::Dense(Some((keys.to_dtype(target)?, values.to_dtype(target)?))),
-            Some(_) if target != candle_core::DType::F32 => {
+        let snapshot = match (lengths, target) {
+            (None, KvStorage::Float(dtype)) => {
+                LayerSnapshot::Dense(Some((keys.to_dtype(dtype)?, values.to_dtype(dtype)?)))
+            }
+            (None, KvStorage::Quantized(bits)) => {
+                // Quantized as the cache quantizes a prefill it keeps.
+                let mut cache = QuantizedLayerCache::new(bits);
+                cache.replace(&keys, &values)?;
+                layers.push(Box::new(cache));
+                continue;
+            }
+            (Some(_), target) if target != KvStorage::Float(candle_core::DType::F32) => {
                 return Err(ContextFileError::KvDtype {
                     path: path.to_path_buf(),
-                    requested: StoredDtype::of(target)
-                        .map_or_else(|| format!("{target:?}"), |d| d.name().to_string()),
+                    requested: target.name().to_string(),
                 }
                 .into())
             }
-            Some(lengths) => LayerSnapshot::PerHead {
+            (Some(lengths), _) => LayerSnapshot::PerHead {
                 keys,
                 values,
                 head_lengths: lengths.clone(),

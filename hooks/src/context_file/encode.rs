@@ -90,6 +90,13 @@ pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
                 head_lengths,
                 ..
             } => (keys, values, Some(head_lengths)),
+            LayerSnapshot::Stored(_) => {
+                return Err(Error::InvalidInput(format!(
+                    "layer {layer_idx} stores its tokens quantized (--kv-dtype q8 or q4), which a \
+                     context file does not hold yet: compress with --kv-dtype f32, f16 or bf16 \
+                     (a saved context can be loaded into a quantized cache)"
+                )))
+            }
         };
         let keys = EncodedTensor::new(keys_name(layer_idx), &keys)?;
         let values = EncodedTensor::new(values_name(layer_idx), &values)?;

@@ -42,7 +42,7 @@ impl Model {
             rotary,
             weight_mode: weights.mode(),
             dtype: weights.dtype(),
-            cache_dtype: weights.dtype(),
+            cache_storage: crate::KvStorage::Float(weights.dtype()),
             device: device.clone(),
             dense_weights_kept: false,
             config,

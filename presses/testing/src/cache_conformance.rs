@@ -273,6 +273,22 @@ fn check_uniform_compaction(
                 "{name}: snapshot head lengths"
             )
         }
+        LayerSnapshot::Stored(copy) => {
+            let (k, v) = stored(copy.as_ref());
+            assert!(
+                max_diff(&k, &replacement) <= tol && max_diff(&v, &kept_values) <= tol,
+                "{name}: snapshot"
+            );
+            // The copy rebuilds the cache exactly: what it holds, bit for bit.
+            let rebuilt = copy
+                .try_clone()
+                .expect("a stored snapshot rebuilds its cache");
+            let ((rk, rv), (ck, cv)) = (stored(rebuilt.as_ref()), stored(cache.as_ref()));
+            assert!(
+                max_diff(&rk, &ck) == 0.0 && max_diff(&rv, &cv) == 0.0,
+                "{name}: a stored snapshot rebuilds the cache exactly"
+            );
+        }
         other => panic!("{name}: snapshot of a non-empty cache: {other:?}"),
     }
 }

@@ -56,11 +56,8 @@ pub fn check_batch(model: &LoadedModel, n_tokens: usize, batch: usize) -> Result
         64 * batch
     );
     let config = model.model.config();
-    let bytes_per_token = config.n_layers
-        * 2
-        * config.n_kv_heads
-        * config.head_dim
-        * model.model.cache_dtype().size_in_bytes();
+    let bytes_per_token =
+        config.n_layers * config.n_kv_heads * model.model.kv_storage().kv_bytes(1, config.head_dim);
     let tokens: usize = (0..batch).map(|i| n_tokens - 64 * i).sum();
     let needed = tokens * bytes_per_token;
     if let Some(available) = available_memory() {
