@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use candle_core::Tensor;
-use kvpress_core::press::Press;
+use candle_core::{DType, Tensor};
+use kvpress_core::press::{CacheLayout, Press};
 use kvpress_core::{AttentionHook, ModelCache};
-use kvpress_models::{generate_until, GenerationConfig, GenerationOutput, Model};
+use kvpress_models::{generate_until, GenerationConfig, GenerationOutput, KvStorage, Model};
 
 use crate::press_hook::{LayerRecord, PressHook};
 use crate::Result;
@@ -75,18 +75,32 @@ impl CompressionReport {
 }
 
 /// An empty cache with the layout `press` needs ([`Press::new_layer_cache`], e.g. the flattened
-/// per-head cache of head-wise presses), else the model's dense cache.
+/// per-head cache of head-wise presses), else the model's dense cache. A quantized KV cache
+/// (`--kv-dtype q8|q4`) stores ragged heads itself, so head-wise presses use it as it is.
 pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
     if press.new_layer_cache().is_none() {
         return Ok(model.new_cache());
     }
     let storage = model.kv_storage();
-    if storage != kvpress_models::KvStorage::Float(candle_core::DType::F32) {
-        return Err(crate::Error::InvalidInput(format!(
-            "head-wise presses store their per-head cache in f32 (and think its channel-pruned \
-             cache); a {storage} KV cache (--kv-dtype) is not supported with them yet: use \
-             --kv-dtype f32 or a press that keeps the same tokens in every head"
-        )));
+    let layout = press.describe().cache_layout;
+    match storage {
+        KvStorage::Float(DType::F32) => {}
+        KvStorage::Quantized(_) if layout == CacheLayout::PerHead => return Ok(model.new_cache()),
+        KvStorage::Quantized(_) => {
+            return Err(crate::Error::InvalidInput(format!(
+                "this press keeps only some key channels per head (think), in its own f32 \
+                 cache; a {storage} KV cache (--kv-dtype) is not supported with it: use \
+                 --kv-dtype f32, or a press that keeps every key channel"
+            )))
+        }
+        KvStorage::Float(_) => {
+            return Err(crate::Error::InvalidInput(format!(
+                "head-wise presses store their per-head cache in f32 or quantized (and think its \
+                 channel-pruned cache in f32); a {storage} KV cache (--kv-dtype) is not \
+                 supported with them: use --kv-dtype f32, q8 or q4, or a press that keeps the \
+                 same tokens in every head"
+            )))
+        }
     }
     let layers = (0..model.config().n_layers)
         .filter_map(|_| press.new_layer_cache())

@@ -303,6 +303,62 @@ impl QuantizedRows {
         n_rows * (bits.code_bytes(row_len) + 2 * 2 * (row_len / group_size(row_len)))
     }
 
+    /// Bytes of one packed row ([`Self::to_packed`]): its codes, then each group's step and
+    /// minimum as little-endian f16.
+    pub fn packed_row_bytes(bits: QuantBits, row_len: usize) -> usize {
+        Self::bytes_for(bits, row_len, 1)
+    }
+
+    /// Every row packed as it is stored (codes, then each group's step and minimum, f16
+    /// little-endian), back to back: what a saved context holds.
+    pub fn to_packed(&self) -> Vec<u8> {
+        let (c, p) = (self.row_code_bytes(), self.row_params());
+        let mut out =
+            Vec::with_capacity(self.n_rows() * Self::packed_row_bytes(self.bits, self.row_len));
+        for (codes, params) in self.codes.chunks_exact(c).zip(self.params.chunks_exact(p)) {
+            out.extend_from_slice(codes);
+            out.extend(params.iter().flat_map(|x| x.to_bits().to_le_bytes()));
+        }
+        out
+    }
+
+    /// Rows from [`Self::to_packed`]'s bytes, codes as they are. Refuses bytes that are not
+    /// whole rows, and a step or minimum that is not finite or a negative step (no quantizer
+    /// writes them: the bytes are damaged).
+    pub fn from_packed(bits: QuantBits, row_len: usize, bytes: &[u8]) -> Result<Self> {
+        let mut rows = Self::new(bits, row_len)?;
+        let (c, row_bytes) = (rows.row_code_bytes(), Self::packed_row_bytes(bits, row_len));
+        if !bytes.len().is_multiple_of(row_bytes) {
+            return Err(Error::Msg(format!(
+                "{} bytes are not whole packed rows of {row_bytes} bytes ({}-bit rows of \
+                 {row_len} channels)",
+                bytes.len(),
+                bits.bits()
+            )));
+        }
+        let n_rows = bytes.len() / row_bytes;
+        rows.codes.reserve_exact(n_rows * c);
+        rows.params.reserve_exact(n_rows * rows.row_params());
+        for (row, packed) in bytes.chunks_exact(row_bytes).enumerate() {
+            rows.codes.extend_from_slice(&packed[..c]);
+            for (group, pair) in packed[c..].chunks_exact(4).enumerate() {
+                let step = f16::from_bits(u16::from_le_bytes([pair[0], pair[1]]));
+                let min = f16::from_bits(u16::from_le_bytes([pair[2], pair[3]]));
+                if !step.is_finite()
+                    || !min.is_finite()
+                    || (step.is_sign_negative() && step != f16::ZERO)
+                {
+                    return Err(Error::Msg(format!(
+                        "row {row}, group {group}: step {step} and minimum {min}; a quantized \
+                         row stores a finite step of at least 0 and a finite minimum"
+                    )));
+                }
+                rows.params.extend([step, min]);
+            }
+        }
+        Ok(rows)
+    }
+
     /// Frees the slack.
     pub fn shrink_to_fit(&mut self) {
         self.codes.shrink_to_fit();
@@ -449,5 +505,23 @@ mod tests {
         assert!(store.push_rows(&[0.0; 31]).is_err());
         assert!(QuantizedRows::new(QuantBits::Four, 7).is_err());
         assert!(QuantizedRows::new(QuantBits::Eight, 0).is_err());
+    }
+
+    #[test]
+    fn packed_rows_round_trip_and_damage_is_refused() {
+        for bits in [QuantBits::Eight, QuantBits::Four] {
+            let mut store = QuantizedRows::new(bits, 64).unwrap();
+            store.push_rows(&rows(5, 64, 2.0)).unwrap();
+            let packed = store.to_packed();
+            assert_eq!(packed.len(), 5 * QuantizedRows::packed_row_bytes(bits, 64));
+            let back = QuantizedRows::from_packed(bits, 64, &packed).unwrap();
+            assert_eq!((&back.codes, &back.params), (&store.codes, &store.params));
+            assert!(QuantizedRows::from_packed(bits, 64, &packed[1..]).is_err());
+            let mut damaged = packed.clone();
+            let at = bits.code_bytes(64);
+            damaged[at..at + 2].copy_from_slice(&f16::NAN.to_bits().to_le_bytes());
+            let error = QuantizedRows::from_packed(bits, 64, &damaged).unwrap_err();
+            assert!(error.to_string().contains("row 0, group 0"), "{error}");
+        }
     }
 }

@@ -91,6 +91,30 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     fn try_clone(&self) -> Option<Box<dyn LayerCache>> {
         None
     }
+
+    /// The stored rows as packed bytes, for layouts that store codes rather than floats (a
+    /// quantized cache): what a saved context holds of them. `None` (the default) for the
+    /// others, whose [`Self::snapshot`] gives their tensors.
+    fn packed(&self) -> Result<Option<PackedLayer>> {
+        Ok(None)
+    }
+}
+
+/// A quantized layer's rows as stored ([`LayerCache::packed`]): per head, in head order, its
+/// key (and value) rows, each row its codes then every group's step and minimum (f16,
+/// little-endian).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackedLayer {
+    /// Bits per code (8 or 4).
+    pub bits: u32,
+    /// Bytes of one packed row.
+    pub row_bytes: usize,
+    /// Rows of each head (`batch * n_kv_heads` of them).
+    pub head_lengths: Vec<usize>,
+    /// Key rows of every head, back to back.
+    pub keys: Vec<u8>,
+    /// Value rows of every head, back to back.
+    pub values: Vec<u8>,
 }
 
 /// What one layer cache stores, independent of its buffers: enough to rebuild it exactly.

@@ -12,7 +12,7 @@ use std::time::Instant;
 use context_file_support::{answer, compress, default_path, load, model, press, Parts};
 use kvpress::candle::DType;
 use kvpress::hooks::context_file::{
-    self, load_bytes, save, weights_sha256, ContextFileError, StoredDtype,
+    self, load_bytes, save, weights_sha256, ContextFileError, StoredKv,
 };
 use kvpress::hooks::{ContextSession, Error, PromptSplit};
 use safetensors::tensor::{Dtype, SafeTensors};
@@ -53,7 +53,7 @@ fn saved_contexts_answer_like_fresh_ones() {
         let (mut loaded, header) = context_file::load(&file, model).unwrap();
         assert_eq!(header.context_ids, ids);
         assert_eq!(header.press["press"], name);
-        assert_eq!(header.kv_dtype, StoredDtype::F32);
+        assert_eq!(header.kv_dtype, StoredKv::F32);
         assert_eq!(loaded.cache().lengths(), session.cache().lengths());
         assert_eq!(answer(model, &mut loaded), fresh, "{name}");
         // The file holds what the compressed cache holds (plus a small header).
@@ -197,14 +197,14 @@ fn an_f16_cache_is_stored_as_f16_and_converted_on_request() {
     assert!(size as usize >= kv_bytes + logits && (size as usize) < kv_bytes + logits + (64 << 10));
 
     let (mut loaded, header) = context_file::load(&file, &model16).unwrap();
-    assert_eq!(header.kv_dtype, StoredDtype::F16);
+    assert_eq!(header.kv_dtype, StoredKv::F16);
     // The loaded cache allocates exactly what it stores, in f16 (what `run --load` reports).
     assert_eq!(loaded.cache().bytes_reserved(), kv_bytes);
     assert_eq!(answer(&model16, &mut loaded), fresh);
 
     // Into an f32 cache: converted, twice the bytes.
     let (converted, header) = context_file::load(&file, model()).unwrap();
-    assert_eq!(header.kv_dtype, StoredDtype::F16);
+    assert_eq!(header.kv_dtype, StoredKv::F16);
     assert_eq!(converted.cache().bytes_reserved(), 2 * kv_bytes);
 
     // Head-wise layers are f32 only: an f16 cache is refused, naming the dtype.
@@ -217,5 +217,85 @@ fn an_f16_cache_is_stored_as_f16_and_converted_on_request() {
     match file_error(context_file::load(&file, &model16)) {
         ContextFileError::KvDtype { requested, .. } => assert_eq!(requested, "f16"),
         other => panic!("{other}"),
+    }
+}
+
+/// A quantized cache is saved as its codes (`u8` packed rows, head lengths for every layer) and
+/// loaded into a cache of the same bits with the codes untouched, dense and head-wise alike;
+/// into an f32 cache it is dequantized.
+#[test]
+fn a_quantized_cache_is_stored_as_its_codes() {
+    let mut model4 = load(&default_path());
+    model4
+        .model
+        .set_kv_storage(kvpress::models::KvStorage::Quantized(
+            kvpress::models::QuantBits::Four,
+        ))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, config) in [
+        (
+            "snapkv",
+            "press = \"snapkv\"\ncompression_ratio = 0.5\nwindow_size = 8\n",
+        ),
+        (
+            "adakv",
+            "press = \"adakv\"\n[inner]\npress = \"snapkv\"\ncompression_ratio = 0.5\nwindow_size = 8\n",
+        ),
+    ] {
+        let press = press(config);
+        let (mut session, ids) =
+            compress(&model4, context_file_support::TINY_CONTEXT, press.as_ref());
+        let packed = |session: &ContextSession| -> Vec<_> {
+            let cache = session.cache();
+            (0..cache.n_layers())
+                .map(|i| {
+                    cache
+                        .layer(i)
+                        .unwrap()
+                        .packed()
+                        .unwrap()
+                        .expect("quantized")
+                })
+                .collect()
+        };
+        let original = packed(&session);
+        let fresh = answer(&model4, &mut session);
+        let file = dir.path().join(format!("{name}-q4.kvp"));
+        let size = save(&file, &model4, &session, &ids, press.as_ref()).unwrap();
+        let bytes = std::fs::read(&file).unwrap();
+        let stored = SafeTensors::deserialize(&bytes).unwrap();
+        for (tensor, view) in stored.tensors() {
+            let expected = if tensor == "last_logits" {
+                Dtype::F32
+            } else {
+                Dtype::U8
+            };
+            assert_eq!(view.dtype(), expected, "{name}: {tensor}");
+        }
+        let kv_bytes = session.cache().bytes_used();
+        let logits = 4 * session.last_logits.elem_count();
+        assert!(
+            size as usize >= kv_bytes + logits && (size as usize) < kv_bytes + logits + (64 << 10),
+            "{name}: {size} bytes for {kv_bytes} of codes"
+        );
+
+        let (mut loaded, header) = context_file::load(&file, &model4).unwrap();
+        assert_eq!(header.kv_dtype, StoredKv::Q4);
+        assert!(header.head_lengths.iter().all(Option::is_some));
+        assert_eq!(packed(&loaded), original, "{name}: the codes as they were");
+        assert_eq!(loaded.cache().bytes_reserved(), kv_bytes);
+        assert_eq!(answer(&model4, &mut loaded), fresh, "{name}");
+
+        // Into an f32 cache: dequantized, 256 bytes per row of 64 against 40 (plus the
+        // flattened cache's per-head bookkeeping).
+        let (converted, _) = context_file::load(&file, model()).unwrap();
+        assert_eq!(converted.cache().lengths(), loaded.cache().lengths());
+        let as_f32 = kv_bytes / 40 * 256;
+        let converted_bytes = converted.cache().bytes_used();
+        assert!(
+            converted_bytes >= as_f32 && converted_bytes < as_f32 + 4096,
+            "{name}: {converted_bytes} bytes in f32 for {kv_bytes} in q4"
+        );
     }
 }

@@ -5,7 +5,7 @@
 mod context_file_support;
 
 use context_file_support::{compress, model, press, Part, Parts, TINY_CONTEXT};
-use kvpress::hooks::context_file::{self, load_bytes, save, ContextFileError, StoredDtype};
+use kvpress::hooks::context_file::{self, load_bytes, save, ContextFileError, StoredKv};
 use kvpress::hooks::{ContextSession, Error};
 use safetensors::tensor::Dtype;
 
@@ -118,7 +118,12 @@ fn header_fields_are_checked_against_the_model() {
         // The header says f16, the tensors are f32.
         (
             "layer.0.keys",
-            edited(&dense, |p| p.header.kv_dtype = StoredDtype::F16),
+            edited(&dense, |p| p.header.kv_dtype = StoredKv::F16),
+        ),
+        // The header says q4 (rows packed per head), the layers are dense floats.
+        (
+            "head_lengths[0]",
+            edited(&dense, |p| p.header.kv_dtype = StoredKv::Q4),
         ),
         ("tensors", edited(&dense, |p| drop(p.tensors.pop()))),
         (

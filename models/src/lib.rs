@@ -56,7 +56,7 @@ pub use generate::{
 };
 pub use gguf::GgufFile;
 pub use kv_storage::KvStorage;
-pub use kvpress_kernels::kv_quant::QuantBits;
+pub use kvpress_kernels::kv_quant::{QuantBits, QuantizedRows};
 pub use loader::{load_gguf, load_model, LoadedModel};
 pub use model::{LogitsFor, Model};
 pub use quantized_cache::QuantizedLayerCache;

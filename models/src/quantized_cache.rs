@@ -1,6 +1,7 @@
-//! The quantized dense layer cache (`--kv-dtype q8` or `q4`): every KV head holds the same
-//! tokens, each token's keys and values quantized per group of channels
-//! ([`kvpress_kernels::kv_quant`]).
+//! The quantized layer cache (`--kv-dtype q8` or `q4`): each token's keys and values quantized
+//! per group of channels ([`kvpress_kernels::kv_quant`]), every KV head in its own rows. Heads
+//! hold the same tokens (the dense layout), or each its own after a head-wise press's selection
+//! (the flattened layout, no padding): the same cache serves both.
 //!
 //! The tokens of the latest append stay in f32 until the next append: the forward that appended
 //! them attends over them at full precision (a prefill attends over its own exact keys, as
@@ -13,13 +14,17 @@
 //! stored keys and values ([`LayerCache::keys_values`], what presses score) get them
 //! dequantized to f32.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use kvpress_core::{AttentionOutput, Error, LayerCache, LayerSnapshot, Result, Selection};
+use kvpress_core::{
+    AttentionOutput, Error, LayerCache, LayerSnapshot, PackedLayer, Result, Selection,
+};
 use kvpress_kernels::kv_quant::{check_quantizable, QuantBits, QuantizedRows};
 use kvpress_kernels::{
-    decode_attention_parts, merge_attention_parts, CacheData, HeadProblem, HeadRows,
+    decode_attention_parts, merge_attention_parts, ragged_attention, CacheData, HeadProblem,
+    HeadRows, RaggedHeads,
 };
 
 /// Most query rows per KV head (group size x new tokens) that take the decode kernel.
@@ -45,10 +50,8 @@ struct QuantizedHead {
 pub struct QuantizedLayerCache {
     bits: QuantBits,
     shape: Option<HeadShape>,
-    /// Per head, batch-major (`batch * n_kv_heads` of them).
+    /// Per head, batch-major (`batch * n_kv_heads` of them); each holds its quantized tokens.
     heads: Vec<QuantizedHead>,
-    /// Tokens quantized in every head.
-    quantized_len: usize,
     /// The latest append's keys and values, `(batch, n_kv_heads, pending_len, head_dim)` f32.
     pending_keys: Vec<f32>,
     pending_values: Vec<f32>,
@@ -62,7 +65,6 @@ impl QuantizedLayerCache {
             bits,
             shape: None,
             heads: Vec::new(),
-            quantized_len: 0,
             pending_keys: Vec::new(),
             pending_values: Vec::new(),
             pending_len: 0,
@@ -72,6 +74,66 @@ impl QuantizedLayerCache {
     /// The bits of every stored code.
     pub fn bits(&self) -> QuantBits {
         self.bits
+    }
+
+    /// A cache holding `head_lengths[h]` tokens in head `h`, quantized from `keys` and `values`
+    /// `(total_rows, head_dim)` in head order (a per-head snapshot or saved context).
+    pub fn from_head_rows(
+        bits: QuantBits,
+        (keys, values): (&Tensor, &Tensor),
+        head_lengths: &[usize],
+        (batch, n_kv_heads): (usize, usize),
+    ) -> Result<Self> {
+        let (rows, head_dim) = keys.dims2()?;
+        if values.dims() != keys.dims()
+            || head_lengths.len() != batch * n_kv_heads
+            || head_lengths.iter().sum::<usize>() != rows
+        {
+            return Err(Error::Shape(format!(
+                "rows {:?}/{:?} do not match {} head lengths summing to {} (batch {batch}, \
+                 {n_kv_heads} KV heads)",
+                keys.dims(),
+                values.dims(),
+                head_lengths.len(),
+                head_lengths.iter().sum::<usize>()
+            )));
+        }
+        let as_rows = |t: &Tensor| -> Result<Vec<f32>> {
+            let rows = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            check_quantizable(&rows)?;
+            Ok(rows)
+        };
+        let (keys, values) = (as_rows(keys)?, as_rows(values)?);
+        let heads = head_ranges(head_lengths, head_dim)
+            .map(|range| {
+                let mut head = QuantizedHead {
+                    keys: QuantizedRows::new(bits, head_dim)?,
+                    values: QuantizedRows::new(bits, head_dim)?,
+                };
+                head.keys.push_rows(&keys[range.clone()])?;
+                head.values.push_rows(&values[range])?;
+                Ok(head)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::with_heads(bits, heads, (batch, n_kv_heads), head_dim))
+    }
+
+    /// A cache of `heads` (batch-major) of `head_dim` channels.
+    fn with_heads(
+        bits: QuantBits,
+        heads: Vec<QuantizedHead>,
+        (batch, n_kv_heads): (usize, usize),
+        head_dim: usize,
+    ) -> Self {
+        Self {
+            shape: Some(HeadShape {
+                batch,
+                n_kv_heads,
+                head_dim,
+            }),
+            heads,
+            ..Self::new(bits)
+        }
     }
 
     /// Checks that `keys` and `values` are `(batch, n_kv_heads, tokens, head_dim)` of this
@@ -128,9 +190,6 @@ impl QuantizedLayerCache {
             head.values
                 .push_rows(&values[i * per_head..(i + 1) * per_head])?;
         }
-        if let Some(shape) = self.shape {
-            self.quantized_len += per_head / shape.head_dim;
-        }
         Ok(())
     }
 
@@ -153,20 +212,109 @@ impl QuantizedLayerCache {
         &rows[i * per_head..(i + 1) * per_head]
     }
 
+    /// A cache from a [`PackedLayer`] (a saved context's rows, codes as they are) of heads of
+    /// `head_dim` channels, `(batch, n_kv_heads)`.
+    pub fn from_packed(
+        layer: &PackedLayer,
+        (batch, n_kv_heads): (usize, usize),
+        head_dim: usize,
+    ) -> Result<Self> {
+        let bits = match layer.bits {
+            8 => QuantBits::Eight,
+            4 => QuantBits::Four,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "{other}-bit codes; a quantized cache stores 8 or 4 bits"
+                )))
+            }
+        };
+        let row_bytes = QuantizedRows::packed_row_bytes(bits, head_dim);
+        let rows: usize = layer.head_lengths.iter().sum();
+        if layer.head_lengths.len() != batch * n_kv_heads
+            || layer.row_bytes != row_bytes
+            || layer.keys.len() != rows * row_bytes
+            || layer.values.len() != rows * row_bytes
+        {
+            return Err(Error::Shape(format!(
+                "packed rows of {} and {} bytes in rows of {} bytes for {} heads of lengths \
+                 summing to {rows}; expected rows of {row_bytes} bytes ({}-bit rows of \
+                 {head_dim} channels) for batch {batch} x {n_kv_heads} KV heads",
+                layer.keys.len(),
+                layer.values.len(),
+                layer.row_bytes,
+                layer.head_lengths.len(),
+                bits.bits()
+            )));
+        }
+        let heads = head_ranges(&layer.head_lengths, row_bytes)
+            .map(|range| {
+                Ok(QuantizedHead {
+                    keys: QuantizedRows::from_packed(bits, head_dim, &layer.keys[range.clone()])?,
+                    values: QuantizedRows::from_packed(bits, head_dim, &layer.values[range])?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::with_heads(bits, heads, (batch, n_kv_heads), head_dim))
+    }
+
+    /// Every head's tokens dequantized to f32, keys and values, back to back in head order
+    /// (lengths [`Self::head_lengths`]).
+    pub fn dequantized_head_rows(&self) -> (Vec<f32>, Vec<f32>) {
+        let (keys, values, _) = self.dequantized_rows();
+        (keys, values)
+    }
+
+    /// Tokens quantized in head `i`.
+    fn quantized_len(&self, i: usize) -> usize {
+        self.heads[i].keys.n_rows()
+    }
+
+    /// Tokens stored by each head (quantized and pending).
+    pub fn head_lengths(&self) -> Vec<usize> {
+        (0..self.heads.len())
+            .map(|i| self.quantized_len(i) + self.pending_len)
+            .collect()
+    }
+
+    /// Whether the heads hold different numbers of tokens (after a head-wise selection).
+    fn is_ragged(&self) -> bool {
+        let lengths = self.head_lengths();
+        lengths.iter().any(|&l| l != lengths[0])
+    }
+
+    /// Every head's tokens, dequantized, back to back in head order, with each head's first
+    /// row: what ragged attention and the dense view read.
+    fn dequantized_rows(&self) -> (Vec<f32>, Vec<f32>, Vec<usize>) {
+        let head_dim = self.shape.map_or(0, |s| s.head_dim);
+        let rows: usize = self.head_lengths().iter().sum();
+        let mut keys = Vec::with_capacity(rows * head_dim);
+        let mut values = Vec::with_capacity(rows * head_dim);
+        let mut offsets = Vec::with_capacity(self.heads.len());
+        for (i, head) in self.heads.iter().enumerate() {
+            offsets.push(keys.len() / head_dim.max(1));
+            let n = self.quantized_len(i);
+            head.keys.dequantize_rows(0, n, &mut keys);
+            keys.extend_from_slice(self.pending_head(&self.pending_keys, i));
+            head.values.dequantize_rows(0, n, &mut values);
+            values.extend_from_slice(self.pending_head(&self.pending_values, i));
+        }
+        (keys, values, offsets)
+    }
+
     /// Every token, dequantized: `(batch, n_kv_heads, len, head_dim)` f32 keys and values.
+    /// An error when the heads hold different numbers of tokens (no dense view exists).
     fn dequantized(&self) -> Result<Option<(Tensor, Tensor)>> {
         let Some(shape) = self.shape.filter(|_| self.len() > 0) else {
             return Ok(None);
         };
-        let mut keys = Vec::with_capacity(self.heads.len() * self.len() * shape.head_dim);
-        let mut values = Vec::with_capacity(keys.capacity());
-        for (i, head) in self.heads.iter().enumerate() {
-            head.keys.dequantize_rows(0, self.quantized_len, &mut keys);
-            keys.extend_from_slice(self.pending_head(&self.pending_keys, i));
-            head.values
-                .dequantize_rows(0, self.quantized_len, &mut values);
-            values.extend_from_slice(self.pending_head(&self.pending_values, i));
+        if self.is_ragged() {
+            return Err(Error::Unsupported(format!(
+                "the heads of this layer store different numbers of tokens ({:?}); a dense \
+                 (batch, heads, tokens, dim) view does not exist",
+                self.head_lengths()
+            )));
         }
+        let (keys, values, _) = self.dequantized_rows();
         let dims = (shape.batch, shape.n_kv_heads, self.len(), shape.head_dim);
         Ok(Some((
             Tensor::from_vec(keys, dims, &Device::Cpu)?,
@@ -186,13 +334,14 @@ impl QuantizedLayerCache {
         let mut pending = Vec::new();
         for (i, head) in self.heads.iter().enumerate() {
             let head_queries = queries[i * rows_per_head..(i + 1) * rows_per_head].to_vec();
-            if self.quantized_len > 0 {
+            let n_quantized = self.quantized_len(i);
+            if n_quantized > 0 {
                 quantized.push(HeadProblem {
                     queries: head_queries.clone(),
-                    positions: vec![self.quantized_len - 1; group * n_new],
+                    positions: vec![n_quantized - 1; group * n_new],
                     keys: quantized_rows(&head.keys),
                     values: quantized_rows(&head.values),
-                    n_keys: self.quantized_len,
+                    n_keys: n_quantized,
                 });
             }
             if self.pending_len > 0 {
@@ -207,17 +356,24 @@ impl QuantizedLayerCache {
             }
         }
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let quantized = decode_attention_parts(&quantized, head_dim, scale)?;
-        let pending = decode_attention_parts(&pending, head_dim, scale)?;
-        let output: Vec<f32> = match (quantized.is_empty(), pending.is_empty()) {
-            (false, false) => quantized
-                .iter()
-                .zip(&pending)
-                .flat_map(|(q, p)| merge_attention_parts(q, p, head_dim))
-                .collect(),
-            (false, true) => quantized.into_iter().flat_map(|q| q.output).collect(),
-            (true, _) => pending.into_iter().flat_map(|p| p.output).collect(),
-        };
+        let mut quantized = decode_attention_parts(&quantized, head_dim, scale)?.into_iter();
+        let mut pending = decode_attention_parts(&pending, head_dim, scale)?.into_iter();
+        // Per head, in order: its quantized part (absent when the head keeps no quantized
+        // token) merged with its pending part (absent when nothing is pending).
+        let mut output = Vec::with_capacity(batch * n_heads * n_new * head_dim);
+        for i in 0..self.heads.len() {
+            let own_quantized = (self.quantized_len(i) > 0).then(|| quantized.next());
+            let own_pending = (self.pending_len > 0).then(|| pending.next());
+            match (own_quantized.flatten(), own_pending.flatten()) {
+                (Some(q), Some(p)) => output.extend(merge_attention_parts(&q, &p, head_dim)),
+                (Some(part), None) | (None, Some(part)) => output.extend(part.output),
+                (None, None) => {
+                    return Err(Error::Shape(format!(
+                        "KV head {i} stores no token to attend over"
+                    )))
+                }
+            }
+        }
         Ok(Tensor::from_vec(
             output,
             (batch, n_heads, n_new, head_dim),
@@ -241,6 +397,16 @@ impl QuantizedLayerCache {
         };
         self.take_rows(&kept_keys, &kept_values)
     }
+}
+
+/// The range of each head's rows (of `unit` elements or bytes each) when the heads' rows lie back
+/// to back in head order, `head_lengths` rows each.
+fn head_ranges(head_lengths: &[usize], unit: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+    head_lengths.iter().scan(0, move |first, &len| {
+        let range = *first * unit..(*first + len) * unit;
+        *first += len;
+        Some(range)
+    })
 }
 
 /// Rows given to replace the kept ones, `dims`, as f32 that can be quantized.
@@ -276,7 +442,11 @@ fn f32_rows(rows: &[f32], head_dim: usize) -> HeadRows<'_> {
 
 impl LayerCache for QuantizedLayerCache {
     fn len(&self) -> usize {
-        self.quantized_len + self.pending_len
+        let longest = (0..self.heads.len())
+            .map(|i| self.quantized_len(i))
+            .max()
+            .unwrap_or(0);
+        longest + self.pending_len
     }
 
     fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
@@ -308,7 +478,29 @@ impl LayerCache for QuantizedLayerCache {
         }
         // Prefills (their cost is in the products, not in reading the cache once), weights
         // asked for, or queries reaching past the pending tokens: over every token dequantized.
-        crate::dense_cache::attend_over(queries, self.dequantized()?, want_weights)
+        if !self.is_ragged() {
+            return crate::dense_cache::attend_over(queries, self.dequantized()?, want_weights);
+        }
+        if want_weights {
+            return Err(Error::Unsupported(
+                "attention weights over heads of different lengths".to_string(),
+            ));
+        }
+        let (keys, values, offsets) = self.dequantized_rows();
+        let lengths = self.head_lengths();
+        let heads = RaggedHeads {
+            keys: &keys,
+            values: &values,
+            offsets: &offsets,
+            lengths: &lengths,
+            batch: shape.batch,
+            n_kv_heads: shape.n_kv_heads,
+            head_dim: shape.head_dim,
+        };
+        Ok(AttentionOutput {
+            output: ragged_attention(&heads, queries)?,
+            weights: None,
+        })
     }
 
     fn keys_values(&self) -> Result<Option<(Tensor, Tensor)>> {
@@ -323,15 +515,18 @@ impl LayerCache for QuantizedLayerCache {
         Ok(())
     }
 
+    /// Drops `len() - len` tokens from every head (undoing appends, as a rewind does): the
+    /// newest pending ones first, then quantized rows.
     fn truncate(&mut self, len: usize) -> Result<()> {
-        if len > self.len() {
+        let current = self.len();
+        if len > current {
             return Err(Error::InvalidArgument(format!(
-                "cannot truncate a cache of {} tokens to {len} tokens",
-                self.len()
+                "cannot truncate a cache of {current} tokens to {len} tokens"
             )));
         }
-        if len >= self.quantized_len {
-            let keep = len - self.quantized_len;
+        let drop = current - len;
+        if drop <= self.pending_len {
+            let keep = self.pending_len - drop;
             let head_dim = self.shape.map_or(0, |s| s.head_dim);
             let old = self.pending_len * head_dim;
             let kept = |rows: &[f32]| -> Vec<f32> {
@@ -342,22 +537,35 @@ impl LayerCache for QuantizedLayerCache {
             self.pending_keys = kept(&self.pending_keys);
             self.pending_values = kept(&self.pending_values);
             self.pending_len = keep;
-        } else {
-            for head in &mut self.heads {
-                head.keys.truncate(len);
-                head.values.truncate(len);
-            }
-            self.quantized_len = len;
-            self.pending_keys.clear();
-            self.pending_values.clear();
-            self.pending_len = 0;
+            return Ok(());
         }
+        let from_quantized = drop - self.pending_len;
+        let shortest = (0..self.heads.len())
+            .map(|i| self.quantized_len(i))
+            .min()
+            .unwrap_or(0);
+        if shortest < from_quantized {
+            return Err(Error::InvalidArgument(format!(
+                "cannot drop {drop} tokens from a head that stores {}",
+                shortest + self.pending_len
+            )));
+        }
+        for head in &mut self.heads {
+            let n = head.keys.n_rows() - from_quantized;
+            head.keys.truncate(n);
+            head.values.truncate(n);
+        }
+        self.pending_keys.clear();
+        self.pending_values.clear();
+        self.pending_len = 0;
         Ok(())
     }
 
+    /// Keeps each head's selected tokens: the same number in every head, or (a head-wise
+    /// selection) each head its own, which then stores only those.
     fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()> {
         crate::dense_cache::check_storable(selection)?;
-        if selection.n_tokens() != self.len() {
+        if !self.is_ragged() && selection.n_tokens() != self.len() {
             return Err(Error::Shape(format!(
                 "a selection over {} tokens cannot compact a cache of {} tokens",
                 selection.n_tokens(),
@@ -380,14 +588,31 @@ impl LayerCache for QuantizedLayerCache {
                 shape.n_kv_heads
             )));
         }
-        let n_kept = selection.uniform_len().ok_or_else(|| {
-            Error::Unsupported(
-                "the heads of this layer keep different numbers of tokens, which the quantized \
-                 dense cache cannot store: head-wise presses need the flattened per-head cache \
-                 (--kv-dtype f32)"
-                    .to_string(),
-            )
-        })?;
+        let lengths = self.head_lengths();
+        for (head, kept) in selection.heads().iter().enumerate() {
+            if let Some(&last) = kept.iter().max() {
+                if last as usize >= lengths[head] {
+                    return Err(Error::InvalidArgument(format!(
+                        "head {head} keeps token {last} but stores only {} tokens",
+                        lengths[head]
+                    )));
+                }
+            }
+        }
+        let uniform = selection.uniform_len().filter(|_| !self.is_ragged());
+        let replaces = keys.is_some() || selection.values().is_some();
+        let n_kept = match uniform {
+            Some(n_kept) => n_kept,
+            None if replaces => {
+                return Err(Error::Unsupported(
+                    "replacement keys (key re-rotation) or values (merging) for heads of \
+                     different lengths: a head-wise cache stores the kept tokens' own keys and \
+                     values"
+                        .to_string(),
+                ))
+            }
+            None => 0,
+        };
         // Replacement keys (re-rotated) and values (merged) are new rows, quantized; the rest
         // keeps its codes. Everything is checked before the cache changes.
         let dims = [shape.batch, shape.n_kv_heads, n_kept, shape.head_dim];
@@ -420,7 +645,6 @@ impl LayerCache for QuantizedLayerCache {
             })
             .collect::<Result<Vec<_>>>()?;
         self.heads = heads;
-        self.quantized_len = n_kept;
         Ok(())
     }
 
@@ -441,6 +665,17 @@ impl LayerCache for QuantizedLayerCache {
         let (batch, n_kv_heads, n_tokens, head_dim) = keys.dims4()?;
         let bytes_with_everything =
             batch * n_kv_heads * 2 * QuantizedRows::bytes_for(self.bits, head_dim, n_tokens);
+        if selection.uniform_len().is_none() {
+            // A head-wise selection: every head quantized, then each keeps its own rows' codes
+            // (rows are quantized independently, so this equals quantizing only the kept ones).
+            self.append(keys, values)?;
+            if let Err(error) = self.compact(selection, kept_keys) {
+                self.clear();
+                return Err(error);
+            }
+            self.shrink_to_fit()?;
+            return Ok(bytes_with_everything);
+        }
         // Rows are quantized independently: quantizing the kept ones equals quantizing every
         // token and keeping their codes.
         let mut stored = Self::new(self.bits);
@@ -491,6 +726,29 @@ impl LayerCache for QuantizedLayerCache {
 
     fn try_clone(&self) -> Option<Box<dyn LayerCache>> {
         Some(Box::new(self.clone()))
+    }
+
+    /// Pending tokens are quantized first (in a copy), as the next forward would.
+    fn packed(&self) -> Result<Option<PackedLayer>> {
+        if self.pending_len > 0 {
+            let mut flushed = self.clone();
+            flushed.flush()?;
+            return flushed.packed();
+        }
+        let Some(shape) = self.shape else {
+            return Ok(None);
+        };
+        Ok(Some(PackedLayer {
+            bits: self.bits.bits() as u32,
+            row_bytes: QuantizedRows::packed_row_bytes(self.bits, shape.head_dim),
+            head_lengths: self.head_lengths(),
+            keys: self.heads.iter().flat_map(|h| h.keys.to_packed()).collect(),
+            values: self
+                .heads
+                .iter()
+                .flat_map(|h| h.values.to_packed())
+                .collect(),
+        }))
     }
 }
 
@@ -563,6 +821,120 @@ mod tests {
         cache.truncate(4)?;
         assert_eq!(cache.len(), 4);
         assert!(cache.truncate(5).is_err());
+        Ok(())
+    }
+
+    /// After a head-wise selection each head keeps its own codes; decoding (the kernel over the
+    /// codes, merged with the newest f32 tokens) and a longer forward (ragged attention over the
+    /// dequantized rows) both equal attention over each head's own dequantized rows.
+    #[test]
+    fn head_wise_selections_keep_each_heads_own_codes() -> Result<()> {
+        for bits in [QuantBits::Eight, QuantBits::Four] {
+            let mut cache = QuantizedLayerCache::new(bits);
+            cache.append(&random((1, 2, 40, 64), 1)?, &random((1, 2, 40, 64), 2)?)?;
+            cache.shrink_to_fit()?;
+            let (all_keys, all_values, _) = cache.dequantized_rows();
+            let kept = vec![(0..40).step_by(3).collect::<Vec<u32>>(), vec![1, 5, 39]];
+            let selection = Selection::new(kept.clone(), 1, 2, 40)?;
+            let before = cache.bytes_used();
+            cache.compact(&selection, None)?;
+            assert_eq!(cache.head_lengths(), vec![14, 3]);
+            assert_eq!(
+                cache.bytes_used() * 40,
+                before * 17 / 2,
+                "only the kept rows' codes"
+            );
+            // The kept rows' codes are the ones stored before: dequantized, the same values.
+            let (keys, values, offsets) = cache.dequantized_rows();
+            for (h, rows) in kept.iter().enumerate() {
+                for (j, &t) in rows.iter().enumerate() {
+                    let (at, from) = ((offsets[h] + j) * 64, (h * 40 + t as usize) * 64);
+                    assert_eq!(keys[at..at + 64], all_keys[from..from + 64]);
+                    assert_eq!(values[at..at + 64], all_values[from..from + 64]);
+                }
+            }
+            for n_new in [1, 6] {
+                let new = (random((1, 2, n_new, 64), 3)?, random((1, 2, n_new, 64), 4)?);
+                cache.append(&new.0, &new.1)?;
+                let queries = random((1, 6, n_new, 64), 5)?;
+                let got = cache.attend(&queries, false)?.output;
+                let (keys, values, offsets) = cache.dequantized_rows();
+                let lengths = cache.head_lengths();
+                for h in 0..2 {
+                    let rows = offsets[h] * 64..(offsets[h] + lengths[h]) * 64;
+                    let shape = (1, 1, lengths[h], 64);
+                    let k = Tensor::from_vec(keys[rows.clone()].to_vec(), shape, &Device::Cpu)?;
+                    let v = Tensor::from_vec(values[rows].to_vec(), shape, &Device::Cpu)?;
+                    let q = queries.narrow(1, 3 * h, 3)?;
+                    let want = grouped_query_attention(&q, &k, &v, false)?.output;
+                    let diff = max_diff(&got.narrow(1, 3 * h, 3)?, &want)?;
+                    assert!(
+                        diff < 1e-5,
+                        "{bits:?}, {n_new} new tokens, head {h}: {diff}"
+                    );
+                }
+                cache.truncate(cache.len() - n_new)?;
+                assert_eq!(cache.head_lengths(), vec![14, 3]);
+            }
+            assert!(
+                cache.keys_values().is_err(),
+                "no dense view of ragged heads"
+            );
+            assert!(cache.attend(&random((1, 6, 1, 64), 6)?, true).is_err());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn per_head_rows_load_into_their_heads() -> Result<()> {
+        let rows = random((1, 1, 9, 64), 7)?.reshape((9, 64))?;
+        let values = random((1, 1, 9, 64), 8)?.reshape((9, 64))?;
+        let cache = QuantizedLayerCache::from_head_rows(
+            QuantBits::Eight,
+            (&rows, &values),
+            &[6, 3],
+            (1, 2),
+        )?;
+        assert_eq!(cache.head_lengths(), vec![6, 3]);
+        let (keys, _, offsets) = cache.dequantized_rows();
+        assert_eq!(offsets, vec![0, 6]);
+        let want = rows.flatten_all()?.to_vec1::<f32>()?;
+        let worst = keys
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(worst < 5e-3, "{worst}");
+        let short =
+            QuantizedLayerCache::from_head_rows(QuantBits::Four, (&rows, &values), &[6, 2], (1, 2));
+        assert!(short.is_err(), "head lengths must cover the rows");
+        Ok(())
+    }
+
+    #[test]
+    fn packed_layers_rebuild_the_same_codes() -> Result<()> {
+        for bits in [QuantBits::Eight, QuantBits::Four] {
+            let mut cache = QuantizedLayerCache::new(bits);
+            cache.append(&random((1, 2, 12, 64), 1)?, &random((1, 2, 12, 64), 2)?)?;
+            let selection = Selection::new(vec![vec![0, 4, 11], vec![2]], 1, 2, 12)?;
+            cache.compact(&selection, None)?;
+            cache.append(&random((1, 2, 1, 64), 3)?, &random((1, 2, 1, 64), 4)?)?;
+            let packed = cache.packed()?.expect("a quantized layer packs");
+            assert_eq!(packed.head_lengths, vec![4, 2], "pending tokens packed too");
+            let rebuilt = QuantizedLayerCache::from_packed(&packed, (1, 2), 64)?;
+            let mut flushed = cache.clone();
+            flushed.flush()?;
+            assert_eq!(
+                rebuilt.dequantized_head_rows(),
+                flushed.dequantized_head_rows()
+            );
+            assert_eq!(rebuilt.packed()?, Some(packed.clone()));
+            let short = PackedLayer {
+                keys: packed.keys[1..].to_vec(),
+                ..packed
+            };
+            assert!(QuantizedLayerCache::from_packed(&short, (1, 2), 64).is_err());
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The dense layer cache against the cache conformance suite, in every storage type: f32, f16,
-//! bf16 and the quantized q8 and q4.
+//! bf16 and the quantized q8 and q4 (whose cache also stores head-wise selections, the
+//! flattened layout).
 
 use candle_core::{DType, Device};
 use kvpress_models::{DenseLayerCache, QuantBits, QuantizedLayerCache};
@@ -22,7 +23,7 @@ fn the_dense_cache_conforms_in_every_storage_dtype() {
 }
 
 #[test]
-fn the_quantized_dense_cache_conforms_in_8_and_4_bits() {
+fn the_quantized_cache_conforms_in_8_and_4_bits_dense_and_per_head() {
     // The suite's values lie in [-1, 1): half a step of a group's range, plus the f16 rounding
     // of the group's minimum.
     for (bits, storage_tolerance) in [(QuantBits::Eight, 5e-3), (QuantBits::Four, 7e-2)] {
@@ -31,7 +32,7 @@ fn the_quantized_dense_cache_conforms_in_8_and_4_bits() {
             &|| Box::new(QuantizedLayerCache::new(bits)),
             CacheLayout {
                 replacement_keys: true,
-                ragged: false,
+                ragged: true,
                 storage_tolerance,
                 device: Device::Cpu,
             },

@@ -51,15 +51,22 @@ pub fn run(args: Args) -> Result<()> {
     let (session, report) =
         kvpress::hooks::ContextSession::compress(&loaded.model, &context_ids, press.as_ref(), &[])?;
     let size = context_file::save(&out, &loaded, &session, &context_ids, press.as_ref())?;
-    // The file stores the cache in its own dtype, so both sizes count the same bytes per value.
-    let dtype = loaded.model.kv_storage().name();
+    // The file stores the cache in its own storage type, so the full cache is counted in it too
+    // (a quantized cache holds a prefill's tokens in f32 until compression: not what it stores).
+    let storage = loaded.model.kv_storage();
+    let dtype = storage.name();
+    let config = loaded.model.config();
+    let full = report.context_tokens
+        * config.n_layers
+        * config.n_kv_heads
+        * storage.kv_bytes(1, config.head_dim);
     println!(
         "{}: {} bytes ({:.1}% of the {} bytes of the full {dtype} cache) | {} context tokens, \
          kept {:.1}% | KV cache {dtype}, {} bytes",
         out.display(),
         size,
-        100.0 * size as f64 / report.kv_bytes_full.max(1) as f64,
-        report.kv_bytes_full,
+        100.0 * size as f64 / full.max(1) as f64,
+        full,
         report.context_tokens,
         100.0 * report.kept_fraction(),
         report.kv_bytes

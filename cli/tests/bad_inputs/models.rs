@@ -34,8 +34,8 @@ pub fn cases() -> Vec<Case> {
         fails(&generate(&["--dtype", "F32"]), &["valid are quantized, f32, f16, bf16"]),
         fails(&generate(&["--kv-dtype", "q2"]), &["invalid value 'q2' for '--kv-dtype", "valid are f32, f16, bf16, q8, q4"]),
         fails(&generate(&["--kv-dtype", "quantized"]), &["valid are f32, f16, bf16, q8, q4"]),
-        fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "q4"], &["a q4 KV cache (--kv-dtype) is not supported with them yet"]).files([long_ctx(), text("adakv.toml", adakv)]),
-        fails(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/knorm.toml", "--kv-dtype", "q8", "--out", "{dir}/c.kvp"], &["stores its tokens quantized (--kv-dtype q8 or q4), which a context file does not hold yet"]).files([long_ctx(), text("knorm.toml", "press = \"knorm\"\ncompression_ratio = 0.5\n")]),
+        fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/think.toml", "--kv-dtype", "q4"], &["keeps only some key channels per head (think)", "a q4 KV cache (--kv-dtype) is not supported with it"]).files([long_ctx(), text("think.toml", "press = \"think\"\nkey_channel_compression_ratio = 0.5\n")]),
+        succeeds(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/knorm.toml", "--kv-dtype", "q8", "--out", "{dir}/c.kvp"], &["of the full q8 cache", "KV cache q8"]).files([long_ctx(), text("knorm.toml", "press = \"knorm\"\ncompression_ratio = 0.5\n")]),
         fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "f16"], &["head-wise presses store their per-head cache in f32", "--kv-dtype"]).files([long_ctx(), text("adakv.toml", adakv)]),
         fails(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/adakv.toml", "--kv-dtype", "bf16", "--out", "{dir}/c.kvp"], &["head-wise presses store their per-head cache in f32"]).files([long_ctx(), text("adakv.toml", adakv)]),
         // A renamed copy of the model is the same model.
@@ -46,6 +46,8 @@ pub fn cases() -> Vec<Case> {
         // A 4-bit cache stores 40 bytes per row of 64 (codes, f16 step and minimum per group
         // of 32); the last token appended is still in f32.
         succeeds(&generate(&["--kv-dtype", "q4"]), &["KV cache:"]).check(four_bit_codes),
+        // A head-wise press keeps each head's own tokens in 4 bits.
+        succeeds(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "q4"], &["kept "]).files([long_ctx(), text("adakv.toml", adakv)]).check(head_wise_four_bit_codes),
     ]
 }
 
@@ -69,6 +71,29 @@ fn four_bit_codes(_: &std::path::Path, output: &str) -> Result<(), String> {
         true => Ok(()),
         false => Err(format!(
             "KV cache {bytes} bytes for {tokens} tokens, expected {expected} (q4)"
+        )),
+    }
+}
+
+/// `run`'s context report: AdaKV's kept rows in 40 bytes per row of 64 against the f32 full
+/// cache's 256 (`context: N tokens | kept X% | KV cache A MiB -> B MiB (A -> B bytes)`).
+fn head_wise_four_bit_codes(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let after = |marker: &str| output.find(marker).map(|i| &output[i + marker.len()..]);
+    let kept: f64 = after("| kept ")
+        .and_then(|rest| rest.split('%').next()?.parse().ok())
+        .ok_or("no kept fraction")?;
+    let bytes: Vec<f64> = after("MiB (")
+        .and_then(|rest| rest.split(" bytes").next())
+        .map(|pair| pair.split(" -> ").filter_map(|n| n.parse().ok()).collect())
+        .ok_or("no byte counts")?;
+    let [full, stored] = bytes[..] else {
+        return Err(format!("byte counts {bytes:?}"));
+    };
+    let stored_fraction = 100.0 * stored / (full * 40.0 / 256.0);
+    match (stored_fraction - kept).abs() <= 0.1 && kept < 75.0 {
+        true => Ok(()),
+        false => Err(format!(
+            "{stored} of {full} bytes stored is {stored_fraction:.2}% of a q4 full cache; kept {kept}%"
         )),
     }
 }

@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use kvpress_core::Press;
-use kvpress_models::{LoadedModel, ModelConfig};
+use kvpress_models::{LoadedModel, ModelConfig, QuantBits, QuantizedRows};
 
-use super::dtype::StoredDtype;
+use super::dtype::{StoredDtype, StoredKv};
 use super::{keys_name, values_name, ContextFileError, ContextHeader, TensorRecord, LAST_LOGITS};
 use crate::front_end::{check_press, FrontEnd};
 use crate::{Error, Result};
@@ -105,7 +105,20 @@ fn check_layer(
     let (keys, values) = (&header.tensors[&keys_field], &header.tensors[&values_field]);
     let context_len = header.context_ids.len();
     let (kv, d) = (config.n_kv_heads, config.head_dim);
+    let quantized_bits = header.kv_dtype.bits();
     let (len, expected_shape) = match head_lengths {
+        None if quantized_bits.is_some() => {
+            let message = format!(
+                "is null, but `kv_dtype` {} stores every layer's rows per head (head lengths \
+                 needed)",
+                header.kv_dtype
+            );
+            return Err(inconsistent(
+                path,
+                &format!("head_lengths[{layer_idx}]"),
+                message,
+            ));
+        }
         None => {
             let len = keys.shape.get(2).copied().unwrap_or(0);
             (len, vec![1, kv, len, d])
@@ -116,24 +129,30 @@ fn check_layer(
                 let message = format!("has {} heads; the model has {kv} KV heads", lengths.len());
                 return Err(inconsistent(path, &field, message));
             }
-            if header.kv_dtype != StoredDtype::F32 {
+            if matches!(header.kv_dtype, StoredKv::F16 | StoredKv::Bf16) {
                 let message = format!(
-                    "is a head-wise layer, stored in f32 only, but `kv_dtype` is {}",
+                    "is a head-wise layer, stored in f32, q8 or q4 only, but `kv_dtype` is {}",
                     header.kv_dtype
                 );
                 return Err(inconsistent(path, &field, message));
             }
             let len = lengths.iter().copied().max().unwrap_or(0);
-            (len, vec![lengths.iter().sum(), d])
+            // Float rows of `d` values, or packed quantized rows of `d` channels.
+            let row = match quantized_bits {
+                Some(8) => QuantizedRows::packed_row_bytes(QuantBits::Eight, d),
+                Some(_) => QuantizedRows::packed_row_bytes(QuantBits::Four, d),
+                None => d,
+            };
+            (len, vec![lengths.iter().sum(), row])
         }
     };
-    let expected =
-        |record: &TensorRecord| record.shape == expected_shape && record.dtype == header.kv_dtype;
+    let stored = header.kv_dtype.tensor_dtype();
+    let expected = |record: &TensorRecord| record.shape == expected_shape && record.dtype == stored;
     for (field, record) in [(&keys_field, keys), (&values_field, values)] {
         if !expected(record) {
             let message = format!(
-                "is {} {:?}; expected {} {expected_shape:?} (the model's {kv} KV heads of dim {d} \
-                 and the layer's head lengths)",
+                "is {} {:?}; expected {stored} {expected_shape:?} (the model's {kv} KV heads of \
+                 dim {d} and the layer's head lengths, stored as {})",
                 record.dtype, record.shape, header.kv_dtype
             );
             return Err(inconsistent(path, field, message));

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use candle_core::Tensor;
-use kvpress_core::{LayerCache, LayerSnapshot, ModelCache, Press};
+use kvpress_core::{LayerCache, LayerSnapshot, ModelCache, PackedLayer, Press};
 use kvpress_models::{KvStorage, LoadedModel, QuantizedLayerCache};
 use safetensors::tensor::SafeTensors;
 
@@ -132,6 +132,33 @@ pub(super) fn verify<'a>(path: &Path, bytes: &'a [u8]) -> Result<Verified<'a>> {
 }
 
 impl Verified<'_> {
+    /// The stored bytes of tensor `name`.
+    fn bytes(&self, name: &str) -> Result<&[u8]> {
+        self.file
+            .tensor(name)
+            .map(|view| view.data())
+            .map_err(|e| Error::InvalidInput(format!("checked file lost `{name}`: {e}")))
+    }
+
+    /// Layer `layer_idx`'s packed quantized rows (a file whose `kv_dtype` is q8 or q4).
+    fn packed_layer(
+        &self,
+        layer_idx: usize,
+        bits: u32,
+        head_lengths: &[usize],
+    ) -> Result<PackedLayer> {
+        let keys = self.bytes(&keys_name(layer_idx))?;
+        let values = self.bytes(&values_name(layer_idx))?;
+        let rows: usize = head_lengths.iter().sum();
+        Ok(PackedLayer {
+            bits,
+            row_bytes: keys.len() / rows.max(1),
+            head_lengths: head_lengths.to_vec(),
+            keys: keys.to_vec(),
+            values: values.to_vec(),
+        })
+    }
+
     /// The tensor `name` as stored, on `device`.
     fn tensor(&self, name: &str, device: &candle_core::Device) -> Result<Tensor> {
         let view = self
@@ -149,6 +176,68 @@ impl Verified<'_> {
     }
 }
 
+/// A quantized layer read from a file, in the storage `target`: as it is for the same bits (its
+/// codes untouched), else dequantized (dense when its heads hold the same tokens) and stored as
+/// `target` stores it.
+fn quantized_layer_as(
+    stored: QuantizedLayerCache,
+    target: KvStorage,
+    path: &Path,
+) -> Result<Box<dyn LayerCache>> {
+    if target == KvStorage::Quantized(stored.bits()) {
+        return Ok(Box::new(stored));
+    }
+    let lengths = stored.head_lengths();
+    let (keys, values) = stored.dequantized_head_rows();
+    let head_dim = keys.len() / lengths.iter().sum::<usize>().max(1);
+    let n_kv_heads = lengths.len();
+    let device = candle_core::Device::Cpu;
+    if lengths.iter().all(|&l| l == lengths[0]) {
+        let shape = (1, n_kv_heads, lengths[0], head_dim);
+        let (keys, values) = (
+            Tensor::from_vec(keys, shape, &device)?,
+            Tensor::from_vec(values, shape, &device)?,
+        );
+        return match target {
+            KvStorage::Float(dtype) => crate::snapshot::layer_from_snapshot(&LayerSnapshot::Dense(
+                Some((keys.to_dtype(dtype)?, values.to_dtype(dtype)?)),
+            )),
+            KvStorage::Quantized(bits) => {
+                let mut cache = QuantizedLayerCache::new(bits);
+                cache.replace(&keys, &values)?;
+                Ok(Box::new(cache))
+            }
+        };
+    }
+    let rows = (lengths.iter().sum::<usize>(), head_dim);
+    let (keys, values) = (
+        Tensor::from_vec(keys, rows, &device)?,
+        Tensor::from_vec(values, rows, &device)?,
+    );
+    match target {
+        KvStorage::Quantized(bits) => Ok(Box::new(QuantizedLayerCache::from_head_rows(
+            bits,
+            (&keys, &values),
+            &lengths,
+            (1, n_kv_heads),
+        )?)),
+        KvStorage::Float(candle_core::DType::F32) => {
+            crate::snapshot::layer_from_snapshot(&LayerSnapshot::PerHead {
+                keys,
+                values,
+                head_lengths: lengths,
+                batch: 1,
+                n_kv_heads,
+            })
+        }
+        KvStorage::Float(_) => Err(ContextFileError::KvDtype {
+            path: path.to_path_buf(),
+            requested: target.name().to_string(),
+        }
+        .into()),
+    }
+}
+
 /// The session over a checked file's cache, in the model's KV-cache dtype, told `press` so that
 /// a decode-time press runs while answering.
 pub(super) fn session(
@@ -162,7 +251,15 @@ pub(super) fn session(
     let target = model.model.kv_storage();
     let n_kv_heads = model.model.config().n_kv_heads;
     let mut layers: Vec<Box<dyn LayerCache>> = Vec::with_capacity(header.head_lengths.len());
+    let head_dim = model.model.config().head_dim;
     for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {
+        if let (Some(bits), Some(lengths)) = (header.kv_dtype.bits(), lengths) {
+            let packed = file.packed_layer(layer_idx, bits, lengths)?;
+            let stored = QuantizedLayerCache::from_packed(&packed, (1, n_kv_heads), head_dim)
+                .map_err(|e| damaged(path, format!("layer {layer_idx}: {e}")))?;
+            layers.push(quantized_layer_as(stored, target, path)?);
+            continue;
+        }
         let keys = file.tensor(&keys_name(layer_idx), device)?;
         let values = file.tensor(&values_name(layer_idx), device)?;
         let snapshot = match (lengths, target) {
@@ -173,6 +270,16 @@ pub(super) fn session(
                 // Quantized as the cache quantizes a prefill it keeps.
                 let mut cache = QuantizedLayerCache::new(bits);
                 cache.replace(&keys, &values)?;
+                layers.push(Box::new(cache));
+                continue;
+            }
+            (Some(lengths), KvStorage::Quantized(bits)) => {
+                let cache = QuantizedLayerCache::from_head_rows(
+                    bits,
+                    (&keys, &values),
+                    lengths,
+                    (1, n_kv_heads),
+                )?;
                 layers.push(Box::new(cache));
                 continue;
             }

@@ -17,6 +17,8 @@ pub enum StoredDtype {
     F16,
     /// bfloat16.
     Bf16,
+    /// Bytes: the packed rows of a quantized layer (codes, then f16 group parameters).
+    U8,
 }
 
 impl StoredDtype {
@@ -36,6 +38,7 @@ impl StoredDtype {
             Self::F32 => DType::F32,
             Self::F16 => DType::F16,
             Self::Bf16 => DType::BF16,
+            Self::U8 => DType::U8,
         }
     }
 
@@ -45,6 +48,7 @@ impl StoredDtype {
             Self::F32 => Dtype::F32,
             Self::F16 => Dtype::F16,
             Self::Bf16 => Dtype::BF16,
+            Self::U8 => Dtype::U8,
         }
     }
 
@@ -54,16 +58,18 @@ impl StoredDtype {
             Dtype::F32 => Some(Self::F32),
             Dtype::F16 => Some(Self::F16),
             Dtype::BF16 => Some(Self::Bf16),
+            Dtype::U8 => Some(Self::U8),
             _ => None,
         }
     }
 
-    /// The name `--kv-dtype` takes (`f32`, `f16`, `bf16`).
+    /// The dtype's name (`f32`, `f16`, `bf16`, `u8`).
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
             Self::F16 => "f16",
             Self::Bf16 => "bf16",
+            Self::U8 => "u8",
         }
     }
 
@@ -72,11 +78,85 @@ impl StoredDtype {
         match self {
             Self::F32 => 4,
             Self::F16 | Self::Bf16 => 2,
+            Self::U8 => 1,
         }
     }
 }
 
 impl std::fmt::Display for StoredDtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a context file stores keys and values (the header's `kv_dtype`): floats of one dtype,
+/// or quantized rows packed as bytes ([`kvpress_core::PackedLayer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredKv {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 8-bit codes.
+    Q8,
+    /// 4-bit codes.
+    Q4,
+}
+
+impl StoredKv {
+    /// Floats of `dtype` (a float dtype).
+    pub fn float(dtype: StoredDtype) -> Self {
+        match dtype {
+            StoredDtype::F16 => Self::F16,
+            StoredDtype::Bf16 => Self::Bf16,
+            StoredDtype::F32 | StoredDtype::U8 => Self::F32,
+        }
+    }
+
+    /// Codes of `bits` bits; `None` unless 8 or 4.
+    pub fn quantized(bits: u32) -> Option<Self> {
+        match bits {
+            8 => Some(Self::Q8),
+            4 => Some(Self::Q4),
+            _ => None,
+        }
+    }
+
+    /// The bits of each code when quantized.
+    pub fn bits(self) -> Option<u32> {
+        match self {
+            Self::Q8 => Some(8),
+            Self::Q4 => Some(4),
+            Self::F32 | Self::F16 | Self::Bf16 => None,
+        }
+    }
+
+    /// The dtype of the stored key and value tensors.
+    pub fn tensor_dtype(self) -> StoredDtype {
+        match self {
+            Self::F32 => StoredDtype::F32,
+            Self::F16 => StoredDtype::F16,
+            Self::Bf16 => StoredDtype::Bf16,
+            Self::Q8 | Self::Q4 => StoredDtype::U8,
+        }
+    }
+
+    /// The name `--kv-dtype` takes (`f32`, `f16`, `bf16`, `q8`, `q4`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+            Self::Q8 => "q8",
+            Self::Q4 => "q4",
+        }
+    }
+}
+
+impl std::fmt::Display for StoredKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
@@ -101,6 +181,7 @@ pub(super) fn raw_bytes(tensor: &Tensor, dtype: StoredDtype) -> Result<Vec<u8>> 
             .iter()
             .flat_map(|x| x.to_bits().to_le_bytes())
             .collect(),
+        StoredDtype::U8 => flat.to_vec1::<u8>()?,
     })
 }
 
@@ -117,6 +198,9 @@ pub(super) fn first_non_finite(bytes: &[u8], dtype: StoredDtype) -> Option<usize
         StoredDtype::Bf16 => bytes
             .chunks_exact(2)
             .position(|b| u16::from_le_bytes([b[0], b[1]]) & 0x7f80 == 0x7f80),
+        // Packed quantized rows: their f16 parameters are checked when the rows are read
+        // (`QuantizedRows::from_packed`).
+        StoredDtype::U8 => None,
     }
 }
 

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use kvpress_core::LayerSnapshot;
 use safetensors::tensor::TensorView;
 
-use super::dtype::{first_non_finite, raw_bytes, StoredDtype};
+use super::dtype::{first_non_finite, raw_bytes, StoredDtype, StoredKv};
 use super::{keys_name, sha256_hex, values_name, ContextFileError, ContextHeader, TensorRecord};
 use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
 use crate::{ContextSession, Error, Result};
@@ -66,7 +66,7 @@ pub(super) fn write_error(path: &Path, message: impl std::fmt::Display) -> Error
 
 /// Every layer's keys and values and the last logits, with each layer's head lengths (`None`
 /// for dense layers) and the dtype all keys and values share.
-pub(super) type EncodedCache = (Vec<EncodedTensor>, Vec<Option<Vec<usize>>>, StoredDtype);
+pub(super) type EncodedCache = (Vec<EncodedTensor>, Vec<Option<Vec<usize>>>, StoredKv);
 
 /// The tensors of `session`: per layer keys and values as the cache stores them, then the
 /// logits (f32).
@@ -79,6 +79,29 @@ pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
         let layer = cache
             .layer(layer_idx)
             .ok_or(ContextFileError::EmptyLayer(layer_idx))?;
+        if let Some(packed) = layer.packed()? {
+            let stored = StoredKv::quantized(packed.bits).ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "layer {layer_idx} stores {}-bit codes; a context file holds 8 or 4",
+                    packed.bits
+                ))
+            })?;
+            check_one_kv(layer_idx, &mut kv_dtype, stored)?;
+            let rows: usize = packed.head_lengths.iter().sum();
+            for (name, bytes) in [
+                (keys_name(layer_idx), packed.keys),
+                (values_name(layer_idx), packed.values),
+            ] {
+                tensors.push(EncodedTensor {
+                    name,
+                    dtype: StoredDtype::U8,
+                    shape: vec![rows, packed.row_bytes],
+                    bytes,
+                });
+            }
+            head_lengths.push(Some(packed.head_lengths));
+            continue;
+        }
         let (keys, values, lengths) = match layer.snapshot()? {
             LayerSnapshot::Dense(Some((keys, values))) => (keys, values, None),
             LayerSnapshot::Dense(None) => {
@@ -92,29 +115,34 @@ pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
             } => (keys, values, Some(head_lengths)),
             LayerSnapshot::Stored(_) => {
                 return Err(Error::InvalidInput(format!(
-                    "layer {layer_idx} stores its tokens quantized (--kv-dtype q8 or q4), which a \
-                     context file does not hold yet: compress with --kv-dtype f32, f16 or bf16 \
-                     (a saved context can be loaded into a quantized cache)"
+                    "layer {layer_idx} stores its tokens in a layout a context file does not \
+                     hold (neither floats nor packed quantized rows)"
                 )))
             }
         };
         let keys = EncodedTensor::new(keys_name(layer_idx), &keys)?;
         let values = EncodedTensor::new(values_name(layer_idx), &values)?;
         for dtype in [keys.dtype, values.dtype] {
-            if *kv_dtype.get_or_insert(dtype) != dtype {
-                return Err(Error::InvalidInput(format!(
-                    "layer {layer_idx} stores {dtype} while earlier layers store {}; a context \
-                     file holds one KV dtype",
-                    kv_dtype.unwrap_or(dtype)
-                )));
-            }
+            check_one_kv(layer_idx, &mut kv_dtype, StoredKv::float(dtype))?;
         }
         tensors.extend([keys, values]);
         head_lengths.push(lengths);
     }
     let logits = session.last_logits.to_dtype(candle_core::DType::F32)?;
     tensors.push(EncodedTensor::new(LAST_LOGITS.to_string(), &logits)?);
-    Ok((tensors, head_lengths, kv_dtype.unwrap_or(StoredDtype::F32)))
+    Ok((tensors, head_lengths, kv_dtype.unwrap_or(StoredKv::F32)))
+}
+
+/// Records layer `layer_idx`'s storage, refusing one that differs from earlier layers'.
+fn check_one_kv(layer_idx: usize, seen: &mut Option<StoredKv>, stored: StoredKv) -> Result<()> {
+    let first = *seen.get_or_insert(stored);
+    if first != stored {
+        return Err(Error::InvalidInput(format!(
+            "layer {layer_idx} stores {stored} while earlier layers store {first}; a context \
+             file holds one KV dtype"
+        )));
+    }
+    Ok(())
 }
 
 /// The file's bytes: `tensors` with the metadata (format, version, header and its checksum).

@@ -132,9 +132,9 @@ pub enum ContextFileError {
     },
     /// The file's cache cannot be held in the KV-cache dtype asked for.
     #[error(
-        "{} holds head-wise (per-head) layers, which are kept in f32 only; a {requested} KV \
-         cache (--kv-dtype) is not supported with them: load it with --kv-dtype f32 or without \
-         --kv-dtype on an f32 model",
+        "{} holds head-wise (per-head) layers, which are kept in f32, q8 or q4; a {requested} \
+         KV cache (--kv-dtype) is not supported with them: load it with --kv-dtype f32, q8 or \
+         q4, or without --kv-dtype on an f32 model",
         path.display()
     )]
     KvDtype {

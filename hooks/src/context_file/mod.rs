@@ -30,7 +30,11 @@
 //!
 //! Keys and values are stored in the cache's dtype; a file loaded into a model whose KV-cache
 //! dtype differs (`--kv-dtype`) is converted to that dtype (the header's `kv_dtype` says what
-//! the file holds); head-wise layers are f32 only.
+//! the file holds); head-wise layers are f32 or quantized. A quantized cache (`q8`, `q4`) is
+//! stored as its codes: per layer, keys and values are `u8` tensors `(rows, row bytes)` of
+//! every head's packed rows in head order ([`kvpress_core::PackedLayer`]: each row its codes,
+//! then each group's f16 step and minimum), with every layer's head lengths; loading it into a
+//! cache of the same bits takes the codes as they are (no round trip through f32).
 
 pub mod atomic;
 pub mod checks;
@@ -48,7 +52,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ContextSession, Result};
 
-pub use dtype::StoredDtype;
+pub use dtype::{StoredDtype, StoredKv};
 pub use error::{ContextFileError, FilePart};
 pub use identity::{weights_sha256, ModelIdentity};
 pub use kvpress_models::sha256_hex;
@@ -100,10 +104,11 @@ pub struct ContextHeader {
     pub context_ids: Vec<u32>,
     /// Position of the next token (tokens seen, or the compressed length after key re-rotation).
     pub next_position: usize,
-    /// Per layer: `None` for dense layers, else the length of every head.
+    /// Per layer: `None` for dense float layers, else the length of every head (head-wise
+    /// layers, and every quantized layer).
     pub head_lengths: Vec<Option<Vec<usize>>>,
-    /// The dtype keys and values are stored in (the cache's when it was saved).
-    pub kv_dtype: StoredDtype,
+    /// How keys and values are stored (the cache's storage when it was saved).
+    pub kv_dtype: StoredKv,
     /// Every tensor of the file, by name.
     pub tensors: BTreeMap<String, TensorRecord>,
 }
