@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The accuracy of quantized KV caches: configs/eval/quantized.toml with f32, q8 and q4 caches,
-# each into docs/eval/quantized/<dtype> (a rerun resumes). About 10 minutes on 2 cores.
+# each into docs/eval/quantized/<dtype> (a rerun resumes). About 15 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-model.sh >/dev/null
