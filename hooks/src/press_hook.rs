@@ -242,22 +242,12 @@ impl<'p> PressHook<'p> {
 fn padded_keys_values(
     cache: &dyn LayerCache,
 ) -> kvpress_core::Result<(CachedKeysValues, Option<Vec<usize>>)> {
-    let dense = |stored: Option<(Tensor, Tensor)>| match stored {
-        Some((keys, values)) => Ok((
-            CachedKeysValues {
-                keys: keys.to_dtype(DType::F32)?.contiguous()?,
-                values: values.to_dtype(DType::F32)?.contiguous()?,
-            },
-            None,
-        )),
-        None => Err(kvpress_core::Error::Shape(
-            "cannot compress an empty cache".to_string(),
-        )),
-    };
     match cache.snapshot()? {
-        LayerSnapshot::Dense(stored) => dense(stored),
+        LayerSnapshot::Dense(stored) => Ok((CachedKeysValues::from_stored(stored)?, None)),
         // A cache kept as stored (quantized) gives its tokens dequantized.
-        LayerSnapshot::Stored(_) => dense(cache.keys_values()?),
+        LayerSnapshot::Stored(_) => {
+            Ok((CachedKeysValues::from_stored(cache.keys_values()?)?, None))
+        }
         LayerSnapshot::PerHead {
             keys,
             values,

@@ -11,7 +11,7 @@ use super::softmax::exp_and_sum;
 use super::view::CacheData;
 
 /// Most query rows per KV head (group size x new tokens) handled here.
-pub(super) const MAX_ROWS: usize = 16;
+pub const MAX_ROWS: usize = 16;
 /// Fewest keys per parallel chunk.
 const MIN_KEYS_PER_CHUNK: usize = 256;
 /// Keys read per block.

@@ -28,14 +28,7 @@ pub(super) fn block_scores(
         return quantized_block_scores(queries, &block, scale, scores, stride, buffer);
     }
     if let CacheData::Quantized(_) = keys.data {
-        // Quantized rows in another layout are dequantized a block at a time into `buffer` (it
-        // stays in the core's cache), then read as f32 rows.
-        let rows = keys.rows_f32(first, n_keys, head_dim, buffer);
-        let widened = HeadRows {
-            data: CacheData::F32(rows.data),
-            start: 0,
-            row_stride: rows.row_stride,
-        };
+        let widened = dequantized_block(keys, first, n_keys, head_dim, buffer);
         let no_buffer = &mut Vec::new();
         return block_scores(
             queries, &widened, 0, n_keys, head_dim, scale, scores, stride, no_buffer,
@@ -91,12 +84,7 @@ pub(super) fn block_values(
         return quantized_block_values(weights, stride, &block, outputs, buffer);
     }
     if let CacheData::Quantized(_) = values.data {
-        let rows = values.rows_f32(first, n_values, head_dim, buffer);
-        let widened = HeadRows {
-            data: CacheData::F32(rows.data),
-            start: 0,
-            row_stride: rows.row_stride,
-        };
+        let widened = dequantized_block(values, first, n_values, head_dim, buffer);
         let no_buffer = &mut Vec::new();
         return block_values(
             weights, stride, &widened, 0, n_values, head_dim, outputs, no_buffer,
@@ -123,6 +111,24 @@ pub(super) fn block_values(
     }
     let values = values.rows_f32(first, n_values, head_dim, buffer);
     accumulate_generic(weights, stride, &values, n_values, head_dim, outputs);
+}
+
+/// Rows `first..first + n_rows` of quantized rows in a layout the code kernels do not take
+/// (groups not starting with each row), dequantized into `buffer` (a block stays in the core's
+/// cache) and read as f32 rows from 0.
+fn dequantized_block<'b>(
+    rows: &HeadRows<'b>,
+    first: usize,
+    n_rows: usize,
+    head_dim: usize,
+    buffer: &'b mut Vec<f32>,
+) -> HeadRows<'b> {
+    let dequantized = rows.rows_f32(first, n_rows, head_dim, buffer);
+    HeadRows {
+        data: CacheData::F32(dequantized.data),
+        start: 0,
+        row_stride: dequantized.row_stride,
+    }
 }
 
 /// The portable [`block_values`] over f32 rows.

@@ -43,6 +43,15 @@ impl QuantBits {
         }
     }
 
+    /// The storage of `bits`-bit codes; `None` unless 8 or 4.
+    pub fn from_bits(bits: u32) -> Option<Self> {
+        match bits {
+            8 => Some(Self::Eight),
+            4 => Some(Self::Four),
+            _ => None,
+        }
+    }
+
     /// The bits per code.
     pub fn bits(self) -> usize {
         match self {
@@ -236,22 +245,6 @@ impl QuantizedRows {
             kept.push_quantized_row(self, row as usize);
         }
         Ok(kept)
-    }
-
-    /// Appends every row of `other` (same bits and row length), codes as they are.
-    pub fn extend_from(&mut self, other: &QuantizedRows) -> Result<()> {
-        if (other.bits, other.row_len) != (self.bits, self.row_len) {
-            return Err(Error::Msg(format!(
-                "cannot append {}-bit rows of {} channels to {}-bit rows of {}",
-                other.bits.bits(),
-                other.row_len,
-                self.bits.bits(),
-                self.row_len
-            )));
-        }
-        self.codes.extend_from_slice(&other.codes);
-        self.params.extend_from_slice(&other.params);
-        Ok(())
     }
 
     /// An empty store of the same bits and row length.

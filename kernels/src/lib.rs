@@ -33,7 +33,7 @@ pub use attention::attention_f32;
 pub use blas::blas_backend;
 pub use decode_attention::{
     decode_attention, decode_attention_parts, merge_attention_parts, AttentionPart, HeadProblem,
-    HeadRows,
+    HeadRows, MAX_ROWS as DECODE_MAX_ROWS,
 };
 pub use gqa::{grouped_query_attention, AttentionResult};
 pub use matvec::{dot, for_each_output_row, matvec_f32};

@@ -9,9 +9,9 @@
 //! 30, 1, 3, .., 31` (low nibbles, then high ones), so the queries and the outputs are put into
 //! that order once per block, never the codes.
 //!
-//! The loops are plain Rust over fixed-size arrays; on x86-64 with AVX2 and FMA they are
-//! compiled a second time with those features enabled (vectorised by the compiler) and that copy
-//! runs when the CPU has them.
+//! On x86-64 with AVX2, FMA and F16C the kernels of the `avx2` module run (codes widened eight
+//! at a time, up to four query rows per pass with their accumulators in registers); elsewhere
+//! portable loops over fixed-size arrays.
 
 use half::f16;
 
@@ -259,20 +259,7 @@ pub(super) fn quantized_block_values(
         offsets,
         rows,
     };
-    #[cfg(target_arch = "x86_64")]
-    let done = if avx2::is_supported() {
-        // SAFETY: `avx2::is_supported()` detected AVX2, FMA and F16C, the kernel's only requirements
-        // (every slice it reads or writes is bounds checked).
-        unsafe { avx2::values(weights, stride, block, &mut sums) };
-        true
-    } else {
-        false
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let done = false;
-    if !done {
-        values_portable(weights, stride, block, &mut sums);
-    }
+    accumulate_codes(weights, stride, block, &mut sums);
     for ((dst, src), offset) in outputs
         .chunks_exact_mut(G)
         .zip(sums.ordered.chunks_exact(G))
@@ -301,6 +288,22 @@ impl ValueSums<'_> {
             .try_into()
             .expect("whole groups")
     }
+}
+
+/// Adds every row of the block, weighted, to `sums`: the AVX2 kernel when the CPU has it.
+fn accumulate_codes(
+    weights: &[f32],
+    stride: usize,
+    block: &QuantBlock<'_>,
+    sums: &mut ValueSums<'_>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::is_supported() {
+        // SAFETY: `avx2::is_supported()` detected AVX2, FMA and F16C, the kernel's only
+        // requirements (every slice it reads or writes is bounds checked).
+        return unsafe { avx2::values(weights, stride, block, sums) };
+    }
+    values_portable(weights, stride, block, sums);
 }
 
 fn values_portable(

@@ -31,14 +31,6 @@ impl KvStorage {
         }
     }
 
-    /// The float dtype, for float storage.
-    pub fn float_dtype(&self) -> Option<DType> {
-        match self {
-            Self::Float(dtype) => Some(*dtype),
-            Self::Quantized(_) => None,
-        }
-    }
-
     /// Bytes of keys and values that `tokens` tokens take, per KV head, with rows of
     /// `head_dim` channels (quantization parameters included).
     pub fn kv_bytes(&self, tokens: usize, head_dim: usize) -> usize {

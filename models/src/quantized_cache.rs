@@ -24,11 +24,8 @@ use kvpress_core::{
 use kvpress_kernels::kv_quant::{check_quantizable, QuantBits, QuantizedRows};
 use kvpress_kernels::{
     decode_attention_parts, merge_attention_parts, ragged_attention, CacheData, HeadProblem,
-    HeadRows, RaggedHeads,
+    HeadRows, RaggedHeads, DECODE_MAX_ROWS,
 };
-
-/// Most query rows per KV head (group size x new tokens) that take the decode kernel.
-const MAX_DECODE_ROWS: usize = 16;
 
 /// Sizes fixed by the first append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,12 +95,7 @@ impl QuantizedLayerCache {
                 head_lengths.iter().sum::<usize>()
             )));
         }
-        let as_rows = |t: &Tensor| -> Result<Vec<f32>> {
-            let rows = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            check_quantizable(&rows)?;
-            Ok(rows)
-        };
-        let (keys, values) = (as_rows(keys)?, as_rows(values)?);
+        let (keys, values) = (quantizable_rows(keys)?, quantizable_rows(values)?);
         let heads = head_ranges(head_lengths, head_dim)
             .map(|range| {
                 let mut head = QuantizedHead {
@@ -172,12 +164,7 @@ impl QuantizedLayerCache {
                 self.shape = Some(shape);
             }
         }
-        let rows = |t: &Tensor| -> Result<Vec<f32>> {
-            let rows = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            check_quantizable(&rows)?;
-            Ok(rows)
-        };
-        Ok((rows(keys)?, rows(values)?))
+        Ok((quantizable_rows(keys)?, quantizable_rows(values)?))
     }
 
     /// Quantizes `keys` and `values` (`(batch, n_kv_heads, n, head_dim)` f32, back to back) into
@@ -219,15 +206,12 @@ impl QuantizedLayerCache {
         (batch, n_kv_heads): (usize, usize),
         head_dim: usize,
     ) -> Result<Self> {
-        let bits = match layer.bits {
-            8 => QuantBits::Eight,
-            4 => QuantBits::Four,
-            other => {
-                return Err(Error::InvalidArgument(format!(
-                    "{other}-bit codes; a quantized cache stores 8 or 4 bits"
-                )))
-            }
-        };
+        let bits = QuantBits::from_bits(layer.bits).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{}-bit codes; a quantized cache stores 8 or 4 bits",
+                layer.bits
+            ))
+        })?;
         let row_bytes = QuantizedRows::packed_row_bytes(bits, head_dim);
         let rows: usize = layer.head_lengths.iter().sum();
         if layer.head_lengths.len() != batch * n_kv_heads
@@ -278,8 +262,9 @@ impl QuantizedLayerCache {
 
     /// Whether the heads hold different numbers of tokens (after a head-wise selection).
     fn is_ragged(&self) -> bool {
-        let lengths = self.head_lengths();
-        lengths.iter().any(|&l| l != lengths[0])
+        self.heads
+            .windows(2)
+            .any(|pair| pair[0].keys.n_rows() != pair[1].keys.n_rows())
     }
 
     /// Every head's tokens, dequantized, back to back in head order, with each head's first
@@ -417,7 +402,16 @@ fn replacement_rows(rows: &Tensor, dims: &[usize; 4]) -> Result<Vec<f32>> {
             rows.dims()
         )));
     }
-    let rows = rows.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    quantizable_rows(rows)
+}
+
+/// The values of `tensor` as f32, refused when one cannot be quantized (not finite, or beyond
+/// f16's range).
+fn quantizable_rows(tensor: &Tensor) -> Result<Vec<f32>> {
+    let rows = tensor
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     check_quantizable(&rows)?;
     Ok(rows)
 }
@@ -466,7 +460,7 @@ impl LayerCache for QuantizedLayerCache {
         let decodes = !want_weights
             && (batch, head_dim) == (shape.batch, shape.head_dim)
             && n_heads % shape.n_kv_heads == 0
-            && (n_heads / shape.n_kv_heads) * n_new <= MAX_DECODE_ROWS
+            && (n_heads / shape.n_kv_heads) * n_new <= DECODE_MAX_ROWS
             && n_new <= self.pending_len
             && queries.dtype() == DType::F32
             && queries.device().is_cpu();

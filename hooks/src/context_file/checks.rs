@@ -138,9 +138,8 @@ fn check_layer(
             }
             let len = lengths.iter().copied().max().unwrap_or(0);
             // Float rows of `d` values, or packed quantized rows of `d` channels.
-            let row = match quantized_bits {
-                Some(8) => QuantizedRows::packed_row_bytes(QuantBits::Eight, d),
-                Some(_) => QuantizedRows::packed_row_bytes(QuantBits::Four, d),
+            let row = match quantized_bits.and_then(QuantBits::from_bits) {
+                Some(bits) => QuantizedRows::packed_row_bytes(bits, d),
                 None => d,
             };
             (len, vec![lengths.iter().sum(), row])

@@ -176,70 +176,81 @@ impl Verified<'_> {
     }
 }
 
-/// A quantized layer read from a file, in the storage `target`: as it is for the same bits (its
-/// codes untouched), else dequantized (dense when its heads hold the same tokens) and stored as
-/// `target` stores it.
-fn quantized_layer_as(
-    stored: QuantizedLayerCache,
+/// A layer of the file's keys and values in the storage `target`: dense `(1, n_kv_heads, len,
+/// head_dim)` tensors (`head_lengths` `None`), or every head's rows back to back with their
+/// lengths (head-wise layers, f32 or quantized only).
+fn layer_in(
     target: KvStorage,
+    (keys, values): (Tensor, Tensor),
+    head_lengths: Option<&[usize]>,
+    n_kv_heads: usize,
     path: &Path,
 ) -> Result<Box<dyn LayerCache>> {
-    if target == KvStorage::Quantized(stored.bits()) {
-        return Ok(Box::new(stored));
-    }
+    let snapshot = match (head_lengths, target) {
+        (None, KvStorage::Float(dtype)) => {
+            LayerSnapshot::Dense(Some((keys.to_dtype(dtype)?, values.to_dtype(dtype)?)))
+        }
+        (None, KvStorage::Quantized(bits)) => {
+            // Quantized as the cache quantizes a prefill it keeps.
+            let mut cache = QuantizedLayerCache::new(bits);
+            cache.replace(&keys, &values)?;
+            return Ok(Box::new(cache));
+        }
+        (Some(lengths), KvStorage::Quantized(bits)) => {
+            return Ok(Box::new(QuantizedLayerCache::from_head_rows(
+                bits,
+                (&keys, &values),
+                lengths,
+                (1, n_kv_heads),
+            )?))
+        }
+        (Some(_), target) if target != KvStorage::Float(candle_core::DType::F32) => {
+            return Err(ContextFileError::KvDtype {
+                path: path.to_path_buf(),
+                requested: target.name().to_string(),
+            }
+            .into())
+        }
+        (Some(lengths), _) => LayerSnapshot::PerHead {
+            keys,
+            values,
+            head_lengths: lengths.to_vec(),
+            batch: 1,
+            n_kv_heads,
+        },
+    };
+    crate::snapshot::layer_from_snapshot(&snapshot)
+}
+
+/// Keys and values as [`layer_in`] takes them, with the head lengths of a head-wise layer.
+type LayerRows = ((Tensor, Tensor), Option<Vec<usize>>);
+
+/// A quantized layer's tokens dequantized to f32, as [`layer_in`] takes them: dense when its
+/// heads hold the same tokens, else rows with their head lengths.
+fn dequantized(stored: &QuantizedLayerCache) -> Result<LayerRows> {
     let lengths = stored.head_lengths();
     let (keys, values) = stored.dequantized_head_rows();
-    let head_dim = keys.len() / lengths.iter().sum::<usize>().max(1);
-    let n_kv_heads = lengths.len();
+    let rows = lengths.iter().sum::<usize>();
+    let head_dim = keys.len() / rows.max(1);
     let device = candle_core::Device::Cpu;
     if lengths.iter().all(|&l| l == lengths[0]) {
-        let shape = (1, n_kv_heads, lengths[0], head_dim);
-        let (keys, values) = (
+        let shape = (1, lengths.len(), lengths[0], head_dim);
+        let dense = (
             Tensor::from_vec(keys, shape, &device)?,
             Tensor::from_vec(values, shape, &device)?,
         );
-        return match target {
-            KvStorage::Float(dtype) => crate::snapshot::layer_from_snapshot(&LayerSnapshot::Dense(
-                Some((keys.to_dtype(dtype)?, values.to_dtype(dtype)?)),
-            )),
-            KvStorage::Quantized(bits) => {
-                let mut cache = QuantizedLayerCache::new(bits);
-                cache.replace(&keys, &values)?;
-                Ok(Box::new(cache))
-            }
-        };
+        return Ok((dense, None));
     }
-    let rows = (lengths.iter().sum::<usize>(), head_dim);
-    let (keys, values) = (
-        Tensor::from_vec(keys, rows, &device)?,
-        Tensor::from_vec(values, rows, &device)?,
+    let rows = (
+        Tensor::from_vec(keys, (rows, head_dim), &device)?,
+        Tensor::from_vec(values, (rows, head_dim), &device)?,
     );
-    match target {
-        KvStorage::Quantized(bits) => Ok(Box::new(QuantizedLayerCache::from_head_rows(
-            bits,
-            (&keys, &values),
-            &lengths,
-            (1, n_kv_heads),
-        )?)),
-        KvStorage::Float(candle_core::DType::F32) => {
-            crate::snapshot::layer_from_snapshot(&LayerSnapshot::PerHead {
-                keys,
-                values,
-                head_lengths: lengths,
-                batch: 1,
-                n_kv_heads,
-            })
-        }
-        KvStorage::Float(_) => Err(ContextFileError::KvDtype {
-            path: path.to_path_buf(),
-            requested: target.name().to_string(),
-        }
-        .into()),
-    }
+    Ok((rows, Some(lengths)))
 }
 
 /// The session over a checked file's cache, in the model's KV-cache dtype, told `press` so that
-/// a decode-time press runs while answering.
+/// a decode-time press runs while answering. A quantized file loaded into a cache of the same
+/// bits keeps its codes as they are.
 pub(super) fn session(
     path: &Path,
     file: &Verified<'_>,
@@ -249,56 +260,30 @@ pub(super) fn session(
     let header = &file.header;
     let device = model.model.device();
     let target = model.model.kv_storage();
-    let n_kv_heads = model.model.config().n_kv_heads;
+    let config = model.model.config();
+    let n_kv_heads = config.n_kv_heads;
     let mut layers: Vec<Box<dyn LayerCache>> = Vec::with_capacity(header.head_lengths.len());
-    let head_dim = model.model.config().head_dim;
     for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {
-        if let (Some(bits), Some(lengths)) = (header.kv_dtype.bits(), lengths) {
-            let packed = file.packed_layer(layer_idx, bits, lengths)?;
-            let stored = QuantizedLayerCache::from_packed(&packed, (1, n_kv_heads), head_dim)
-                .map_err(|e| damaged(path, format!("layer {layer_idx}: {e}")))?;
-            layers.push(quantized_layer_as(stored, target, path)?);
-            continue;
-        }
-        let keys = file.tensor(&keys_name(layer_idx), device)?;
-        let values = file.tensor(&values_name(layer_idx), device)?;
-        let snapshot = match (lengths, target) {
-            (None, KvStorage::Float(dtype)) => {
-                LayerSnapshot::Dense(Some((keys.to_dtype(dtype)?, values.to_dtype(dtype)?)))
-            }
-            (None, KvStorage::Quantized(bits)) => {
-                // Quantized as the cache quantizes a prefill it keeps.
-                let mut cache = QuantizedLayerCache::new(bits);
-                cache.replace(&keys, &values)?;
-                layers.push(Box::new(cache));
-                continue;
-            }
-            (Some(lengths), KvStorage::Quantized(bits)) => {
-                let cache = QuantizedLayerCache::from_head_rows(
-                    bits,
-                    (&keys, &values),
-                    lengths,
-                    (1, n_kv_heads),
-                )?;
-                layers.push(Box::new(cache));
-                continue;
-            }
-            (Some(_), target) if target != KvStorage::Float(candle_core::DType::F32) => {
-                return Err(ContextFileError::KvDtype {
-                    path: path.to_path_buf(),
-                    requested: target.name().to_string(),
+        let layer = match (header.kv_dtype.bits(), lengths) {
+            (Some(bits), Some(lengths)) => {
+                let packed = file.packed_layer(layer_idx, bits, lengths)?;
+                let stored =
+                    QuantizedLayerCache::from_packed(&packed, (1, n_kv_heads), config.head_dim)
+                        .map_err(|e| damaged(path, format!("layer {layer_idx}: {e}")))?;
+                if target == KvStorage::Quantized(stored.bits()) {
+                    Box::new(stored)
+                } else {
+                    let (rows, lengths) = dequantized(&stored)?;
+                    layer_in(target, rows, lengths.as_deref(), n_kv_heads, path)?
                 }
-                .into())
             }
-            (Some(lengths), _) => LayerSnapshot::PerHead {
-                keys,
-                values,
-                head_lengths: lengths.clone(),
-                batch: 1,
-                n_kv_heads,
-            },
+            _ => {
+                let keys = file.tensor(&keys_name(layer_idx), device)?;
+                let values = file.tensor(&values_name(layer_idx), device)?;
+                layer_in(target, (keys, values), lengths.as_deref(), n_kv_heads, path)?
+            }
         };
-        layers.push(crate::snapshot::layer_from_snapshot(&snapshot)?);
+        layers.push(layer);
     }
     let mut cache = ModelCache::from_layers(layers);
     cache.set_seen_tokens(header.next_position);

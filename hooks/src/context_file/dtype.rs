@@ -2,6 +2,7 @@
 //! that every stored value is finite.
 
 use candle_core::{DType, Tensor};
+use kvpress_models::QuantBits;
 use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 
@@ -116,12 +117,11 @@ impl StoredKv {
         }
     }
 
-    /// Codes of `bits` bits; `None` unless 8 or 4.
-    pub fn quantized(bits: u32) -> Option<Self> {
+    /// Codes of `bits` bits.
+    pub fn quantized(bits: QuantBits) -> Self {
         match bits {
-            8 => Some(Self::Q8),
-            4 => Some(Self::Q4),
-            _ => None,
+            QuantBits::Eight => Self::Q8,
+            QuantBits::Four => Self::Q4,
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use kvpress_core::LayerSnapshot;
+use kvpress_models::QuantBits;
 use safetensors::tensor::TensorView;
 
 use super::dtype::{first_non_finite, raw_bytes, StoredDtype, StoredKv};
@@ -80,12 +81,14 @@ pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
             .layer(layer_idx)
             .ok_or(ContextFileError::EmptyLayer(layer_idx))?;
         if let Some(packed) = layer.packed()? {
-            let stored = StoredKv::quantized(packed.bits).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "layer {layer_idx} stores {}-bit codes; a context file holds 8 or 4",
-                    packed.bits
-                ))
-            })?;
+            let stored = QuantBits::from_bits(packed.bits)
+                .map(StoredKv::quantized)
+                .ok_or_else(|| {
+                    Error::InvalidInput(format!(
+                        "layer {layer_idx} stores {}-bit codes; a context file holds 8 or 4",
+                        packed.bits
+                    ))
+                })?;
             check_one_kv(layer_idx, &mut kv_dtype, stored)?;
             let rows: usize = packed.head_lengths.iter().sum();
             for (name, bytes) in [

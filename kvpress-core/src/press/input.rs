@@ -89,10 +89,14 @@ pub struct CachedKeysValues {
 impl CachedKeysValues {
     /// Reads the cache of `context` as contiguous f32 tensors.
     pub fn of(context: &LayerContext<'_>) -> Result<Self> {
-        let (keys, values) = context
-            .cache
-            .keys_values()?
-            .ok_or_else(|| Error::Shape("cannot compress an empty cache".to_string()))?;
+        Self::from_stored(context.cache.keys_values()?)
+    }
+
+    /// Keys and values a cache gave ([`crate::LayerCache::keys_values`] or a dense snapshot) as
+    /// contiguous f32 tensors; an error when it holds nothing.
+    pub fn from_stored(stored: Option<(Tensor, Tensor)>) -> Result<Self> {
+        let (keys, values) =
+            stored.ok_or_else(|| Error::Shape("cannot compress an empty cache".to_string()))?;
         Ok(Self {
             keys: keys.to_dtype(DType::F32)?.contiguous()?,
             values: values.to_dtype(DType::F32)?.contiguous()?,
