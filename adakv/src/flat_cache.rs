@@ -7,12 +7,15 @@ use kvpress_core::{Error, LayerCache, LayerSnapshot, Result};
 
 use kvpress_kernels::{ragged_attention, RaggedHeads};
 
+use crate::flat_rows::FlatRows;
+
 /// Minimum number of tokens reserved per head when a layer grows.
 const MIN_SLACK_TOKENS: usize = 64;
 
 /// A layer cache whose KV heads keep different numbers of tokens (what a head-wise press
-/// decided), with no padding: one f32 buffer for keys and one for values, each head's rows back
-/// to back, located by `offsets`.
+/// decided), with no padding: one buffer for keys and one for values, each head's rows back
+/// to back, located by `offsets`, stored in f32, f16 or bf16 ([`FlatRows`]; the decode kernels
+/// read 16-bit rows directly, converting in registers).
 ///
 /// Heads are numbered `batch_idx * n_kv_heads + kv_head`. Every append adds the same new tokens
 /// to every head; when a head's region is full, the layer is laid out again with slack for every
@@ -21,8 +24,8 @@ const MIN_SLACK_TOKENS: usize = 64;
 /// (it undoes appends, which is what rewinding after an answer needs).
 #[derive(Debug, Clone)]
 pub struct FlatLayerCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    keys: FlatRows,
+    values: FlatRows,
     offsets: Vec<usize>,
     capacities: Vec<usize>,
     lengths: Vec<usize>,
@@ -39,11 +42,11 @@ impl Default for FlatLayerCache {
 }
 
 impl FlatLayerCache {
-    /// An empty cache; its layout is set by the first append.
+    /// An empty f32 cache; its layout is set by the first append.
     pub fn new() -> Self {
         Self {
-            keys: Vec::new(),
-            values: Vec::new(),
+            keys: FlatRows::F32(Vec::new()),
+            values: FlatRows::F32(Vec::new()),
             offsets: Vec::new(),
             capacities: Vec::new(),
             lengths: Vec::new(),
@@ -54,8 +57,24 @@ impl FlatLayerCache {
         }
     }
 
+    /// An empty cache storing its rows as `dtype` (f32, f16 or bf16; anything else is refused,
+    /// naming those).
+    pub fn with_dtype(dtype: DType) -> Result<Self> {
+        Ok(Self {
+            keys: FlatRows::zeros(dtype, 0)?,
+            values: FlatRows::zeros(dtype, 0)?,
+            ..Self::new()
+        })
+    }
+
+    /// The storage dtype of the rows.
+    pub fn dtype(&self) -> DType {
+        self.keys.dtype()
+    }
+
     /// A cache holding `head_lengths[h]` rows per head, taken from `keys`/`values` `(total_rows,
-    /// head_dim)` in head order (the inverse of [`LayerCache::snapshot`]); stored exactly.
+    /// head_dim)` in head order (the inverse of [`LayerCache::snapshot`]); stored exactly, in
+    /// the rows' dtype (f32, f16 or bf16).
     pub fn from_rows(
         keys: &Tensor,
         values: &Tensor,
@@ -82,12 +101,10 @@ impl FlatLayerCache {
             offsets.push(start);
             start += len;
         }
+        let dtype = keys.dtype();
         Ok(Self {
-            keys: keys.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-            values: values
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
+            keys: FlatRows::from_tensor(keys, dtype)?,
+            values: FlatRows::from_tensor(values, dtype)?,
             offsets,
             capacities: head_lengths.to_vec(),
             lengths: head_lengths.to_vec(),
@@ -118,16 +135,26 @@ impl FlatLayerCache {
         self.lengths.iter().sum()
     }
 
-    /// The keys of one head, `(len, head_dim)` row-major.
-    pub fn head_keys(&self, head: usize) -> &[f32] {
+    /// The elements of one head's rows, `(len, head_dim)` row-major, in the buffers.
+    fn head_range(&self, head: usize) -> std::ops::Range<usize> {
         let start = self.offsets[head] * self.head_dim;
-        &self.keys[start..start + self.lengths[head] * self.head_dim]
+        start..start + self.lengths[head] * self.head_dim
     }
 
-    /// The values of one head, `(len, head_dim)` row-major.
-    pub fn head_values(&self, head: usize) -> &[f32] {
-        let start = self.offsets[head] * self.head_dim;
-        &self.values[start..start + self.lengths[head] * self.head_dim]
+    /// The keys of one head, `(len, head_dim)` row-major, as f32 (converted into `buffer`
+    /// unless stored as f32).
+    pub fn head_keys<'a>(&'a self, head: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        let range = self.head_range(head);
+        self.keys.data().f32_range(range.start, range.len(), buffer)
+    }
+
+    /// The values of one head, `(len, head_dim)` row-major, as f32 (converted into `buffer`
+    /// unless stored as f32).
+    pub fn head_values<'a>(&'a self, head: usize, buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        let range = self.head_range(head);
+        self.values
+            .data()
+            .f32_range(range.start, range.len(), buffer)
     }
 
     /// Bytes of the bookkeeping (offsets, capacities, lengths).
@@ -141,8 +168,8 @@ impl FlatLayerCache {
 
     fn ragged(&self) -> RaggedHeads<'_> {
         RaggedHeads {
-            keys: &self.keys,
-            values: &self.values,
+            keys: self.keys.data(),
+            values: self.values.data(),
             offsets: &self.offsets,
             lengths: &self.lengths,
             batch: self.batch,
@@ -155,15 +182,16 @@ impl FlatLayerCache {
     fn relayout(&mut self, capacities: Vec<usize>) {
         let d = self.head_dim;
         let total: usize = capacities.iter().sum();
-        let mut keys = vec![0f32; total * d];
-        let mut values = vec![0f32; total * d];
+        let dtype = self.dtype();
+        let mut keys = FlatRows::zeros(dtype, total * d).expect("the cache's own dtype");
+        let mut values = FlatRows::zeros(dtype, total * d).expect("the cache's own dtype");
         let mut offsets = Vec::with_capacity(capacities.len());
         let mut start = 0;
         for (head, &capacity) in capacities.iter().enumerate() {
             let n = self.lengths[head] * d;
             let from = self.offsets.get(head).copied().unwrap_or(0) * d;
-            keys[start * d..start * d + n].copy_from_slice(&self.keys[from..from + n]);
-            values[start * d..start * d + n].copy_from_slice(&self.values[from..from + n]);
+            keys.copy_from(start * d, &self.keys, from, n);
+            values.copy_from(start * d, &self.values, from, n);
             offsets.push(start);
             start += capacity;
         }
@@ -200,14 +228,15 @@ impl FlatLayerCache {
         Ok(dims)
     }
 
-    /// Every head's stored key and value rows, back to back in head order (no slack).
-    fn stored_rows_in_order(&self) -> (Vec<f32>, Vec<f32>) {
+    /// Every head's stored key and value rows, back to back in head order (no slack), in the
+    /// storage dtype.
+    fn stored_rows_in_order(&self) -> (FlatRows, FlatRows) {
         let rows = self.stored_rows() * self.head_dim;
-        let mut keys = Vec::with_capacity(rows);
-        let mut values = Vec::with_capacity(rows);
+        let mut keys = self.keys.empty_like(rows);
+        let mut values = self.values.empty_like(rows);
         for head in 0..self.n_heads_total() {
-            keys.extend_from_slice(self.head_keys(head));
-            values.extend_from_slice(self.head_values(head));
+            keys.extend_from(&self.keys, self.head_range(head));
+            values.extend_from(&self.values, self.head_range(head));
         }
         (keys, values)
     }
@@ -225,19 +254,19 @@ impl FlatLayerCache {
             )));
         }
         let (keys, values) = self.stored_rows_in_order();
-        let shape = (self.batch, self.n_kv_heads, len, self.head_dim);
+        let shape = [self.batch, self.n_kv_heads, len, self.head_dim];
         Ok(Some((
-            Tensor::from_vec(keys, shape, &self.device)?,
-            Tensor::from_vec(values, shape, &self.device)?,
+            keys.into_tensor(&shape, &self.device)?,
+            values.into_tensor(&shape, &self.device)?,
         )))
     }
 }
 
 /// Copies the `n` new rows of every head of `source` `(batch, heads, n, d)` (contiguous f32) after
-/// each head's stored rows in `buffer`.
+/// each head's stored rows in `buffer`, rounded to its dtype.
 fn copy_new_rows(
     source: &Tensor,
-    buffer: &mut [f32],
+    buffer: &mut FlatRows,
     offsets: &[usize],
     lengths: &[usize],
     n: usize,
@@ -247,7 +276,7 @@ fn copy_new_rows(
         for (head, (&offset, &len)) in offsets.iter().zip(lengths).enumerate() {
             let from = start + head * n * d;
             let at = (offset + len) * d;
-            buffer[at..at + n * d].copy_from_slice(&data[from..from + n * d]);
+            buffer.write_f32(at, &data[from..from + n * d]);
         }
     })
     .ok_or_else(|| Error::Unsupported("the flattened cache runs on the CPU".to_string()))
@@ -370,8 +399,8 @@ impl LayerCache for FlatLayerCache {
         refuse_refinements(selection)?;
         let d = self.head_dim;
         let total: usize = selection.heads().iter().map(Vec::len).sum();
-        let mut new_keys = Vec::with_capacity(total * d);
-        let mut new_values = Vec::with_capacity(total * d);
+        let mut new_keys = self.keys.empty_like(total * d);
+        let mut new_values = self.values.empty_like(total * d);
         let mut offsets = Vec::with_capacity(self.n_heads_total());
         let mut lengths = Vec::with_capacity(self.n_heads_total());
         for (head, kept) in selection.heads().iter().enumerate() {
@@ -384,11 +413,11 @@ impl LayerCache for FlatLayerCache {
                 }
             }
             offsets.push(new_keys.len() / d.max(1));
-            let (head_keys, head_values) = (self.head_keys(head), self.head_values(head));
+            let start = self.offsets[head] * d;
             for &t in kept {
-                let row = t as usize * d..(t as usize + 1) * d;
-                new_keys.extend_from_slice(&head_keys[row.clone()]);
-                new_values.extend_from_slice(&head_values[row]);
+                let row = start + t as usize * d..start + (t as usize + 1) * d;
+                new_keys.extend_from(&self.keys, row.clone());
+                new_values.extend_from(&self.values, row);
             }
             lengths.push(kept.len());
         }
@@ -427,23 +456,23 @@ impl LayerCache for FlatLayerCache {
     }
 
     fn bytes_used(&self) -> usize {
-        2 * self.stored_rows() * self.head_dim * std::mem::size_of::<f32>() + self.metadata_bytes()
+        2 * self.stored_rows() * self.head_dim * self.keys.element_bytes() + self.metadata_bytes()
     }
 
     fn bytes_reserved(&self) -> usize {
-        (self.keys.len() + self.values.len()) * std::mem::size_of::<f32>() + self.metadata_bytes()
+        (self.keys.len() + self.values.len()) * self.keys.element_bytes() + self.metadata_bytes()
     }
 
     fn clear(&mut self) {
-        *self = Self::new();
+        *self = Self::with_dtype(self.dtype()).expect("the cache's own dtype");
     }
 
     fn snapshot(&self) -> Result<LayerSnapshot> {
         let (d, rows) = (self.head_dim, self.stored_rows());
         let (keys, values) = self.stored_rows_in_order();
         Ok(LayerSnapshot::PerHead {
-            keys: Tensor::from_vec(keys, (rows, d), &self.device)?,
-            values: Tensor::from_vec(values, (rows, d), &self.device)?,
+            keys: keys.into_tensor(&[rows, d], &self.device)?,
+            values: values.into_tensor(&[rows, d], &self.device)?,
             head_lengths: self.lengths.clone(),
             batch: self.batch,
             n_kv_heads: self.n_kv_heads,

@@ -23,9 +23,11 @@ mod allocator;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 mod flat_cache;
+mod flat_rows;
 mod presses;
 
 pub use allocator::{head_budgets, AdaKvAllocator, PyramidBudget, Safeguard};
 pub use flat_cache::FlatLayerCache;
-pub use kvpress_kernels::{ragged_attention, RaggedHeads};
+pub use flat_rows::{FlatRows, FLAT_DTYPES};
+pub use kvpress_kernels::{ragged_attention, CacheData, RaggedHeads};
 pub use presses::{AdaKv, CriticalAdaKv};

@@ -4,7 +4,7 @@
 #![cfg(feature = "cuda")]
 
 use adakv::cuda::{compact, segment_starts, top_k, CudaFlatLayer, KeptRows};
-use adakv::{ragged_attention, FlatLayerCache, RaggedHeads};
+use adakv::{ragged_attention, CacheData, FlatLayerCache, RaggedHeads};
 use candle_core::{DType, Device, Tensor};
 use kvpress_core::press::top_k_indices;
 use kvpress_core::LayerCache;
@@ -144,8 +144,8 @@ fn check_decode(
     let offsets = layer.offsets();
     let expected = ragged_attention(
         &RaggedHeads {
-            keys: &layer.keys,
-            values: &layer.values,
+            keys: CacheData::F32(&layer.keys),
+            values: CacheData::F32(&layer.values),
             offsets: &offsets,
             lengths: &layer.lengths,
             batch,
@@ -239,8 +239,8 @@ fn appends_match_the_cpu_cache() {
         let half = packed.len() / 2;
         let (mut keys, mut values) = (Vec::new(), Vec::new());
         for head in 0..n_kv {
-            keys.extend_from_slice(cpu.head_keys(head));
-            values.extend_from_slice(cpu.head_values(head));
+            keys.extend_from_slice(cpu.head_keys(head, &mut Vec::new()));
+            values.extend_from_slice(cpu.head_values(head, &mut Vec::new()));
         }
         assert_eq!(&packed[..half], keys.as_slice(), "{dtype:?} keys");
         assert_eq!(&packed[half..], values.as_slice(), "{dtype:?} values");

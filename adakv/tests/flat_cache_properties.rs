@@ -180,8 +180,9 @@ proptest! {
                 prop_assert_eq!(cache.head_lengths()[h], rows.len());
                 let keys: Vec<f32> = rows.iter().flat_map(|(k, _)| k.clone()).collect();
                 let values: Vec<f32> = rows.iter().flat_map(|(_, v)| v.clone()).collect();
-                prop_assert_eq!(cache.head_keys(h), keys.as_slice());
-                prop_assert_eq!(cache.head_values(h), values.as_slice());
+                let (mut key_buffer, mut value_buffer) = (Vec::new(), Vec::new());
+                prop_assert_eq!(cache.head_keys(h, &mut key_buffer), keys.as_slice());
+                prop_assert_eq!(cache.head_values(h, &mut value_buffer), values.as_slice());
             }
         }
     }

@@ -75,16 +75,27 @@ impl CompressionReport {
 }
 
 /// An empty cache with the layout `press` needs ([`Press::new_layer_cache`], e.g. the flattened
-/// per-head cache of head-wise presses), else the model's dense cache. A quantized KV cache
-/// (`--kv-dtype q8|q4`) stores ragged heads itself, so head-wise presses use it as it is.
+/// per-head cache of head-wise presses), else the model's dense cache. Head-wise presses store
+/// their heads in the model's KV-cache storage: the flattened cache in f32, f16 or bf16, and a
+/// quantized KV cache (`--kv-dtype q8|q4`), which stores ragged heads itself, as it is.
 pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
     if press.new_layer_cache().is_none() {
         return Ok(model.new_cache());
     }
     let storage = model.kv_storage();
     let layout = press.describe().cache_layout;
+    let n_layers = model.config().n_layers;
     match storage {
         KvStorage::Float(DType::F32) => {}
+        KvStorage::Float(dtype) if layout == CacheLayout::PerHead => {
+            let layers = (0..n_layers)
+                .map(|_| {
+                    let layer = adakv::FlatLayerCache::with_dtype(dtype)?;
+                    Ok(Box::new(layer) as Box<dyn kvpress_core::LayerCache>)
+                })
+                .collect::<Result<_>>()?;
+            return Ok(ModelCache::from_layers(layers));
+        }
         KvStorage::Quantized(_) if layout == CacheLayout::PerHead => return Ok(model.new_cache()),
         KvStorage::Quantized(_) => {
             return Err(crate::Error::InvalidInput(format!(
@@ -95,14 +106,13 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
         }
         KvStorage::Float(_) => {
             return Err(crate::Error::InvalidInput(format!(
-                "head-wise presses store their per-head cache in f32 or quantized (and think its \
-                 channel-pruned cache in f32); a {storage} KV cache (--kv-dtype) is not \
-                 supported with them: use --kv-dtype f32, q8 or q4, or a press that keeps the \
-                 same tokens in every head"
+                "this press keeps only some key channels per head (think), in its own f32 \
+                 cache; a {storage} KV cache (--kv-dtype) is not supported with it: use \
+                 --kv-dtype f32, or a press that keeps every key channel"
             )))
         }
     }
-    let layers = (0..model.config().n_layers)
+    let layers = (0..n_layers)
         .filter_map(|_| press.new_layer_cache())
         .collect();
     Ok(ModelCache::from_layers(layers))

@@ -7,13 +7,15 @@ use crate::{decode_attention, dot, masked_softmax, CacheData, HeadProblem, HeadR
 use rayon::prelude::*;
 
 /// Borrowed view of a flattened layer: heads `batch_idx * n_kv_heads + kv_head`, head `i`'s rows
-/// at `offsets[i]..offsets[i] + lengths[i]` of `keys`/`values` (row-major, `head_dim` wide).
+/// at `offsets[i]..offsets[i] + lengths[i]` of `keys`/`values` (row-major, `head_dim` wide),
+/// stored in any of the cache storages ([`CacheData`]: f32, f16, bf16 or quantized rows whose
+/// groups start with each row).
 #[derive(Debug, Clone, Copy)]
 pub struct RaggedHeads<'a> {
     /// Key rows of every head.
-    pub keys: &'a [f32],
+    pub keys: CacheData<'a>,
     /// Value rows of every head.
-    pub values: &'a [f32],
+    pub values: CacheData<'a>,
     /// First row of each head.
     pub offsets: &'a [usize],
     /// Rows of each head.
@@ -95,8 +97,10 @@ fn attend_one_kv_head(
     let d = heads.head_dim;
     let len = heads.lengths[kv_head];
     let start = heads.offsets[kv_head] * d;
-    let keys = &heads.keys[start..start + len * d];
-    let values = &heads.values[start..start + len * d];
+    // Longer forwards read every row once per query token: convert the head's rows once.
+    let (mut key_buffer, mut value_buffer) = (Vec::new(), Vec::new());
+    let keys = heads.keys.f32_range(start, len * d, &mut key_buffer);
+    let values = heads.values.f32_range(start, len * d, &mut value_buffer);
     let mut scores = vec![0f32; group * len];
     for i in 0..n_new {
         let visible = len - n_new + i + 1;
@@ -134,7 +138,7 @@ fn decode_split_k(
 ) -> Result<()> {
     let d = heads.head_dim;
     let rows = |data, head: usize| HeadRows {
-        data: CacheData::F32(data),
+        data,
         start: heads.offsets[head] * d,
         row_stride: d,
     };

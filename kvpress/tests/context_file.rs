@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use context_file_support::{answer, compress, default_path, load, model, press, Parts};
 use kvpress::candle::DType;
+use kvpress::core::LayerSnapshot;
 use kvpress::hooks::context_file::{
     self, load_bytes, save, weights_sha256, ContextFileError, StoredKv,
 };
@@ -207,17 +208,66 @@ fn an_f16_cache_is_stored_as_f16_and_converted_on_request() {
     assert_eq!(header.kv_dtype, StoredKv::F16);
     assert_eq!(converted.cache().bytes_reserved(), 2 * kv_bytes);
 
-    // Head-wise layers are f32 only: an f16 cache is refused, naming the dtype.
+    // Head-wise layers too: compressed in f16, saved as f16 rows with their head lengths and
+    // loaded into the same f16 rows (the same bytes, the same answer); into an f32 cache they
+    // are converted.
     let adakv = context_file_support::press(
         "press = \"adakv\"\n[inner]\npress = \"knorm\"\ncompression_ratio = 0.5\n",
     );
-    let (session, ids) = compress(model(), context_file_support::TINY_CONTEXT, adakv.as_ref());
-    let file = dir.path().join("adakv.kvp");
-    save(&file, model(), &session, &ids, adakv.as_ref()).unwrap();
-    match file_error(context_file::load(&file, &model16)) {
-        ContextFileError::KvDtype { requested, .. } => assert_eq!(requested, "f16"),
-        other => panic!("{other}"),
+    let (mut session, ids) = compress(&model16, context_file_support::TINY_CONTEXT, adakv.as_ref());
+    let kv_bytes = session.cache().bytes_used();
+    let file = dir.path().join("adakv-f16.kvp");
+    save(&file, &model16, &session, &ids, adakv.as_ref()).unwrap();
+    let (mut loaded, header) = context_file::load(&file, &model16).unwrap();
+    assert_eq!(header.kv_dtype, StoredKv::F16);
+    assert!(header.head_lengths.iter().all(Option::is_some));
+    assert_eq!(loaded.cache().bytes_used(), kv_bytes);
+    let (stored, reloaded) = (per_head_rows(&session), per_head_rows(&loaded));
+    assert!(stored.iter().all(|(dtype, ..)| *dtype == DType::F16));
+    assert_eq!(stored, reloaded);
+    assert_eq!(
+        answer(&model16, &mut loaded),
+        answer(&model16, &mut session)
+    );
+    let (converted, _) = context_file::load(&file, model()).unwrap();
+    let converted = per_head_rows(&converted);
+    for ((dtype, lengths, rows), (_, stored_lengths, stored_rows)) in converted.iter().zip(&stored)
+    {
+        assert_eq!(
+            (*dtype, lengths, rows),
+            (DType::F32, stored_lengths, stored_rows)
+        );
     }
+}
+
+/// Every layer's storage dtype, head lengths and key and value rows (as f32), for a cache of
+/// head-wise layers.
+fn per_head_rows(session: &ContextSession) -> Vec<(DType, Vec<usize>, Vec<f32>)> {
+    let as_f32 = |t: &kvpress::candle::Tensor| {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    kvpress::hooks::snapshot::snapshot_layers(session.cache())
+        .unwrap()
+        .iter()
+        .map(|snapshot| match snapshot {
+            LayerSnapshot::PerHead {
+                keys,
+                values,
+                head_lengths,
+                ..
+            } => {
+                let mut rows = as_f32(keys);
+                rows.extend(as_f32(values));
+                (keys.dtype(), head_lengths.clone(), rows)
+            }
+            _ => panic!("a head-wise layer"),
+        })
+        .collect()
 }
 
 /// A quantized cache is saved as its codes (`u8` packed rows, head lengths for every layer) and

@@ -483,8 +483,8 @@ impl LayerCache for QuantizedLayerCache {
         let (keys, values, offsets) = self.dequantized_rows();
         let lengths = self.head_lengths();
         let heads = RaggedHeads {
-            keys: &keys,
-            values: &values,
+            keys: CacheData::F32(&keys),
+            values: CacheData::F32(&values),
             offsets: &offsets,
             lengths: &lengths,
             batch: shape.batch,

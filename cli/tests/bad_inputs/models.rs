@@ -36,8 +36,10 @@ pub fn cases() -> Vec<Case> {
         fails(&generate(&["--kv-dtype", "quantized"]), &["valid are f32, f16, bf16, q8, q4"]),
         fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/think.toml", "--kv-dtype", "q4"], &["keeps only some key channels per head (think)", "a q4 KV cache (--kv-dtype) is not supported with it"]).files([long_ctx(), text("think.toml", "press = \"think\"\nkey_channel_compression_ratio = 0.5\n")]),
         succeeds(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/knorm.toml", "--kv-dtype", "q8", "--out", "{dir}/c.kvp"], &["of the full q8 cache", "KV cache q8"]).files([long_ctx(), text("knorm.toml", "press = \"knorm\"\ncompression_ratio = 0.5\n")]),
-        fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "f16"], &["head-wise presses store their per-head cache in f32", "--kv-dtype"]).files([long_ctx(), text("adakv.toml", adakv)]),
-        fails(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/adakv.toml", "--kv-dtype", "bf16", "--out", "{dir}/c.kvp"], &["head-wise presses store their per-head cache in f32"]).files([long_ctx(), text("adakv.toml", adakv)]),
+        fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/think.toml", "--kv-dtype", "f16"], &["keeps only some key channels per head (think)", "a f16 KV cache (--kv-dtype) is not supported with it", "use --kv-dtype f32"]).files([long_ctx(), text("think.toml", "press = \"think\"\nkey_channel_compression_ratio = 0.5\n")]),
+        // Head-wise presses keep their flattened per-head cache in any storage.
+        succeeds(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "f16", "--max-new-tokens", "2"], &["A: ", "kept 49.9%"]).files([long_ctx(), text("adakv.toml", adakv)]).check(two_bytes_per_value_before_compression),
+        succeeds(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/adakv.toml", "--kv-dtype", "bf16", "--out", "{dir}/c.kvp"], &["KV cache bf16"]).files([long_ctx(), text("adakv.toml", adakv)]),
         // A renamed copy of the model is the same model.
         succeeds(&generate(&["--model", "{dir}/copy.gguf"]), &["prefill:"]).files([model("copy.gguf", File::ModelCopy)]),
         // A narrower KV cache stores half the bytes (f16: 2 bytes per value).
@@ -107,6 +109,32 @@ fn half_of_f32(_: &std::path::Path, output: &str) -> Result<(), String> {
         true => Ok(()),
         false => Err(format!(
             "KV cache {bytes} bytes for {tokens} tokens, expected {expected} (2 bytes per value)"
+        )),
+    }
+}
+
+/// `run`'s report of a compressed f16 cache: before compression, the whole context at 2 bytes
+/// per value, plus the flattened cache's bookkeeping (offset, capacity and length of each of
+/// the 30 x 3 heads).
+fn two_bytes_per_value_before_compression(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let field = |prefix: &str, end: char| {
+        let at = output
+            .find(prefix)
+            .ok_or(format!("no `{prefix}` in the output"))?
+            + prefix.len();
+        let text: String = output[at..].chars().take_while(|&c| c != end).collect();
+        text.trim()
+            .parse::<usize>()
+            .map_err(|e| format!("`{prefix}{text}`: {e}"))
+    };
+    let tokens = field("context: ", ' ')?;
+    let bytes = field("MiB (", ' ')?;
+    let expected = tokens * 30 * 2 * 3 * 64 * 2 + 30 * 3 * 3 * std::mem::size_of::<usize>();
+    match bytes == expected {
+        true => Ok(()),
+        false => Err(format!(
+            "KV cache {bytes} bytes before compression for {tokens} tokens, expected {expected} \
+             (2 bytes per value)"
         )),
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use kvpress_core::Press;
 use kvpress_models::{LoadedModel, ModelConfig, QuantBits, QuantizedRows};
 
-use super::dtype::{StoredDtype, StoredKv};
+use super::dtype::StoredDtype;
 use super::{keys_name, values_name, ContextFileError, ContextHeader, TensorRecord, LAST_LOGITS};
 use crate::front_end::{check_press, FrontEnd};
 use crate::{Error, Result};
@@ -127,13 +127,6 @@ fn check_layer(
             let field = format!("head_lengths[{layer_idx}]");
             if lengths.len() != kv {
                 let message = format!("has {} heads; the model has {kv} KV heads", lengths.len());
-                return Err(inconsistent(path, &field, message));
-            }
-            if matches!(header.kv_dtype, StoredKv::F16 | StoredKv::Bf16) {
-                let message = format!(
-                    "is a head-wise layer, stored in f32, q8 or q4 only, but `kv_dtype` is {}",
-                    header.kv_dtype
-                );
                 return Err(inconsistent(path, &field, message));
             }
             let len = lengths.iter().copied().max().unwrap_or(0);

@@ -178,13 +178,12 @@ impl Verified<'_> {
 
 /// A layer of the file's keys and values in the storage `target`: dense `(1, n_kv_heads, len,
 /// head_dim)` tensors (`head_lengths` `None`), or every head's rows back to back with their
-/// lengths (head-wise layers, f32 or quantized only).
+/// lengths (head-wise layers).
 fn layer_in(
     target: KvStorage,
     (keys, values): (Tensor, Tensor),
     head_lengths: Option<&[usize]>,
     n_kv_heads: usize,
-    path: &Path,
 ) -> Result<Box<dyn LayerCache>> {
     let snapshot = match (head_lengths, target) {
         (None, KvStorage::Float(dtype)) => {
@@ -204,16 +203,9 @@ fn layer_in(
                 (1, n_kv_heads),
             )?))
         }
-        (Some(_), target) if target != KvStorage::Float(candle_core::DType::F32) => {
-            return Err(ContextFileError::KvDtype {
-                path: path.to_path_buf(),
-                requested: target.name().to_string(),
-            }
-            .into())
-        }
-        (Some(lengths), _) => LayerSnapshot::PerHead {
-            keys,
-            values,
+        (Some(lengths), KvStorage::Float(dtype)) => LayerSnapshot::PerHead {
+            keys: keys.to_dtype(dtype)?,
+            values: values.to_dtype(dtype)?,
             head_lengths: lengths.to_vec(),
             batch: 1,
             n_kv_heads,
@@ -274,13 +266,13 @@ pub(super) fn session(
                     Box::new(stored)
                 } else {
                     let (rows, lengths) = dequantized(&stored)?;
-                    layer_in(target, rows, lengths.as_deref(), n_kv_heads, path)?
+                    layer_in(target, rows, lengths.as_deref(), n_kv_heads)?
                 }
             }
             _ => {
                 let keys = file.tensor(&keys_name(layer_idx), device)?;
                 let values = file.tensor(&values_name(layer_idx), device)?;
-                layer_in(target, (keys, values), lengths.as_deref(), n_kv_heads, path)?
+                layer_in(target, (keys, values), lengths.as_deref(), n_kv_heads)?
             }
         };
         layers.push(layer);

@@ -130,19 +130,6 @@ pub enum ContextFileError {
         /// The model loaded now.
         loaded: Box<ModelIdentity>,
     },
-    /// The file's cache cannot be held in the KV-cache dtype asked for.
-    #[error(
-        "{} holds head-wise (per-head) layers, which are kept in f32, q8 or q4; a {requested} \
-         KV cache (--kv-dtype) is not supported with them: load it with --kv-dtype f32, q8 or \
-         q4, or without --kv-dtype on an f32 model",
-        path.display()
-    )]
-    KvDtype {
-        /// The file.
-        path: PathBuf,
-        /// The dtype asked for (`f16`, `bf16`).
-        requested: String,
-    },
     /// The cache to save holds a NaN or an infinite value (e.g. an f16 cache that overflowed).
     #[error(
         "the compressed context holds a NaN or infinite value in `{tensor}` (element {index}) \

@@ -30,7 +30,8 @@
 //!
 //! Keys and values are stored in the cache's dtype; a file loaded into a model whose KV-cache
 //! dtype differs (`--kv-dtype`) is converted to that dtype (the header's `kv_dtype` says what
-//! the file holds); head-wise layers are f32 or quantized. A quantized cache (`q8`, `q4`) is
+//! the file holds); head-wise layers are every head's rows back to back with the head lengths,
+//! in any of the storages. A quantized cache (`q8`, `q4`) is
 //! stored as its codes: per layer, keys and values are `u8` tensors `(rows, row bytes)` of
 //! every head's packed rows in head order ([`kvpress_core::PackedLayer`]: each row its codes,
 //! then each group's f16 step and minimum), with every layer's head lengths; loading it into a
