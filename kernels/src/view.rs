@@ -95,7 +95,7 @@ impl<'a> CacheData<'a> {
 }
 
 /// Converts `src` into `dst` (equal lengths), eight values per instruction with F16C.
-fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
+pub(crate) fn f16_to_f32(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("f16c") && std::is_x86_feature_detected!("avx") {
