@@ -327,7 +327,7 @@ impl AttentionHook for PressHook<'_> {
             return self.decode_step(context);
         }
         let start = Instant::now();
-        let bytes_before = context.cache.bytes_reserved();
+        let bytes_before = context.cache.bytes_settled();
         let cached = CachedKeysValues::of(context)?;
         let input = PressInput {
             question_tokens: self.question_tokens,

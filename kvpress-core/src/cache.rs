@@ -80,6 +80,15 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     /// Bytes allocated, including slack reserved for future appends.
     fn bytes_reserved(&self) -> usize;
 
+    /// Bytes the stored tokens take once the cache has settled them in its storage: what
+    /// compression reports call the full cache. [`Self::bytes_reserved`] (the default) for
+    /// caches that store tokens as they come; a cache that keeps its newest tokens in a wider
+    /// type until the next forward (the quantized cache keeps them in f32) counts them as it
+    /// will store them.
+    fn bytes_settled(&self) -> usize {
+        self.bytes_reserved()
+    }
+
     /// Empties the cache and frees its storage.
     fn clear(&mut self);
 

@@ -710,6 +710,19 @@ impl LayerCache for QuantizedLayerCache {
         codes + 4 * (self.pending_keys.capacity() + self.pending_values.capacity())
     }
 
+    fn bytes_settled(&self) -> usize {
+        let codes: usize = self
+            .heads
+            .iter()
+            .map(|h| h.keys.bytes_reserved() + h.values.bytes_reserved())
+            .sum();
+        let pending = self.shape.map_or(0, |shape| {
+            let rows = QuantizedRows::bytes_for(self.bits, shape.head_dim, self.pending_len);
+            2 * self.heads.len() * rows
+        });
+        codes + pending
+    }
+
     fn clear(&mut self) {
         *self = Self::new(self.bits);
     }

@@ -37,6 +37,9 @@ pub fn cases() -> Vec<Case> {
         fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/think.toml", "--kv-dtype", "q4"], &["keeps only some key channels per head (think)", "a q4 KV cache (--kv-dtype) is not supported with it"]).files([long_ctx(), text("think.toml", "press = \"think\"\nkey_channel_compression_ratio = 0.5\n")]),
         succeeds(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/knorm.toml", "--kv-dtype", "q8", "--out", "{dir}/c.kvp"], &["of the full q8 cache", "KV cache q8"]).files([long_ctx(), text("knorm.toml", "press = \"knorm\"\ncompression_ratio = 0.5\n")]),
         fails(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/think.toml", "--kv-dtype", "f16"], &["keeps only some key channels per head (think)", "a f16 KV cache (--kv-dtype) is not supported with it", "use --kv-dtype f32"]).files([long_ctx(), text("think.toml", "press = \"think\"\nkey_channel_compression_ratio = 0.5\n")]),
+        // The full cache a report compares with is counted in the cache's own storage (a
+        // quantized cache holds the prefill in f32 only until it compresses).
+        succeeds(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/knorm.toml", "--kv-dtype", "q4", "--max-new-tokens", "2"], &["A: ", "| kept "]).files([long_ctx(), text("knorm.toml", "press = \"knorm\"\ncompression_ratio = 0.5\n")]).check(four_bit_full_cache_before_compression),
         // Head-wise presses keep their flattened per-head cache in any storage.
         succeeds(&["run", "--context", "{dir}/long.txt", "--question", "q", "--press", "{dir}/adakv.toml", "--kv-dtype", "f16", "--max-new-tokens", "2"], &["A: ", "kept 49.9%"]).files([long_ctx(), text("adakv.toml", adakv)]).check(two_bytes_per_value_before_compression),
         succeeds(&["compress", "--context", "{dir}/long.txt", "--press", "{dir}/adakv.toml", "--kv-dtype", "bf16", "--out", "{dir}/c.kvp"], &["KV cache bf16"]).files([long_ctx(), text("adakv.toml", adakv)]),
@@ -77,8 +80,8 @@ fn four_bit_codes(_: &std::path::Path, output: &str) -> Result<(), String> {
     }
 }
 
-/// `run`'s context report: AdaKV's kept rows in 40 bytes per row of 64 against the f32 full
-/// cache's 256 (`context: N tokens | kept X% | KV cache A MiB -> B MiB (A -> B bytes)`).
+/// `run`'s context report: AdaKV's kept rows, 40 bytes per row of 64 like the full q4 cache's
+/// (`context: N tokens | kept X% | KV cache A MiB -> B MiB (A -> B bytes)`).
 fn head_wise_four_bit_codes(_: &std::path::Path, output: &str) -> Result<(), String> {
     let after = |marker: &str| output.find(marker).map(|i| &output[i + marker.len()..]);
     let kept: f64 = after("| kept ")
@@ -91,7 +94,7 @@ fn head_wise_four_bit_codes(_: &std::path::Path, output: &str) -> Result<(), Str
     let [full, stored] = bytes[..] else {
         return Err(format!("byte counts {bytes:?}"));
     };
-    let stored_fraction = 100.0 * stored / (full * 40.0 / 256.0);
+    let stored_fraction = 100.0 * stored / full;
     match (stored_fraction - kept).abs() <= 0.1 && kept < 75.0 {
         true => Ok(()),
         false => Err(format!(
@@ -113,10 +116,23 @@ fn half_of_f32(_: &std::path::Path, output: &str) -> Result<(), String> {
     }
 }
 
-/// `run`'s report of a compressed f16 cache: before compression, the whole context at 2 bytes
-/// per value, plus the flattened cache's bookkeeping (offset, capacity and length of each of
-/// the 30 x 3 heads).
-fn two_bytes_per_value_before_compression(_: &std::path::Path, output: &str) -> Result<(), String> {
+/// `run`'s report of a compressed q4 cache: before compression, the whole context in 4-bit
+/// codes (per token, layer and KV head: keys and values of 64 channels, 32 bytes of codes and
+/// two groups' f16 step and minimum each).
+fn four_bit_full_cache_before_compression(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let (tokens, bytes) = report_before_compression(output)?;
+    let expected = tokens * 30 * 3 * 2 * (32 + 2 * 4);
+    match bytes == expected {
+        true => Ok(()),
+        false => Err(format!(
+            "KV cache {bytes} bytes before compression for {tokens} tokens, expected {expected} \
+             (q4 codes and group parameters)"
+        )),
+    }
+}
+
+/// The context tokens and the bytes of the full cache in `run`'s report.
+fn report_before_compression(output: &str) -> Result<(usize, usize), String> {
     let field = |prefix: &str, end: char| {
         let at = output
             .find(prefix)
@@ -127,8 +143,14 @@ fn two_bytes_per_value_before_compression(_: &std::path::Path, output: &str) -> 
             .parse::<usize>()
             .map_err(|e| format!("`{prefix}{text}`: {e}"))
     };
-    let tokens = field("context: ", ' ')?;
-    let bytes = field("MiB (", ' ')?;
+    Ok((field("context: ", ' ')?, field("MiB (", ' ')?))
+}
+
+/// `run`'s report of a compressed f16 cache: before compression, the whole context at 2 bytes
+/// per value, plus the flattened cache's bookkeeping (offset, capacity and length of each of
+/// the 30 x 3 heads).
+fn two_bytes_per_value_before_compression(_: &std::path::Path, output: &str) -> Result<(), String> {
+    let (tokens, bytes) = report_before_compression(output)?;
     let expected = tokens * 30 * 2 * 3 * 64 * 2 + 30 * 3 * 3 * std::mem::size_of::<usize>();
     match bytes == expected {
         true => Ok(()),
