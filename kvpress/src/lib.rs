@@ -14,6 +14,7 @@ pub mod presses {
     pub use presses_baselines as baselines;
     pub use presses_cap as cap;
     pub use presses_criticalkv as criticalkv;
+    pub use presses_dms as dms;
     pub use presses_expected_attention as expected_attention;
     pub use presses_finch as finch;
     pub use presses_leverage as leverage;

@@ -493,6 +493,26 @@ fn cur_matches_kvpress() {
     check_replayed("cur@0.5", 0.5, |replay| replay);
 }
 
+/// DMS around KnormPress at the fixture's threshold: per KV head, the tokens older than the
+/// 128-token window whose score (`-‖k‖`) is below the threshold are evicted (kvpress masks them,
+/// we store the rest in the flattened cache).
+#[test]
+fn dms_knorm_matches_kvpress() {
+    let (got, want) = check("dms_knorm", Lengths::Masked);
+    let config: Value = serde_json::from_str(
+        &std::fs::read_to_string(reference::catalogue_config("dms_knorm")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["threshold"], want["threshold"],
+        "the fixture's threshold"
+    );
+    assert!(
+        got.kv_bytes < got.kv_bytes_full,
+        "the evicted tokens are not stored"
+    );
+}
+
 #[test]
 fn cap_matches_kvpress() {
     check("cap@0.5", Lengths::Equal);

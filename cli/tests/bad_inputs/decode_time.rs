@@ -223,10 +223,12 @@ fn own_ratios() -> Vec<Case> {
         vec!["0.5"; 30].join(", ")
     );
     let composed = "press = \"composed\"\n[[presses]]\npress = \"knorm\"\ncompression_ratio = 0.5\n[[presses]]\npress = \"tova\"\ncompression_ratio = 0.5\n";
+    let dms = "press = \"dms\"\nthreshold = -18.75\n[inner]\npress = \"knorm\"\n";
     let mut cases = Vec::new();
     for (file, name, config) in [
         ("per_layer.toml", "per_layer", per_layer.as_str()),
         ("composed.toml", "composed", composed),
+        ("dms.toml", "dms", dms),
     ] {
         cases.push(
             fails(
