@@ -242,12 +242,13 @@ impl<'p> PressHook<'p> {
 fn padded_keys_values(
     cache: &dyn LayerCache,
 ) -> kvpress_core::Result<(CachedKeysValues, Option<Vec<usize>>)> {
-    match cache.snapshot()? {
+    match cache.float_snapshot()? {
         LayerSnapshot::Dense(stored) => Ok((CachedKeysValues::from_stored(stored)?, None)),
-        // A cache kept as stored (quantized) gives its tokens dequantized.
-        LayerSnapshot::Stored(_) => {
-            Ok((CachedKeysValues::from_stored(cache.keys_values()?)?, None))
-        }
+        LayerSnapshot::Stored(_) => Err(kvpress_core::Error::Unsupported(
+            "decode-time compression of a cache that gives no float view of its tokens \
+             (`float_snapshot` returned the cache itself)"
+                .to_string(),
+        )),
         LayerSnapshot::PerHead {
             keys,
             values,

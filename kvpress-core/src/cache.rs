@@ -95,6 +95,14 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     /// The stored tokens in a layout-independent form, for saving a compressed context.
     fn snapshot(&self) -> Result<LayerSnapshot>;
 
+    /// The stored tokens as floats, `Dense` or `PerHead` (never `Stored`): what a press reads
+    /// when it compresses a cache that already holds compressed tokens (decode-time
+    /// compression). The default is [`Self::snapshot`]; a cache whose snapshot is itself (the
+    /// quantized cache) gives its tokens dequantized.
+    fn float_snapshot(&self) -> Result<LayerSnapshot> {
+        self.snapshot()
+    }
+
     /// A copy of this cache, for layouts whose snapshot is the cache itself
     /// ([`LayerSnapshot::Stored`]); `None` (the default) for the others.
     fn try_clone(&self) -> Option<Box<dyn LayerCache>> {

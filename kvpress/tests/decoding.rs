@@ -102,13 +102,51 @@ fn a_schedule_that_keeps_everything_generates_like_plain_generation() {
 #[test]
 fn decode_time_compression_works_with_head_wise_budgets() {
     let model = model();
+    let cache = head_wise_decode(&model);
+    let bytes_per_token = 2 * 64 * 4;
+    assert!(cache.bytes_used() <= 30 * 3 * (256 + 128) * bytes_per_token + 30 * 72);
+}
+
+/// The same in a 4-bit cache: its heads become ragged at the first compression, and the next
+/// ones score their dequantized rows (padded like the flattened cache's) and keep each head's
+/// own codes.
+#[test]
+fn decode_time_compression_works_with_head_wise_budgets_in_a_quantized_cache() {
+    let mut model = model();
+    model
+        .model
+        .set_kv_storage(kvpress::models::KvStorage::Quantized(
+            kvpress::models::QuantBits::Four,
+        ))
+        .unwrap();
+    let cache = head_wise_decode(&model);
+    // 4-bit rows of 64 channels: 32 bytes of codes and two groups' f16 step and minimum, for
+    // keys and values; the newest token of each head is still f32.
+    let bytes_per_token = 2 * (32 + 2 * 4);
+    let newest = 30 * 3 * 2 * 64 * 4;
+    assert!(cache.bytes_used() <= 30 * 3 * (256 + 128) * bytes_per_token + newest);
+    assert!(
+        (0..30).any(|l| {
+            let layer = cache.layer(l).unwrap();
+            matches!(
+                layer.float_snapshot().unwrap(),
+                kvpress::core::LayerSnapshot::PerHead { .. }
+            )
+        }),
+        "some layer's heads store different numbers of tokens"
+    );
+}
+
+/// Generates 600 tokens with decoding(adakv(snapkv)) back to 256 tokens per head on average
+/// every 128 steps; returns the cache.
+fn head_wise_decode(model: &LoadedModel) -> kvpress::core::ModelCache {
     let press = press_from_toml(
         "press = \"decoding\"\ncompression_interval = 128\ntarget_size = 256\n\
          hidden_states_buffer_size = 128\n[inner]\npress = \"adakv\"\n[inner.inner]\n\
          press = \"snapkv\"\nwindow_size = 32\n",
     )
     .unwrap();
-    let ids = prompt(&model);
+    let ids = prompt(model);
     let mut cache = kvpress::hooks::new_cache_for(&model.model, press.as_ref()).unwrap();
     let mut hook = PressHook::new(press.as_ref(), &[]).unwrap();
     let config = GenerationConfig {
@@ -132,6 +170,5 @@ fn decode_time_compression_works_with_head_wise_budgets() {
         hook.peak_cache_len() > 256 + 128,
         "some head keeps more than the uniform share"
     );
-    let bytes_per_token = 2 * 64 * 4;
-    assert!(cache.bytes_used() <= 30 * 3 * (256 + 128) * bytes_per_token + 30 * 72);
+    cache
 }

@@ -731,6 +731,25 @@ impl LayerCache for QuantizedLayerCache {
         Ok(LayerSnapshot::Stored(Arc::new(self.clone())))
     }
 
+    fn float_snapshot(&self) -> Result<LayerSnapshot> {
+        let Some(shape) = self.shape.filter(|_| self.len() > 0) else {
+            return Ok(LayerSnapshot::Dense(None));
+        };
+        if !self.is_ragged() {
+            return Ok(LayerSnapshot::Dense(self.dequantized()?));
+        }
+        let (keys, values) = self.dequantized_head_rows();
+        let head_lengths = self.head_lengths();
+        let rows = (head_lengths.iter().sum::<usize>(), shape.head_dim);
+        Ok(LayerSnapshot::PerHead {
+            keys: Tensor::from_vec(keys, rows, &Device::Cpu)?,
+            values: Tensor::from_vec(values, rows, &Device::Cpu)?,
+            head_lengths,
+            batch: shape.batch,
+            n_kv_heads: shape.n_kv_heads,
+        })
+    }
+
     fn try_clone(&self) -> Option<Box<dyn LayerCache>> {
         Some(Box::new(self.clone()))
     }
