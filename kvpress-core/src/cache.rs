@@ -132,6 +132,10 @@ pub struct PackedLayer {
     pub keys: Vec<u8>,
     /// Value rows of every head, back to back.
     pub values: Vec<u8>,
+    /// The channel order the key rows are stored in, every head's back to back (`head_dim`
+    /// entries each: stored position `p` holds channel `order[p]`), when the keys are grouped
+    /// by magnitude; `None` when every row is in channel order.
+    pub key_orders: Option<Vec<u16>>,
 }
 
 /// What one layer cache stores, independent of its buffers: enough to rebuild it exactly.

@@ -310,6 +310,10 @@ fn a_quantized_cache_is_stored_as_its_codes() {
                 .collect()
         };
         let original = packed(&session);
+        assert!(
+            original.iter().all(|layer| layer.key_orders.is_some()),
+            "{name}: keys grouped by magnitude, their channel orders saved"
+        );
         let fresh = answer(&model4, &mut session);
         let file = dir.path().join(format!("{name}-q4.kvp"));
         let size = save(&file, &model4, &session, &ids, press.as_ref()).unwrap();

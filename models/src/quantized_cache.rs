@@ -21,7 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use kvpress_core::{
     AttentionOutput, Error, LayerCache, LayerSnapshot, PackedLayer, Result, Selection,
 };
-use kvpress_kernels::kv_quant::{check_quantizable, QuantBits, QuantizedRows};
+use kvpress_kernels::kv_quant::{check_quantizable, Grouping, QuantBits, QuantizedRows};
 use kvpress_kernels::{
     decode_attention_parts, merge_attention_parts, ragged_attention, CacheData, HeadProblem,
     HeadRows, RaggedHeads, DECODE_MAX_ROWS,
@@ -40,6 +40,17 @@ struct HeadShape {
 struct QuantizedHead {
     keys: QuantizedRows,
     values: QuantizedRows,
+}
+
+impl QuantizedHead {
+    /// An empty head: keys grouped by magnitude (their channel order set by the first rows,
+    /// [`Grouping::Balanced`]), values in channel order.
+    fn new(bits: QuantBits, head_dim: usize) -> Result<Self> {
+        Ok(Self {
+            keys: QuantizedRows::with_grouping(bits, head_dim, Grouping::Balanced)?,
+            values: QuantizedRows::new(bits, head_dim)?,
+        })
+    }
 }
 
 /// Quantized dense layer cache; see the module documentation.
@@ -98,10 +109,7 @@ impl QuantizedLayerCache {
         let (keys, values) = (quantizable_rows(keys)?, quantizable_rows(values)?);
         let heads = head_ranges(head_lengths, head_dim)
             .map(|range| {
-                let mut head = QuantizedHead {
-                    keys: QuantizedRows::new(bits, head_dim)?,
-                    values: QuantizedRows::new(bits, head_dim)?,
-                };
+                let mut head = QuantizedHead::new(bits, head_dim)?;
                 head.keys.push_rows(&keys[range.clone()])?;
                 head.values.push_rows(&values[range])?;
                 Ok(head)
@@ -156,10 +164,7 @@ impl QuantizedLayerCache {
             }
             Some(_) => {}
             None => {
-                let head = QuantizedHead {
-                    keys: QuantizedRows::new(self.bits, head_dim)?,
-                    values: QuantizedRows::new(self.bits, head_dim)?,
-                };
+                let head = QuantizedHead::new(self.bits, head_dim)?;
                 self.heads = vec![head; batch * n_kv_heads];
                 self.shape = Some(shape);
             }
@@ -230,15 +235,47 @@ impl QuantizedLayerCache {
                 bits.bits()
             )));
         }
+        let n_heads = layer.head_lengths.len();
+        if let Some(orders) = &layer.key_orders {
+            if orders.len() != n_heads * head_dim {
+                return Err(Error::Shape(format!(
+                    "{} key channel order entries for {n_heads} heads of {head_dim} channels",
+                    orders.len()
+                )));
+            }
+        }
+        let order = |head: usize| {
+            layer
+                .key_orders
+                .as_ref()
+                .map(|orders| orders[head * head_dim..(head + 1) * head_dim].to_vec())
+        };
         let heads = head_ranges(&layer.head_lengths, row_bytes)
-            .map(|range| {
+            .enumerate()
+            .map(|(head, range)| {
+                let keys = &layer.keys[range.clone()];
                 Ok(QuantizedHead {
-                    keys: QuantizedRows::from_packed(bits, head_dim, &layer.keys[range.clone()])?,
-                    values: QuantizedRows::from_packed(bits, head_dim, &layer.values[range])?,
+                    keys: QuantizedRows::from_packed(bits, head_dim, order(head), keys)?,
+                    values: QuantizedRows::from_packed(bits, head_dim, None, &layer.values[range])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self::with_heads(bits, heads, (batch, n_kv_heads), head_dim))
+    }
+
+    /// Every head's key channel order back to back, when some head stores its keys in another
+    /// order than the channels' (a head without one is in channel order).
+    fn key_orders(&self, head_dim: usize) -> Option<Vec<u16>> {
+        if self.heads.iter().all(|h| h.keys.order().is_none()) {
+            return None;
+        }
+        let in_order: Vec<u16> = (0..head_dim as u16).collect();
+        Some(
+            self.heads
+                .iter()
+                .flat_map(|h| h.keys.order().unwrap_or(&in_order).to_vec())
+                .collect(),
+        )
     }
 
     /// Every head's tokens dequantized to f32, keys and values, back to back in head order
@@ -774,6 +811,7 @@ impl LayerCache for QuantizedLayerCache {
                 .iter()
                 .flat_map(|h| h.values.to_packed())
                 .collect(),
+            key_orders: self.key_orders(shape.head_dim),
         }))
     }
 }

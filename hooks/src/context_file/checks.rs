@@ -9,7 +9,8 @@ use kvpress_core::Press;
 use kvpress_models::{LoadedModel, ModelConfig, QuantBits, QuantizedRows};
 
 use super::dtype::StoredDtype;
-use super::{keys_name, values_name, ContextFileError, ContextHeader, TensorRecord, LAST_LOGITS};
+use super::{key_order_name, keys_name, values_name};
+use super::{ContextFileError, ContextHeader, TensorRecord, LAST_LOGITS};
 use crate::front_end::{check_press, FrontEnd};
 use crate::{Error, Result};
 
@@ -78,12 +79,33 @@ fn check_layers(path: &Path, header: &ContextHeader, config: &ModelConfig) -> Re
         .flat_map(|i| [keys_name(i), values_name(i)])
         .chain([LAST_LOGITS.to_string()])
         .collect();
+    // A quantized file may hold each layer's key channel orders.
+    let optional: BTreeSet<String> = match header.kv_dtype.bits() {
+        Some(_) => (0..config.n_layers).map(key_order_name).collect(),
+        None => BTreeSet::new(),
+    };
     let listed: BTreeSet<String> = header.tensors.keys().cloned().collect();
-    if listed != expected {
-        let missing: Vec<_> = expected.difference(&listed).collect();
-        let extra: Vec<_> = listed.difference(&expected).collect();
+    let missing: Vec<_> = expected.difference(&listed).collect();
+    let extra: Vec<_> = listed
+        .difference(&expected)
+        .filter(|name| !optional.contains(*name))
+        .collect();
+    if !missing.is_empty() || !extra.is_empty() {
         let message = format!("lacks {missing:?} and has extra {extra:?}");
         return Err(inconsistent(path, "tensors", message));
+    }
+    for (layer_idx, name) in (0..config.n_layers).map(|i| (i, key_order_name(i))) {
+        if let Some(record) = header.tensors.get(&name) {
+            let want = vec![config.n_kv_heads, 2 * config.head_dim];
+            if record.dtype != StoredDtype::U8 || record.shape != want {
+                let message = format!(
+                    "is {} {:?}; expected U8 {want:?} (layer {layer_idx}'s key channel order: \
+                     a little-endian u16 per channel of each of the model's {} KV heads)",
+                    record.dtype, record.shape, config.n_kv_heads
+                );
+                return Err(inconsistent(path, &name, message));
+            }
+        }
     }
     let mut longest = 0;
     for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {

@@ -10,7 +10,8 @@ use kvpress_models::{KvStorage, LoadedModel, QuantizedLayerCache};
 use safetensors::tensor::SafeTensors;
 
 use super::dtype::{first_non_finite, StoredDtype};
-use super::{keys_name, sha256_hex, values_name, ContextFileError, ContextHeader, FilePart};
+use super::{key_order_name, keys_name, sha256_hex, values_name};
+use super::{ContextFileError, ContextHeader, FilePart};
 use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
 use crate::{ContextSession, Error, Result};
 
@@ -150,12 +151,23 @@ impl Verified<'_> {
         let keys = self.bytes(&keys_name(layer_idx))?;
         let values = self.bytes(&values_name(layer_idx))?;
         let rows: usize = head_lengths.iter().sum();
+        let order_name = key_order_name(layer_idx);
+        let key_orders = match self.header.tensors.contains_key(&order_name) {
+            true => Some(
+                self.bytes(&order_name)?
+                    .chunks_exact(2)
+                    .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+                    .collect(),
+            ),
+            false => None,
+        };
         Ok(PackedLayer {
             bits,
             row_bytes: keys.len() / rows.max(1),
             head_lengths: head_lengths.to_vec(),
             keys: keys.to_vec(),
             values: values.to_vec(),
+            key_orders,
         })
     }
 

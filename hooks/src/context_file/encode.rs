@@ -10,7 +10,8 @@ use kvpress_models::QuantBits;
 use safetensors::tensor::TensorView;
 
 use super::dtype::{first_non_finite, raw_bytes, StoredDtype, StoredKv};
-use super::{keys_name, sha256_hex, values_name, ContextFileError, ContextHeader, TensorRecord};
+use super::{key_order_name, keys_name, sha256_hex, values_name};
+use super::{ContextFileError, ContextHeader, TensorRecord};
 use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
 use crate::{ContextSession, Error, Result};
 
@@ -100,6 +101,15 @@ pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
                     dtype: StoredDtype::U8,
                     shape: vec![rows, packed.row_bytes],
                     bytes,
+                });
+            }
+            if let Some(orders) = packed.key_orders {
+                let heads = packed.head_lengths.len();
+                tensors.push(EncodedTensor {
+                    name: key_order_name(layer_idx),
+                    dtype: StoredDtype::U8,
+                    shape: vec![heads, 2 * orders.len() / heads.max(1)],
+                    bytes: orders.iter().flat_map(|c| c.to_le_bytes()).collect(),
                 });
             }
             head_lengths.push(Some(packed.head_lengths));

@@ -34,8 +34,10 @@
 //! in any of the storages. A quantized cache (`q8`, `q4`) is
 //! stored as its codes: per layer, keys and values are `u8` tensors `(rows, row bytes)` of
 //! every head's packed rows in head order ([`kvpress_core::PackedLayer`]: each row its codes,
-//! then each group's f16 step and minimum), with every layer's head lengths; loading it into a
-//! cache of the same bits takes the codes as they are (no round trip through f32).
+//! then each group's f16 step and minimum), with every layer's head lengths and, where keys
+//! are grouped by magnitude, each head's key channel order (`layer.N.key_order`, optional per
+//! layer: a layer without it holds its keys in channel order); loading it into a cache of the
+//! same bits takes the codes as they are (no round trip through f32).
 
 pub mod atomic;
 pub mod checks;
@@ -79,6 +81,12 @@ pub fn keys_name(layer_idx: usize) -> String {
 /// Name of a layer's values tensor.
 pub fn values_name(layer_idx: usize) -> String {
     format!("layer.{layer_idx}.values")
+}
+
+/// Name of a quantized layer's key channel orders ([`kvpress_core::PackedLayer::key_orders`]):
+/// `u8` `(heads, 2 * head_dim)`, each head's order as little-endian `u16`.
+pub fn key_order_name(layer_idx: usize) -> String {
+    format!("layer.{layer_idx}.key_order")
 }
 
 /// What the header says one tensor holds.
