@@ -374,7 +374,8 @@ impl QuantizedRows {
         }
     }
 
-    /// Bytes holding stored rows: codes, steps and minimums.
+    /// Bytes holding stored rows: codes, steps and minimums (the channel order, a fixed
+    /// `2 * row_len` bytes per store, is metadata and not counted).
     pub fn bytes_used(&self) -> usize {
         self.codes.len() + 2 * self.params.len()
     }
