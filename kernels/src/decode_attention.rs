@@ -14,8 +14,21 @@ use super::view::CacheData;
 pub const MAX_ROWS: usize = 16;
 /// Fewest keys per parallel chunk.
 const MIN_KEYS_PER_CHUNK: usize = 256;
-/// Keys read per block.
+/// Keys read per block: few enough that a 16-bit block widened into a buffer (the portable
+/// path) stays in the core's cache.
 const KEYS_PER_BLOCK: usize = 64;
+/// Keys read per block of quantized rows, read as codes: nothing is widened into memory, and
+/// each block's setup (queries put into the kernels' order and rounded, group parameters
+/// converted) is spread over more keys.
+const QUANTIZED_KEYS_PER_BLOCK: usize = 256;
+
+/// The block size for keys stored as `data`.
+fn keys_per_block(data: &CacheData<'_>) -> usize {
+    match data {
+        CacheData::Quantized(_) => QUANTIZED_KEYS_PER_BLOCK,
+        _ => KEYS_PER_BLOCK,
+    }
+}
 
 /// One KV head's keys or values inside a cache's storage: row `j` is
 /// `data[start + j * row_stride..][..head_dim]`.
@@ -284,7 +297,8 @@ fn chunk_partials(
     let mut buffer = Vec::new();
     // Keys and values are read in blocks, so that a 16-bit cache widened into a buffer (the
     // portable path) stays in the core's cache.
-    for (block, block_len) in key_blocks(start, end) {
+    let keys_per_block = keys_per_block(&problem.keys.data);
+    for (block, block_len) in key_blocks(start, end, keys_per_block) {
         let scores = &mut scores[block - start..];
         block_scores(
             &problem.queries,
@@ -307,7 +321,7 @@ fn chunk_partials(
         })
         .collect();
     let mut weighted = vec![0f32; rows * head_dim];
-    for (block, block_len) in key_blocks(start, end) {
+    for (block, block_len) in key_blocks(start, end, keys_per_block) {
         let weights = &scores[block - start..];
         block_values(
             weights,
@@ -327,10 +341,14 @@ fn chunk_partials(
 }
 
 /// `(first key, number of keys)` of the blocks covering `start..end`.
-fn key_blocks(start: usize, end: usize) -> impl Iterator<Item = (usize, usize)> {
+fn key_blocks(
+    start: usize,
+    end: usize,
+    keys_per_block: usize,
+) -> impl Iterator<Item = (usize, usize)> {
     (start..end)
-        .step_by(KEYS_PER_BLOCK)
-        .map(move |block| (block, KEYS_PER_BLOCK.min(end - block)))
+        .step_by(keys_per_block)
+        .map(move |block| (block, keys_per_block.min(end - block)))
 }
 
 #[cfg(test)]

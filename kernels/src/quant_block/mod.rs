@@ -120,16 +120,6 @@ fn widen(bits: QuantBits, codes: &[u8], out: &mut [f32; G]) {
     }
 }
 
-/// Channel `i` of a group in the kernels' order is channel `order(bits, i)` of the row.
-#[inline(always)]
-fn channel(bits: QuantBits, i: usize) -> usize {
-    match bits {
-        QuantBits::Eight => i,
-        QuantBits::Four if i < G / 2 => 2 * i,
-        QuantBits::Four => 2 * (i - G / 2) + 1,
-    }
-}
-
 /// Where the kernels put a row's channels: position `g * 32 + i` of a row in the kernels' order
 /// holds the row's channel `source(g * 32 + i)`.
 #[derive(Clone, Copy)]
@@ -140,23 +130,100 @@ struct KernelOrder<'a> {
 }
 
 impl KernelOrder<'_> {
-    /// The row channel at kernel position `position` (of a row of whole groups).
-    #[inline(always)]
-    fn source(&self, position: usize) -> usize {
-        let stored = position - position % G + channel(self.bits, position % G);
-        self.stored.map_or(stored, |order| order[stored] as usize)
+    /// The stored position (within its group) of each kernel position of a group: the same in
+    /// 8 bits, low nibbles (even positions) then high ones (odd) in 4 bits.
+    fn group_table(&self) -> &'static [u8; G] {
+        const IN_ORDER: [u8; G] = {
+            let mut table = [0u8; G];
+            let mut i = 0;
+            while i < G {
+                table[i] = i as u8;
+                i += 1;
+            }
+            table
+        };
+        const NIBBLES: [u8; G] = {
+            let mut table = [0u8; G];
+            let mut i = 0;
+            while i < G {
+                table[i] = if i < G / 2 {
+                    2 * i
+                } else {
+                    2 * (i - G / 2) + 1
+                } as u8;
+                i += 1;
+            }
+            table
+        };
+        match self.bits {
+            QuantBits::Eight => &IN_ORDER,
+            QuantBits::Four => &NIBBLES,
+        }
+    }
+
+    /// Writes into `sources` (of `head_dim`) the row channel each kernel position holds.
+    fn sources(&self, sources: &mut [u16]) {
+        let table = self.group_table();
+        for (base, group) in sources.chunks_exact_mut(G).enumerate() {
+            let base = base * G;
+            for (source, &c) in group.iter_mut().zip(table) {
+                let stored = base + c as usize;
+                *source = self.stored.map_or(stored as u16, |order| order[stored]);
+            }
+        }
+    }
+
+    /// Calls `f` with the row channel of every kernel position of a row of `head_dim` channels
+    /// (computed once, on the stack up to 512 channels).
+    fn with_sources<R>(&self, head_dim: usize, f: impl FnOnce(&[u16]) -> R) -> R {
+        let mut on_stack = [0u16; 512];
+        let mut on_heap = Vec::new();
+        let sources = match head_dim <= on_stack.len() {
+            true => &mut on_stack[..head_dim],
+            false => {
+                on_heap.resize(head_dim, 0);
+                &mut on_heap[..]
+            }
+        };
+        self.sources(sources);
+        f(sources)
     }
 
     /// Writes `rows` (of `head_dim`) into `out` in the kernels' order.
     fn gather(&self, rows: &[f32], out: &mut [f32], head_dim: usize) {
-        for (dst, src) in out
-            .chunks_exact_mut(head_dim)
-            .zip(rows.chunks_exact(head_dim))
-        {
-            for (position, d) in dst.iter_mut().enumerate() {
-                *d = src[self.source(position)];
+        self.with_sources(head_dim, |sources| {
+            for (dst, src) in out
+                .chunks_exact_mut(head_dim)
+                .zip(rows.chunks_exact(head_dim))
+            {
+                for (d, &c) in dst.iter_mut().zip(sources) {
+                    *d = src[c as usize];
+                }
             }
-        }
+        })
+    }
+
+    /// Writes `ordered` (rows of `head_dim` in the kernels' order) into `rows` in channel
+    /// order, adding to each channel its group's entry of `offsets` (per row, one per group).
+    fn scatter(&self, ordered: &[f32], offsets: &[f32], rows: &mut [f32], head_dim: usize) {
+        let groups = head_dim / G;
+        self.with_sources(head_dim, |sources| {
+            for ((dst, src), offsets) in rows
+                .chunks_exact_mut(head_dim)
+                .zip(ordered.chunks_exact(head_dim))
+                .zip(offsets.chunks_exact(groups))
+            {
+                for ((group, offset), group_sources) in src
+                    .chunks_exact(G)
+                    .zip(offsets)
+                    .zip(sources.chunks_exact(G))
+                {
+                    for (&value, &c) in group.iter().zip(group_sources) {
+                        dst[c as usize] = value + offset;
+                    }
+                }
+            }
+        })
     }
 }
 
@@ -406,15 +473,7 @@ fn block_values_with(
         rows,
     };
     accumulate_codes(kernel, block, &mut sums);
-    for (dst, (src, offsets)) in outputs.chunks_exact_mut(head_dim).zip(
-        sums.ordered
-            .chunks_exact(head_dim)
-            .zip(sums.offsets.chunks_exact(groups)),
-    ) {
-        for (position, &s) in src.iter().enumerate() {
-            dst[order.source(position)] = s + offsets[position / G];
-        }
-    }
+    order.scatter(sums.ordered, sums.offsets, outputs, head_dim);
 }
 
 /// Output rows being accumulated: the code terms in the kernels' channel order, per row and
