@@ -82,19 +82,8 @@ impl FlatLayerCache {
         batch: usize,
         n_kv_heads: usize,
     ) -> Result<Self> {
-        let (rows, head_dim) = keys.dims2()?;
-        if values.dims() != keys.dims()
-            || head_lengths.len() != batch * n_kv_heads
-            || head_lengths.iter().sum::<usize>() != rows
-        {
-            return Err(Error::Shape(format!(
-                "rows {:?}/{:?} do not match {} head lengths summing to {} (batch {batch}, {n_kv_heads} KV heads)",
-                keys.dims(),
-                values.dims(),
-                head_lengths.len(),
-                head_lengths.iter().sum::<usize>()
-            )));
-        }
+        let (_, head_dim) =
+            kvpress_core::check_per_head_rows(keys, values, head_lengths, (batch, n_kv_heads))?;
         let mut offsets = Vec::with_capacity(head_lengths.len());
         let mut start = 0;
         for &len in head_lengths {
@@ -182,9 +171,8 @@ impl FlatLayerCache {
     fn relayout(&mut self, capacities: Vec<usize>) {
         let d = self.head_dim;
         let total: usize = capacities.iter().sum();
-        let dtype = self.dtype();
-        let mut keys = FlatRows::zeros(dtype, total * d).expect("the cache's own dtype");
-        let mut values = FlatRows::zeros(dtype, total * d).expect("the cache's own dtype");
+        let mut keys = self.keys.zeros_like(total * d);
+        let mut values = self.values.zeros_like(total * d);
         let mut offsets = Vec::with_capacity(capacities.len());
         let mut start = 0;
         for (head, &capacity) in capacities.iter().enumerate() {
@@ -464,7 +452,11 @@ impl LayerCache for FlatLayerCache {
     }
 
     fn clear(&mut self) {
-        *self = Self::with_dtype(self.dtype()).expect("the cache's own dtype");
+        *self = Self {
+            keys: self.keys.empty_like(0),
+            values: self.values.empty_like(0),
+            ..Self::new()
+        };
     }
 
     fn snapshot(&self) -> Result<LayerSnapshot> {

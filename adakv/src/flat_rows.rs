@@ -21,6 +21,13 @@ pub enum FlatRows {
     BF16(Vec<bf16>),
 }
 
+/// The error for a dtype a flattened cache does not store.
+fn unsupported(dtype: DType) -> Error {
+    Error::Unsupported(format!(
+        "a flattened per-head cache stores {FLAT_DTYPES}, not {dtype:?}"
+    ))
+}
+
 /// `$body` with `$v` bound to the buffer of `$rows`, whatever its element type.
 macro_rules! with_buffer {
     ($rows:expr, $v:ident => $body:expr) => {
@@ -52,11 +59,7 @@ impl FlatRows {
             DType::F32 => Self::F32(vec![0.0; n]),
             DType::F16 => Self::F16(vec![f16::ZERO; n]),
             DType::BF16 => Self::BF16(vec![bf16::ZERO; n]),
-            other => {
-                return Err(Error::Unsupported(format!(
-                    "a flattened per-head cache stores {FLAT_DTYPES}, not {other:?}"
-                )))
-            }
+            other => return Err(unsupported(other)),
         })
     }
 
@@ -67,7 +70,7 @@ impl FlatRows {
             DType::F32 => Self::F32(flat.to_vec1()?),
             DType::F16 => Self::F16(flat.to_vec1()?),
             DType::BF16 => Self::BF16(flat.to_vec1()?),
-            other => return Self::zeros(other, 0),
+            other => return Err(unsupported(other)),
         })
     }
 
@@ -101,6 +104,15 @@ impl FlatRows {
             Self::F32(v) => CacheData::F32(v),
             Self::F16(v) => CacheData::F16(v),
             Self::BF16(v) => CacheData::BF16(v),
+        }
+    }
+
+    /// `n` zero elements of the same dtype.
+    pub fn zeros_like(&self, n: usize) -> Self {
+        match self {
+            Self::F32(_) => Self::F32(vec![0.0; n]),
+            Self::F16(_) => Self::F16(vec![f16::ZERO; n]),
+            Self::BF16(_) => Self::BF16(vec![bf16::ZERO; n]),
         }
     }
 

@@ -3,8 +3,8 @@
 
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
-    check_compression_ratio, score_rows, scores_at_ratios, top_k_indices, BudgetAllocator,
-    Compression, LayerPosition, Press, PressDescription, PressInput, Scorer, Selection,
+    check_compression_ratio, inner_scorer, score_rows, scores_at_ratios, top_k_indices,
+    BudgetAllocator, Compression, LayerPosition, Press, PressDescription, PressInput, Selection,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use presses_ops::projected_value_norms;
@@ -19,20 +19,6 @@ fn default_alpha() -> f64 {
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
     *value == T::default()
-}
-
-/// The inner press's scorer, or an error naming what is needed.
-fn inner_scorer<'a>(press: &str, inner: &'a dyn Press) -> Result<&'a dyn Scorer> {
-    inner.scorer().ok_or_else(|| {
-        Error::InvalidArgument(format!(
-            "{press} needs a scoring press inside (snapkv, expected_attention, knorm, ...); \
-             `{}` does not score tokens",
-            serde_json::to_value(inner)
-                .ok()
-                .and_then(|v| v["press"].as_str().map(str::to_string))
-                .unwrap_or_else(|| format!("{inner:?}"))
-        ))
-    })
 }
 
 /// The checks both head-wise presses share: the inner press is valid and scores tokens, and the

@@ -85,9 +85,9 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
     let storage = model.kv_storage();
     let layout = press.describe().cache_layout;
     let n_layers = model.config().n_layers;
-    match storage {
-        KvStorage::Float(DType::F32) => {}
-        KvStorage::Float(dtype) if layout == CacheLayout::PerHead => {
+    match (storage, layout) {
+        (KvStorage::Float(DType::F32), _) => {}
+        (KvStorage::Float(dtype), CacheLayout::PerHead) => {
             let layers = (0..n_layers)
                 .map(|_| {
                     let layer = adakv::FlatLayerCache::with_dtype(dtype)?;
@@ -96,15 +96,8 @@ pub fn new_cache_for(model: &Model, press: &dyn Press) -> Result<ModelCache> {
                 .collect::<Result<_>>()?;
             return Ok(ModelCache::from_layers(layers));
         }
-        KvStorage::Quantized(_) if layout == CacheLayout::PerHead => return Ok(model.new_cache()),
-        KvStorage::Quantized(_) => {
-            return Err(crate::Error::InvalidInput(format!(
-                "this press keeps only some key channels per head (think), in its own f32 \
-                 cache; a {storage} KV cache (--kv-dtype) is not supported with it: use \
-                 --kv-dtype f32, or a press that keeps every key channel"
-            )))
-        }
-        KvStorage::Float(_) => {
+        (KvStorage::Quantized(_), CacheLayout::PerHead) => return Ok(model.new_cache()),
+        _ => {
             return Err(crate::Error::InvalidInput(format!(
                 "this press keeps only some key channels per head (think), in its own f32 \
                  cache; a {storage} KV cache (--kv-dtype) is not supported with it: use \

@@ -164,6 +164,34 @@ pub enum LayerSnapshot {
     Stored(Arc<dyn LayerCache>),
 }
 
+/// Checks rows laid out as [`LayerSnapshot::PerHead`] holds them: keys and values of one
+/// shape `(total_rows, head_dim)`, and `batch * n_kv_heads` head lengths summing to the rows.
+/// Returns `(total_rows, head_dim)`.
+pub fn check_per_head_rows(
+    keys: &Tensor,
+    values: &Tensor,
+    head_lengths: &[usize],
+    (batch, n_kv_heads): (usize, usize),
+) -> Result<(usize, usize)> {
+    let (rows, head_dim) = keys
+        .dims2()
+        .map_err(|_| Error::Shape(format!("keys {:?} must be (rows, head_dim)", keys.dims())))?;
+    if values.dims() != keys.dims()
+        || head_lengths.len() != batch * n_kv_heads
+        || head_lengths.iter().sum::<usize>() != rows
+    {
+        return Err(Error::Shape(format!(
+            "rows {:?}/{:?} do not match {} head lengths summing to {} (batch {batch}, \
+             {n_kv_heads} KV heads)",
+            keys.dims(),
+            values.dims(),
+            head_lengths.len(),
+            head_lengths.iter().sum::<usize>()
+        )));
+    }
+    Ok((rows, head_dim))
+}
+
 /// The caches of all layers of one model plus the number of tokens the model has seen, which is
 /// the RoPE position of the next token (it does not shrink when presses evict tokens).
 #[derive(Debug)]

@@ -38,7 +38,7 @@ pub mod rope;
 pub use inventory;
 
 pub use attention::{AttentionOutput, AttentionShape};
-pub use cache::{LayerCache, LayerSnapshot, ModelCache, PackedLayer};
+pub use cache::{check_per_head_rows, LayerCache, LayerSnapshot, ModelCache, PackedLayer};
 pub use error::{Error, Result};
 pub use hook::{AttentionHook, AttentionProjections, ForwardPhase, LayerContext, NoOpHook};
 pub use press::{

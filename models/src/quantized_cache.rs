@@ -92,20 +92,8 @@ impl QuantizedLayerCache {
         head_lengths: &[usize],
         (batch, n_kv_heads): (usize, usize),
     ) -> Result<Self> {
-        let (rows, head_dim) = keys.dims2()?;
-        if values.dims() != keys.dims()
-            || head_lengths.len() != batch * n_kv_heads
-            || head_lengths.iter().sum::<usize>() != rows
-        {
-            return Err(Error::Shape(format!(
-                "rows {:?}/{:?} do not match {} head lengths summing to {} (batch {batch}, \
-                 {n_kv_heads} KV heads)",
-                keys.dims(),
-                values.dims(),
-                head_lengths.len(),
-                head_lengths.iter().sum::<usize>()
-            )));
-        }
+        let (_, head_dim) =
+            kvpress_core::check_per_head_rows(keys, values, head_lengths, (batch, n_kv_heads))?;
         let (keys, values) = (quantizable_rows(keys)?, quantizable_rows(values)?);
         let heads = head_ranges(head_lengths, head_dim)
             .map(|range| {
@@ -280,7 +268,7 @@ impl QuantizedLayerCache {
 
     /// Every head's tokens dequantized to f32, keys and values, back to back in head order
     /// (lengths [`Self::head_lengths`]).
-    pub fn dequantized_head_rows(&self) -> (Vec<f32>, Vec<f32>) {
+    fn dequantized_head_rows(&self) -> (Vec<f32>, Vec<f32>) {
         let (keys, values, _) = self.dequantized_rows();
         (keys, values)
     }

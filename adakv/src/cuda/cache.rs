@@ -98,21 +98,13 @@ impl CudaFlatLayer {
     ) -> Result<Self> {
         check_cuda(keys, "keys", None)?;
         check_cuda(values, "values", Some(keys))?;
-        let (rows, head_dim) = keys.dims2().map_err(|_| {
-            Error::Shape(format!("keys {:?} must be (rows, head_dim)", keys.dims()))
-        })?;
-        if values.dims() != keys.dims()
-            || values.dtype() != keys.dtype()
-            || head_lengths.len() != batch * n_kv_heads
-            || head_lengths.iter().sum::<usize>() != rows
-        {
+        let (rows, head_dim) =
+            kvpress_core::check_per_head_rows(keys, values, head_lengths, (batch, n_kv_heads))?;
+        if values.dtype() != keys.dtype() {
             return Err(Error::Shape(format!(
-                "rows {:?}/{:?} do not match {} head lengths summing to {} (batch {batch}, \
-                 {n_kv_heads} KV heads)",
-                keys.dims(),
-                values.dims(),
-                head_lengths.len(),
-                head_lengths.iter().sum::<usize>()
+                "keys are {:?} but values {:?}: a layer stores one dtype",
+                keys.dtype(),
+                values.dtype()
             )));
         }
         let lengths = head_lengths

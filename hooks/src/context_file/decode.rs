@@ -229,27 +229,24 @@ fn layer_in(
 /// Keys and values as [`layer_in`] takes them, with the head lengths of a head-wise layer.
 type LayerRows = ((Tensor, Tensor), Option<Vec<usize>>);
 
-/// A quantized layer's tokens dequantized to f32, as [`layer_in`] takes them: dense when its
-/// heads hold the same tokens, else rows with their head lengths.
+/// A quantized layer's tokens dequantized to f32 ([`LayerCache::float_snapshot`]), as
+/// [`layer_in`] takes them: dense when its heads hold the same tokens, else rows with their
+/// head lengths.
 fn dequantized(stored: &QuantizedLayerCache) -> Result<LayerRows> {
-    let lengths = stored.head_lengths();
-    let (keys, values) = stored.dequantized_head_rows();
-    let rows = lengths.iter().sum::<usize>();
-    let head_dim = keys.len() / rows.max(1);
-    let device = candle_core::Device::Cpu;
-    if lengths.iter().all(|&l| l == lengths[0]) {
-        let shape = (1, lengths.len(), lengths[0], head_dim);
-        let dense = (
-            Tensor::from_vec(keys, shape, &device)?,
-            Tensor::from_vec(values, shape, &device)?,
-        );
-        return Ok((dense, None));
-    }
-    let rows = (
-        Tensor::from_vec(keys, (rows, head_dim), &device)?,
-        Tensor::from_vec(values, (rows, head_dim), &device)?,
-    );
-    Ok((rows, Some(lengths)))
+    Ok(match stored.float_snapshot()? {
+        LayerSnapshot::Dense(Some(rows)) => (rows, None),
+        LayerSnapshot::PerHead {
+            keys,
+            values,
+            head_lengths,
+            ..
+        } => ((keys, values), Some(head_lengths)),
+        LayerSnapshot::Dense(None) | LayerSnapshot::Stored(_) => {
+            return Err(Error::InvalidInput(
+                "a saved quantized layer gave no dequantized tokens".to_string(),
+            ))
+        }
+    })
 }
 
 /// The session over a checked file's cache, in the model's KV-cache dtype, told `press` so that

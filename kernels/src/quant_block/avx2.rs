@@ -320,8 +320,7 @@ unsafe fn four_keys<const R: usize>(
     let mut acc = [unsafe { _mm_setzero_ps() }; R];
     for g in 0..groups {
         let param = |k: usize, i: usize| problem.params[2 * ((j0 + k) * groups + g) + i];
-        // SAFETY: AVX2 is enabled; `widen16` checks the length of the codes. (No closures:
-        // they would not inherit the enabled features.)
+        // SAFETY: AVX2 is enabled; `widen16` checks the length of the codes.
         let codes = unsafe {
             [
                 widen16(bits, block.codes(j0, g)),

@@ -121,7 +121,8 @@ fn widen(bits: QuantBits, codes: &[u8], out: &mut [f32; G]) {
 }
 
 /// Where the kernels put a row's channels: position `g * 32 + i` of a row in the kernels' order
-/// holds the row's channel `source(g * 32 + i)`.
+/// holds the stored position `g * 32 + stored_position(bits, i)`, which holds the row's channel
+/// given by the stored channel order (if any).
 #[derive(Clone, Copy)]
 struct KernelOrder<'a> {
     bits: QuantBits,
@@ -129,53 +130,20 @@ struct KernelOrder<'a> {
     stored: Option<&'a [u16]>,
 }
 
+/// The stored position, within its group, of kernel position `i`: the same in 8 bits, low
+/// nibbles (even positions) then high ones (odd) in 4 bits.
+fn stored_position(bits: QuantBits, i: usize) -> usize {
+    match bits {
+        QuantBits::Eight => i,
+        QuantBits::Four if i < G / 2 => 2 * i,
+        QuantBits::Four => 2 * (i - G / 2) + 1,
+    }
+}
+
 impl KernelOrder<'_> {
-    /// The stored position (within its group) of each kernel position of a group: the same in
-    /// 8 bits, low nibbles (even positions) then high ones (odd) in 4 bits.
-    fn group_table(&self) -> &'static [u8; G] {
-        const IN_ORDER: [u8; G] = {
-            let mut table = [0u8; G];
-            let mut i = 0;
-            while i < G {
-                table[i] = i as u8;
-                i += 1;
-            }
-            table
-        };
-        const NIBBLES: [u8; G] = {
-            let mut table = [0u8; G];
-            let mut i = 0;
-            while i < G {
-                table[i] = if i < G / 2 {
-                    2 * i
-                } else {
-                    2 * (i - G / 2) + 1
-                } as u8;
-                i += 1;
-            }
-            table
-        };
-        match self.bits {
-            QuantBits::Eight => &IN_ORDER,
-            QuantBits::Four => &NIBBLES,
-        }
-    }
-
-    /// Writes into `sources` (of `head_dim`) the row channel each kernel position holds.
-    fn sources(&self, sources: &mut [u16]) {
-        let table = self.group_table();
-        for (base, group) in sources.chunks_exact_mut(G).enumerate() {
-            let base = base * G;
-            for (source, &c) in group.iter_mut().zip(table) {
-                let stored = base + c as usize;
-                *source = self.stored.map_or(stored as u16, |order| order[stored]);
-            }
-        }
-    }
-
     /// Calls `f` with the row channel of every kernel position of a row of `head_dim` channels
-    /// (computed once, on the stack up to 512 channels).
-    fn with_sources<R>(&self, head_dim: usize, f: impl FnOnce(&[u16]) -> R) -> R {
+    /// (computed once per call, on the stack up to 512 channels).
+    fn with_sources<R>(&self, head_dim: usize, f: impl FnOnce(&ChannelSources<'_>) -> R) -> R {
         let mut on_stack = [0u16; 512];
         let mut on_heap = Vec::new();
         let sources = match head_dim <= on_stack.len() {
@@ -185,45 +153,48 @@ impl KernelOrder<'_> {
                 &mut on_heap[..]
             }
         };
-        self.sources(sources);
-        f(sources)
+        for (position, source) in sources.iter_mut().enumerate() {
+            let stored = position - position % G + stored_position(self.bits, position % G);
+            *source = self.stored.map_or(stored as u16, |order| order[stored]);
+        }
+        f(&ChannelSources(sources))
+    }
+}
+
+/// The row channel each kernel position holds ([`KernelOrder::with_sources`]).
+struct ChannelSources<'a>(&'a [u16]);
+
+impl ChannelSources<'_> {
+    /// Writes `rows` (of the sources' length) into `out` in the kernels' order.
+    fn gather(&self, rows: &[f32], out: &mut [f32]) {
+        let head_dim = self.0.len();
+        for (dst, src) in out
+            .chunks_exact_mut(head_dim)
+            .zip(rows.chunks_exact(head_dim))
+        {
+            for (d, &c) in dst.iter_mut().zip(self.0) {
+                *d = src[c as usize];
+            }
+        }
     }
 
-    /// Writes `rows` (of `head_dim`) into `out` in the kernels' order.
-    fn gather(&self, rows: &[f32], out: &mut [f32], head_dim: usize) {
-        self.with_sources(head_dim, |sources| {
-            for (dst, src) in out
-                .chunks_exact_mut(head_dim)
-                .zip(rows.chunks_exact(head_dim))
+    /// Writes `ordered` (rows in the kernels' order) into `rows` in channel order, adding to
+    /// each channel its group's entry of `offsets` (per row, one per group).
+    fn scatter(&self, ordered: &[f32], offsets: &[f32], rows: &mut [f32]) {
+        let head_dim = self.0.len();
+        for ((dst, src), offsets) in rows
+            .chunks_exact_mut(head_dim)
+            .zip(ordered.chunks_exact(head_dim))
+            .zip(offsets.chunks_exact(head_dim / G))
+        {
+            for ((group, offset), group_sources) in
+                src.chunks_exact(G).zip(offsets).zip(self.0.chunks_exact(G))
             {
-                for (d, &c) in dst.iter_mut().zip(sources) {
-                    *d = src[c as usize];
+                for (&value, &c) in group.iter().zip(group_sources) {
+                    dst[c as usize] = value + offset;
                 }
             }
-        })
-    }
-
-    /// Writes `ordered` (rows of `head_dim` in the kernels' order) into `rows` in channel
-    /// order, adding to each channel its group's entry of `offsets` (per row, one per group).
-    fn scatter(&self, ordered: &[f32], offsets: &[f32], rows: &mut [f32], head_dim: usize) {
-        let groups = head_dim / G;
-        self.with_sources(head_dim, |sources| {
-            for ((dst, src), offsets) in rows
-                .chunks_exact_mut(head_dim)
-                .zip(ordered.chunks_exact(head_dim))
-                .zip(offsets.chunks_exact(groups))
-            {
-                for ((group, offset), group_sources) in src
-                    .chunks_exact(G)
-                    .zip(offsets)
-                    .zip(sources.chunks_exact(G))
-                {
-                    for (&value, &c) in group.iter().zip(group_sources) {
-                        dst[c as usize] = value + offset;
-                    }
-                }
-            }
-        })
+        }
     }
 }
 
@@ -324,7 +295,9 @@ fn block_scores_with(
     buffer.resize(queries.len() + rows * groups + n_params, 0.0);
     let (ordered, rest) = buffer.split_at_mut(queries.len());
     let (sums, params) = rest.split_at_mut(rows * groups);
-    block.kernel_order().gather(queries, ordered, head_dim);
+    block
+        .kernel_order()
+        .with_sources(head_dim, |sources| sources.gather(queries, ordered));
     // Per row and group, the sum of the query's channels (what the minimum multiplies).
     for (sum, group) in sums.iter_mut().zip(ordered.chunks_exact(G)) {
         *sum = group.iter().sum();
@@ -461,19 +434,20 @@ fn block_values_with(
     );
     let (ordered, rest) = buffer.split_at_mut(outputs.len());
     let (offsets, params) = rest.split_at_mut(rows * groups);
-    let order = block.kernel_order();
-    order.gather(outputs, ordered, head_dim);
-    block_params(block, params);
-    offsets.fill(0.0);
-    let mut sums = ValueSums {
-        ordered,
-        offsets,
-        params,
-        weights: RowWeights { weights, stride },
-        rows,
-    };
-    accumulate_codes(kernel, block, &mut sums);
-    order.scatter(sums.ordered, sums.offsets, outputs, head_dim);
+    block.kernel_order().with_sources(head_dim, |sources| {
+        sources.gather(outputs, ordered);
+        block_params(block, params);
+        offsets.fill(0.0);
+        let mut sums = ValueSums {
+            ordered,
+            offsets,
+            params,
+            weights: RowWeights { weights, stride },
+            rows,
+        };
+        accumulate_codes(kernel, block, &mut sums);
+        sources.scatter(sums.ordered, sums.offsets, outputs);
+    })
 }
 
 /// Output rows being accumulated: the code terms in the kernels' channel order, per row and

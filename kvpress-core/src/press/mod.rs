@@ -43,7 +43,7 @@ pub use registry::{
     default_parameters, find_press, registered_names, registered_presses, PressRegistration,
 };
 pub use scorer::{
-    allocate_scores, check_window, score_and_allocate, score_and_allocate_at_ratios,
+    allocate_scores, check_window, inner_scorer, score_and_allocate, score_and_allocate_at_ratios,
     scores_at_ratios, Scorer,
 };
 pub use selection::Selection;

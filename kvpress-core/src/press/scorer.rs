@@ -2,7 +2,7 @@
 
 use candle_core::Tensor;
 
-use crate::press::{BudgetAllocator, Compression, LayerPosition, PressInput};
+use crate::press::{press_name, BudgetAllocator, Compression, LayerPosition, Press, PressInput};
 use crate::{Error, Result};
 
 /// Scores every cached token of every KV head: higher means keep.
@@ -18,6 +18,18 @@ pub trait Scorer: std::fmt::Debug + Send + Sync {
     fn scores_depend_on_ratio(&self) -> bool {
         true
     }
+}
+
+/// The scorer of `inner`, the press a wrapper named `press` drives (AdaKV, DMS, ...), or an
+/// error naming what is needed.
+pub fn inner_scorer<'a>(press: &str, inner: &'a dyn Press) -> Result<&'a dyn Scorer> {
+    inner.scorer().ok_or_else(|| {
+        Error::InvalidArgument(format!(
+            "{press} needs a scoring press inside (snapkv, expected_attention, knorm, ...); \
+             `{}` does not score tokens",
+            press_name(inner)
+        ))
+    })
 }
 
 /// Scores `input` with `scorer` once per distinct need: once for every nonzero ratio of

@@ -21,7 +21,7 @@
 use adakv::FlatLayerCache;
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
-    Compression, Press, PressDescription, PressInput, RatioControl, Scorer, Selection,
+    inner_scorer, Compression, Press, PressDescription, PressInput, RatioControl, Scorer, Selection,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
@@ -62,13 +62,7 @@ impl Dms {
 
     /// The inner press's scorer, or an error naming what is needed.
     fn scorer(&self) -> Result<&dyn Scorer> {
-        self.inner.scorer().ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "dms needs a scoring press inside (knorm, snapkv, expected_attention, ...); `{}` \
-                 does not score tokens",
-                kvpress_core::press::press_name(self.inner.as_ref())
-            ))
-        })
+        inner_scorer("dms", self.inner.as_ref())
     }
 }
 
