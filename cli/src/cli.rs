@@ -86,6 +86,9 @@ pub enum Command {
     /// Run the model over calibration texts and write its query statistics (pre-RoPE mean and
     /// covariance, Q-Filters) for the qfilter and expected_attention_stats presses.
     CalibrateQueries(commands::calibrate_queries::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API, with compressed contexts as
+    /// resources (POST /v1/contexts, then chat completions with their context_id).
+    Serve(commands::serve::Args),
 }
 
 /// Parses a KV-cache storage type: `f32`, `f16`, `bf16`, `q8`, `q4`.

@@ -57,5 +57,6 @@ fn run(cli: Cli) -> Result<()> {
         Command::Presses => commands::presses::run(),
         Command::Bench(args) => commands::bench::run(args),
         Command::CalibrateQueries(args) => commands::calibrate_queries::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     }
 }

@@ -27,6 +27,9 @@ pub enum FrontEnd {
     Trace,
     /// Decode speed from a compressed context (`kvpress bench --press`).
     Bench,
+    /// The server (`kvpress serve`): contexts compressed once, answers decoded in batches
+    /// without presses.
+    Serve,
 }
 
 impl FrontEnd {
@@ -41,6 +44,7 @@ impl FrontEnd {
             Self::Inspect => "inspect",
             Self::Trace => "trace",
             Self::Bench => "bench",
+            Self::Serve => "serve",
         }
     }
 
@@ -85,7 +89,8 @@ fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String
         ));
     }
     if description.cache_layout == CacheLayout::ChannelPruned
-        && (front_end == FrontEnd::Compress || description.compresses_while_decoding)
+        && (matches!(front_end, FrontEnd::Compress | FrontEnd::Serve)
+            || description.compresses_while_decoding)
     {
         return Some(
             "its cache stores only some key channels of the context, which has no saved-file \

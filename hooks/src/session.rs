@@ -223,6 +223,25 @@ impl ContextSession {
         }
     }
 
+    /// A copy of this session (its cache copied layer by layer), to answer from the same
+    /// context concurrently.
+    pub fn try_clone(&self) -> Result<Self> {
+        let snapshots = crate::snapshot::snapshot_layers(&self.cache)?;
+        let cache = crate::snapshot::cache_from_snapshots(&snapshots, self.cache.seen_tokens())?;
+        Ok(Self {
+            cache,
+            context_lengths: self.context_lengths.clone(),
+            context_seen: self.context_seen,
+            last_logits: self.last_logits.clone(),
+            decoding_press: self
+                .decoding_press
+                .as_deref()
+                .map(kvpress_core::press::press_clone)
+                .transpose()?,
+            last_answer_compressions: 0,
+        })
+    }
+
     /// Tells the session which press made its context: if that press compresses while tokens
     /// are generated, every answer runs its schedule (and the context is restored afterwards).
     pub fn set_press(&mut self, press: &dyn Press) -> Result<()> {

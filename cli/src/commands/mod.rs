@@ -11,6 +11,7 @@ pub mod generate;
 pub mod inspect;
 pub mod presses;
 pub mod run;
+pub mod serve;
 pub mod trace;
 
 use std::path::Path;

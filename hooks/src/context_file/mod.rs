@@ -131,6 +131,21 @@ pub fn save(
     context_ids: &[u32],
     press: &dyn kvpress_core::Press,
 ) -> Result<u64> {
+    let bytes = to_bytes(path, model, session, context_ids, press)?;
+    atomic::write_atomically(path, &bytes)?;
+    Ok(bytes.len() as u64)
+}
+
+/// The bytes [`save`] writes (for stores that are not files, such as a key-value server);
+/// [`load_bytes`] reads them back. `name` only names the context in errors.
+pub fn to_bytes(
+    name: &Path,
+    model: &LoadedModel,
+    session: &ContextSession,
+    context_ids: &[u32],
+    press: &dyn kvpress_core::Press,
+) -> Result<Vec<u8>> {
+    let path = name;
     let (tensors, head_lengths, kv_dtype) = encode::encode_cache(session)?;
     let header = ContextHeader {
         model: ModelIdentity::of(model)?,
@@ -146,9 +161,7 @@ pub fn save(
     };
     // Never write a file that would not load.
     checks::check_header(path, &header, model)?;
-    let bytes = encode::serialize(path, &header, &tensors)?;
-    atomic::write_atomically(path, &bytes)?;
-    Ok(bytes.len() as u64)
+    encode::serialize(path, &header, &tensors)
 }
 
 /// Reads a context file made for `model`; the session answers questions as if the context had
