@@ -17,6 +17,8 @@ pub struct Metrics {
     pub decode_micros: AtomicU64,
     /// Answers in the last decoding step.
     pub batch_size: AtomicUsize,
+    /// Most answers in one decoding step so far.
+    pub batch_size_max: AtomicUsize,
     /// Tokens per second of the last decoding step (all answers together), times 1000.
     pub last_step_milli_tokens_per_second: AtomicU64,
     /// Answers and compressions accepted and not finished.
@@ -53,6 +55,7 @@ impl Metrics {
         self.decode_steps.fetch_add(1, Ordering::Relaxed);
         self.decode_micros.fetch_add(micros, Ordering::Relaxed);
         self.batch_size.store(batch, Ordering::Relaxed);
+        self.batch_size_max.fetch_max(batch, Ordering::Relaxed);
         let rate = batch as f64 * 1e6 / micros.max(1) as f64;
         self.last_step_milli_tokens_per_second
             .store((rate * 1000.0) as u64, Ordering::Relaxed);
@@ -80,7 +83,7 @@ impl Metrics {
         }
         let decode_seconds = get(&self.decode_micros) as f64 / 1e6;
         let tokens = get(&self.tokens_generated);
-        let lines: [(&str, &str, &str, String); 12] = [
+        let lines: [(&str, &str, &str, String); 13] = [
             (
                 "kvpress_tokens_generated_total",
                 "counter",
@@ -113,6 +116,12 @@ impl Metrics {
                 "gauge",
                 "Answers in the last decoding step.",
                 self.batch_size.load(Ordering::Relaxed).to_string(),
+            ),
+            (
+                "kvpress_batch_size_max",
+                "gauge",
+                "Most answers in one decoding step so far.",
+                self.batch_size_max.load(Ordering::Relaxed).to_string(),
             ),
             (
                 "kvpress_in_flight",
