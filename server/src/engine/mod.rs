@@ -157,6 +157,18 @@ pub struct EngineLimits {
     pub max_queue: usize,
 }
 
+/// A thread pool of its own for the prefill worker or the decoding loop, as wide as the
+/// global one: the kernels split their work over the current pool, and in one shared pool a
+/// prefill's many tasks would queue the decoding step's behind them (stopping the answers for
+/// the whole prefill). With two pools the system shares the cores between them.
+fn thread_pool(name: &'static str) -> std::io::Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map_err(std::io::Error::other)
+}
+
 impl Engine {
     /// Starts the prefill worker and the decoding loop.
     pub fn start(
@@ -172,17 +184,19 @@ impl Engine {
             contexts,
             metrics: Arc::clone(&metrics),
         };
+        let prefill_pool = thread_pool("kvpress-prefill")?;
         std::thread::Builder::new()
             .name("kvpress-prefill".into())
-            .spawn(move || worker.run(job_queue, ready))?;
+            .spawn(move || prefill_pool.install(|| worker.run(job_queue, ready)))?;
         let decoder = decode::Decoder {
             model,
             metrics: Arc::clone(&metrics),
             max_batch: limits.max_batch,
         };
+        let decode_pool = thread_pool("kvpress-decode")?;
         std::thread::Builder::new()
             .name("kvpress-decode".into())
-            .spawn(move || decoder.run(ready_queue))?;
+            .spawn(move || decode_pool.install(|| decoder.run(ready_queue)))?;
         Ok(Self {
             jobs,
             metrics,
