@@ -53,7 +53,7 @@ pub struct ServeOptions {
     pub max_body_bytes: usize,
     /// Largest `max_tokens` a request may ask for.
     pub max_tokens_limit: usize,
-    /// After SIGTERM (or [`crate::ServerHandle::shutdown`]): how long running answers may
+    /// After SIGTERM (or [`crate::Server::shutdown`]): how long running answers may
     /// take to finish before the server stops anyway.
     pub shutdown_grace: Duration,
     /// Shut down gracefully on SIGTERM and Ctrl-C (what `kvpress serve` does); otherwise only

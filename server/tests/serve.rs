@@ -445,3 +445,51 @@ fn a_full_server_answers_429_and_a_client_that_leaves_frees_its_place() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     Arc::try_unwrap(server).ok().unwrap().shutdown();
 }
+
+#[test]
+fn quantized_head_wise_contexts_answer_as_the_library_does() {
+    let adakv = json!({"press": "adakv", "inner": {"press": "snapkv", "compression_ratio": 0.5}});
+    let q4 = || {
+        let mut model = common::model();
+        model.model.set_kv_storage("q4".parse().unwrap()).unwrap();
+        model
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let server = kvpress_server::Server::start(q4(), common::options(dir.path())).unwrap();
+    let address = server.address();
+    let model = model_id(address);
+    let created = post(
+        address,
+        "/v1/contexts",
+        &json!({"text": needle_text(), "press": adakv}),
+    );
+    assert_eq!(created.status, 200, "{}", created.body);
+    let id = created.json()["id"].as_str().unwrap().to_string();
+    let pipe = Pipeline::from_loaded(q4());
+    let press = kvpress::core::press::press_from_value(adakv.clone()).unwrap();
+    let context = pipe.compress(&needle_text(), press.as_ref()).unwrap();
+    assert_eq!(created.json()["kv_bytes"], context.kv_bytes().unwrap());
+    let questions = [
+        QUESTION,
+        "What is the text about?",
+        "Is there a magic number in the text?",
+    ];
+    let handles: Vec<_> = questions
+        .iter()
+        .map(|q| {
+            let body = chat(&model, &id, q, 32);
+            thread::spawn(move || answer_text(&post(address, "/v1/chat/completions", &body)))
+        })
+        .collect();
+    for (handle, question) in handles.into_iter().zip(questions) {
+        let options = AnswerOptions {
+            max_new_tokens: 32,
+            ..Default::default()
+        };
+        assert_eq!(
+            handle.join().unwrap(),
+            context.ask_with(question, options).unwrap().text
+        );
+    }
+    server.shutdown();
+}

@@ -85,18 +85,30 @@ fn create_temp(folder: &Path, name: &str) -> std::io::Result<(PathBuf, File)> {
 /// were killed: those whose process no longer runs (Linux: no `/proc/<pid>`; elsewhere nothing
 /// is removed). Files that cannot be read or removed are left alone.
 fn remove_stale_temps(folder: &Path, name: &str) {
+    remove_stale_temps_where(folder, |target| target == name);
+}
+
+/// Removes the temporary files `.<name>.tmp-<pid>-<random>` in `folder` of every `name` that
+/// `target` accepts (e.g. every `.kvp` file of a folder of contexts, when a store opens it)
+/// whose writer was killed, as a write to one path does for that path.
+pub fn remove_stale_temps_where(folder: &Path, target: impl Fn(&str) -> bool) {
     if !Path::new("/proc/self").exists() {
         return;
     }
-    let prefix = format!(".{name}.tmp-");
     let Ok(entries) = std::fs::read_dir(folder) else {
         return;
     };
     for entry in entries.flatten() {
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        let Some(rest) = file_name.strip_prefix(&prefix) else {
+        let Some((name, rest)) = file_name
+            .strip_prefix('.')
+            .and_then(|f| f.rsplit_once(".tmp-"))
+        else {
             continue;
         };
+        if !target(name) {
+            continue;
+        }
         let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
         if let Some(pid) = pid {
             if !Path::new(&format!("/proc/{pid}")).exists() {

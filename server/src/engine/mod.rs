@@ -1,9 +1,9 @@
 //! The engine: a prefill worker and a decoding loop, each on its own thread, sharing the model.
 //!
-//! - The prefill worker ([`prefill`]) compresses new contexts and runs each new answer's
+//! - The prefill worker (`prefill`) compresses new contexts and runs each new answer's
 //!   prompt forward (its question, or a whole prompt), so that a long prefill never stops the
 //!   decoding loop: it runs beside it.
-//! - The decoding loop ([`decode`]) is continuous batching: every step runs one token of
+//! - The decoding loop (`decode`) is continuous batching: every step runs one token of
 //!   every running answer through [`kvpress::models::Model::forward_sequences`]; answers ready
 //!   after their prefill join between steps (up to `max_batch`), finished ones and those whose
 //!   client went away leave. Each answer has its own cache (a copy of its context's), sampler

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kvpress::hooks::context_file::atomic::write_atomically;
+use kvpress::hooks::context_file::atomic::{remove_stale_temps_where, write_atomically};
 
 use super::{is_context_id, ContextStore, StoreError};
 
@@ -14,12 +14,14 @@ pub struct DiskStore {
 }
 
 impl DiskStore {
-    /// Opens (creating it if needed) the folder `dir`.
+    /// Opens (creating it if needed) the folder `dir`, removing the temporary files of writes
+    /// whose process was killed.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let store = Self {
             dir: dir.to_path_buf(),
         };
         std::fs::create_dir_all(dir).map_err(|e| store.error(format!("cannot create it: {e}")))?;
+        remove_stale_temps_where(dir, |name| name.ends_with(".kvp"));
         Ok(store)
     }
 
@@ -97,6 +99,30 @@ mod tests {
         assert_eq!(store.get(&id).unwrap().as_deref(), Some(&b"abc"[..]));
         assert!(store.delete(&id).unwrap());
         assert!(!store.delete(&id).unwrap());
+        assert!(store.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn opening_removes_the_temporary_files_of_killed_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir
+            .path()
+            .join(".ctx-0123456789abcdef.kvp.tmp-999999999-00");
+        let alive = dir.path().join(format!(
+            ".ctx-0123456789abcdef.kvp.tmp-{}-00",
+            std::process::id()
+        ));
+        let other = dir.path().join(".notes.txt.tmp-999999999-00");
+        for path in [&dead, &alive, &other] {
+            std::fs::write(path, b"partial").unwrap();
+        }
+        let store = DiskStore::open(dir.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(alive.exists(), "a running writer's file is left alone");
+        assert!(
+            other.exists(),
+            "only contexts' temporary files are the store's"
+        );
         assert!(store.list().unwrap().is_empty());
     }
 }

@@ -246,6 +246,8 @@ class Faults(unittest.TestCase):
                     self.assertEqual(status, 200, body)
                     self.assertEqual(body["context_tokens"], 1175)
                 self.assertIn("7340912", ask(server, confirmed[-1], QUESTION))
+                # The temporary files of the killed writes are gone once the store opens.
+                self.assertEqual([f for f in os.listdir(store) if f.startswith(".")], [])
             finally:
                 server.stop()
         finally:
