@@ -132,11 +132,14 @@ pub fn fidelity(
         &NoPress::default(),
         &[],
     )?;
-    let (compressed_session, _) = if press.describe().needs_attention_weights {
-        ContextSession::compress(model, context_ids, press, &[])?
-    } else {
-        recorded.compress(model, press, &[])?
-    };
+    // Presses needing attention weights or a reconstruction pass compress a prefill of their
+    // own (the recorded prefill keeps neither).
+    let (compressed_session, _) =
+        if press.describe().needs_attention_weights || press.reconstruction().is_some() {
+            ContextSession::compress(model, context_ids, press, &[])?
+        } else {
+            recorded.compress(model, press, &[])?
+        };
     let full_run = continue_from(reference, full_session, continuation_ids)?;
     let compressed_run = continue_from(model, compressed_session, continuation_ids)?;
     let (full, compressed) = (&full_run.logits, &compressed_run.logits);

@@ -2,7 +2,7 @@
 //! either does on that path everything its description says ([`Press::describe`]) or is refused
 //! up front with an error naming the press, the front end and why.
 
-use kvpress_core::press::{CacheLayout, Press, PressDescription, RatioControl};
+use kvpress_core::press::{CacheLayout, Press, RatioControl};
 
 use crate::{Error, Result};
 
@@ -59,14 +59,13 @@ impl FrontEnd {
 pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
     press.validate()?;
     kvpress_core::press::check_nesting(press)?;
-    let description = press.describe();
     let reason = match kvpress_core::press::press_name(press).as_str() {
         "no_press" if front_end == FrontEnd::Eval => Some(
             "it never compresses, and the grid already answers every question from the full \
              cache (its `full cache` rows)"
                 .to_string(),
         ),
-        _ => refusal(front_end, &description),
+        _ => refusal(front_end, press),
     };
     if let Some(reason) = reason {
         return Err(Error::PressNotSupported {
@@ -78,7 +77,21 @@ pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
     Ok(())
 }
 
-fn refusal(front_end: FrontEnd, description: &PressDescription) -> Option<String> {
+fn refusal(front_end: FrontEnd, press: &dyn Press) -> Option<String> {
+    if press.reconstruction().is_some() && matches!(front_end, FrontEnd::Eval | FrontEnd::Generate)
+    {
+        return Some(format!(
+            "it scores the context by reconstructing it in a second forward pass after the \
+             prefill, which `{}` does not run (it compresses {}); use run, compress, trace, \
+             inspect, fidelity, bench or serve",
+            front_end.name(),
+            match front_end {
+                FrontEnd::Eval => "one recorded prefill layer by layer",
+                _ => "the prompt while it is prefilled",
+            }
+        ));
+    }
+    let description = &press.describe();
     let question_aware = matches!(front_end, FrontEnd::Run | FrontEnd::Trace | FrontEnd::Bench);
     if description.needs_question && !question_aware {
         return Some(format!(

@@ -6,7 +6,9 @@
 //! - [`ContextSession`]: compress once, answer many, on token ids; it runs a decode-time press
 //!   while answers are generated.
 //! - [`PressHook`]: runs a press in every layer after the prefill (and on its decode-time
-//!   schedule); [`RecordedPrefill`]: one prefill compressed by many presses at many ratios.
+//!   schedule); [`RecordedPrefill`]: one prefill compressed by many presses at many ratios;
+//!   [`reconstruction`]: the second pass of presses that score by reconstructing the context
+//!   (KVzip).
 //! - [`front_end`]: the check every front end makes before it runs a press ([`check_press`]).
 //! - [`PromptSplit`]: kvpress's context/question split of a chat prompt.
 //! - [`batch`]: several compressed contexts answered in one decoding step each.
@@ -39,6 +41,7 @@ pub mod front_end;
 pub mod pipeline;
 mod press_hook;
 mod prompt;
+pub mod reconstruction;
 mod recorded;
 pub mod run;
 mod session;

@@ -193,6 +193,21 @@ impl ContextSession {
         press: &dyn Press,
         score_layers: &[usize],
     ) -> Result<(Self, CompressionReport)> {
+        if let Some(scoring) = press.reconstruction() {
+            if question_tokens > 0 {
+                return Err(crate::Error::InvalidInput(
+                    "a press that reconstructs the context scores it without a question"
+                        .to_string(),
+                ));
+            }
+            return Self::compress_by_reconstruction(
+                model,
+                prefill_ids,
+                press,
+                scoring,
+                score_layers,
+            );
+        }
         let mut hook = PressHook::new(press, score_layers)?.with_question_tokens(question_tokens);
         let start = Instant::now();
         let cache = new_cache_for(model, press)?;
@@ -207,6 +222,47 @@ impl ContextSession {
             hook.into_records(),
             &session.cache,
         );
+        Ok((session, report))
+    }
+
+    /// [`Self::compress`] for a press that scores by reconstructing the context (KVzip): the
+    /// context is prefilled whole into the model's own cache, the reconstruction pass scores it
+    /// there ([`crate::reconstruction`]), then the layers move into the press's layout (the
+    /// flattened per-head cache, for float storage) and are compacted. The report's prefill
+    /// time includes the pass.
+    fn compress_by_reconstruction(
+        model: &Model,
+        context_ids: &[u32],
+        press: &dyn Press,
+        scoring: &dyn kvpress_core::press::ReconstructionScoring,
+        score_layers: &[usize],
+    ) -> Result<(Self, CompressionReport)> {
+        press.validate()?;
+        // Refuses a context too long to be reconstructed before prefilling it.
+        crate::reconstruction::reconstruction_chunks(model, context_ids, scoring.chunk_size())?;
+        let start = Instant::now();
+        let mut cache = model.new_cache();
+        let input = Tensor::new(context_ids, model.device())?.unsqueeze(0)?;
+        let last_logits = model.forward(&input, &mut cache, None)?.squeeze(0)?;
+        let pass_start = Instant::now();
+        let scores = crate::reconstruction::score(model, &mut cache, context_ids, scoring)?;
+        let selections = scoring.select(&scores)?;
+        let mut cache = match model.kv_storage() {
+            // A quantized cache stores ragged heads itself.
+            KvStorage::Quantized(_) => cache,
+            KvStorage::Float(_) => {
+                crate::reconstruction::move_layers(cache, new_cache_for(model, press)?)?
+            }
+        };
+        let shared = pass_start.elapsed().as_secs_f64() / cache.n_layers().max(1) as f64;
+        let records =
+            crate::reconstruction::compact(&mut cache, selections, scores, score_layers, shared)?;
+        let prefill_seconds = start.elapsed().as_secs_f64();
+        continue_positions(press, &mut cache, context_ids.len());
+        let mut session = Self::from_cache(cache, last_logits);
+        session.set_press(press)?;
+        let report =
+            CompressionReport::new(context_ids.len(), prefill_seconds, records, &session.cache);
         Ok((session, report))
     }
 

@@ -182,7 +182,31 @@ pub fn trace_press(
     }
     let (mut session, report) =
         ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
-    press_trace(model, split, &mut session, &report)
+    let mut trace = press_trace(model, split, &mut session, &report)?;
+    if let Some(scoring) = press.reconstruction() {
+        // The fixtures' fields of presses that reconstruct the context (KVzip).
+        let chunks = crate::reconstruction::reconstruction_chunks(
+            &model.model,
+            &split.context_ids,
+            scoring.chunk_size(),
+        )?;
+        let prefix = chunks.first().map_or(0, |c| c.tokens.start);
+        let fields = [
+            ("prefix_length", serde_json::json!(prefix)),
+            (
+                "reconstruction_ids",
+                serde_json::json!(chunks.iter().map(|c| &c.ids).collect::<Vec<_>>()),
+            ),
+            (
+                "reconstruction_chunks",
+                serde_json::json!(chunks.iter().map(|c| c.tokens.len()).collect::<Vec<_>>()),
+            ),
+        ];
+        for (name, value) in fields {
+            trace.notes.insert(name.to_string(), value);
+        }
+    }
+    Ok(trace)
 }
 
 /// [`trace_press`] for a press that compresses the context for its question (Finch): the

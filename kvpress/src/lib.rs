@@ -17,6 +17,7 @@ pub mod presses {
     pub use presses_dms as dms;
     pub use presses_expected_attention as expected_attention;
     pub use presses_finch as finch;
+    pub use presses_kvzip as kvzip;
     pub use presses_leverage as leverage;
     pub use presses_merging as merging;
     pub use presses_ops as ops;

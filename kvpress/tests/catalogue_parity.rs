@@ -541,3 +541,31 @@ fn finch_matches_kvpress() {
         assert_eq!(got.notes[field], want[field], "{field}");
     }
 }
+
+/// KVzip: the reconstruction prompts are kvpress's token for token (prefix of 24 tokens never
+/// reconstructed, one chunk of 1151), the scores of the recorded layers before the sinks are
+/// pinned, the kept sets of the global budget, the first-answer logits and the answer.
+#[test]
+fn kvzip_matches_kvpress() {
+    let (got, want) = check("kvzip@0.5", Lengths::Masked);
+    for field in [
+        "prefix_length",
+        "reconstruction_ids",
+        "reconstruction_chunks",
+    ] {
+        assert_eq!(got.notes[field], want[field], "kvzip: {field}");
+    }
+    assert!(
+        got.kv_bytes < got.kv_bytes_full,
+        "the evicted entries are not stored"
+    );
+}
+
+/// KVzip+: the same with the hidden-state and `‖v W_o‖` normalisation.
+#[test]
+fn kvzip_plus_matches_kvpress() {
+    let (got, _) = check("kvzip_plus@0.5", Lengths::Masked);
+    let kept: usize = got.kept.iter().flatten().map(Vec::len).sum();
+    let total = got.kept.len() * got.kept[0].len() * 1175;
+    assert_eq!(kept, total - total / 2, "half of all entries are evicted");
+}

@@ -52,6 +52,34 @@ fn decode_time_presses_are_refused_where_only_the_prefill_is_compressed() {
 }
 
 #[test]
+fn kvzip_runs_where_a_context_is_compressed_and_nowhere_it_would_not_reconstruct() {
+    let kvzip = press("press = \"kvzip\"\ncompression_ratio = 0.5\n");
+    for front_end in [
+        FrontEnd::Run,
+        FrontEnd::Compress,
+        FrontEnd::Fidelity,
+        FrontEnd::Inspect,
+        FrontEnd::Trace,
+        FrontEnd::Bench,
+        FrontEnd::Serve,
+    ] {
+        assert!(!refused_by(front_end, kvzip.as_ref()), "{front_end:?}");
+    }
+    for front_end in [FrontEnd::Eval, FrontEnd::Generate] {
+        assert!(refused_by(front_end, kvzip.as_ref()), "{front_end:?}");
+    }
+    // Inside another press it would be asked for one layer at a time: refused by name.
+    let nested = press_from_toml(
+        "press = \"composed\"\n[[presses]]\npress = \"kvzip\"\ncompression_ratio = 0.5\n",
+    )
+    .unwrap();
+    let error = check_press(FrontEnd::Run, nested.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("`composed` holds `kvzip`"), "{error}");
+}
+
+#[test]
 fn the_grid_refuses_presses_that_own_their_ratios() {
     let per_layer = press(
         "press = \"per_layer\"\ncompression_ratios = [0.5, 0.25]\n[inner]\npress = \"knorm\"\n",

@@ -16,6 +16,7 @@ use crate::gguf::GgufFile;
 pub use crate::hf_chat_template::chat_template_from_folder;
 use crate::hf_config::{read_json, HfConfig, TokenIds};
 use crate::model::Model;
+use crate::reconstruction_prompt::ReconstructionPrompt;
 use crate::safetensors::SafetensorsFiles;
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{WeightLoader, WeightMode};
@@ -88,7 +89,10 @@ pub fn load_gguf(
     };
     let mut source = file.tensor_source(&config, device);
     let mut weights = WeightLoader::new(&mut source, mode, device);
-    let model = Model::load(config, &mut weights, device)?;
+    let mut model = Model::load(config, &mut weights, device)?;
+    if let Ok(prompt) = ReconstructionPrompt::new(&tokenizer, chat_template.as_ref()) {
+        model.set_reconstruction_prompt(prompt);
+    }
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -137,8 +141,11 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
     let chat_template = chat_template_from_folder(folder)?;
     let mut files = SafetensorsFiles::open(folder, device)?;
     let mut weights = WeightLoader::new(&mut files, mode, device);
-    let model = Model::load(config, &mut weights, device)?;
+    let mut model = Model::load(config, &mut weights, device)?;
     files.check_all_used()?;
+    if let Ok(prompt) = ReconstructionPrompt::new(&tokenizer, chat_template.as_ref()) {
+        model.set_reconstruction_prompt(prompt);
+    }
     Ok(LoadedModel {
         model,
         tokenizer,

@@ -7,6 +7,7 @@ use crate::config::ModelConfig;
 use crate::forward::ForwardStep;
 use crate::layer::DecoderLayer;
 use crate::linear::{Embedding, Linear, RowMode};
+use crate::reconstruction_prompt::ReconstructionPrompt;
 use crate::weights::WeightMode;
 use crate::KvStorage;
 use crate::{Error, Result};
@@ -38,9 +39,22 @@ pub struct Model {
     device: Device,
     /// Whether [`Self::keep_dequantized_weights`] kept f32 copies of the quantized weights.
     dense_weights_kept: bool,
+    /// The context-reconstruction prompts (KVzip), made from the tokenizer when loaded.
+    reconstruction: Option<std::sync::Arc<ReconstructionPrompt>>,
 }
 
 impl Model {
+    /// The token ids of the context-reconstruction prompts (KVzip): set by the loaders from the
+    /// model's tokenizer and chat template; `None` for a model built without them.
+    pub fn reconstruction_prompt(&self) -> Option<&ReconstructionPrompt> {
+        self.reconstruction.as_deref()
+    }
+
+    /// Sets the context-reconstruction prompts (the loaders do).
+    pub fn set_reconstruction_prompt(&mut self, prompt: ReconstructionPrompt) {
+        self.reconstruction = Some(std::sync::Arc::new(prompt));
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &ModelConfig {
         &self.config

@@ -215,6 +215,13 @@ pub trait Press: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// For presses that score by reconstructing the context in a second forward pass and
+    /// choose across layers (KVzip): how. The runtime then runs that pass instead of calling
+    /// [`Self::compress`] per layer; `None` (the default) for every other press.
+    fn reconstruction(&self) -> Option<&dyn super::ReconstructionScoring> {
+        None
+    }
+
     /// What this press needs and does ([`PressDescription`]), the one place the runtime reads
     /// it from. The default is [`PressDescription::defaults_for`]; presses that need attention
     /// weights, re-rotate keys or own their ratios override it.

@@ -18,6 +18,7 @@ mod key_channels;
 mod nesting;
 mod no_press;
 mod pyramid;
+mod reconstruction;
 pub mod registry;
 mod scorer;
 mod selection;
@@ -39,6 +40,7 @@ pub use key_channels::KeyChannels;
 pub use nesting::{check_nesting, holds_presses};
 pub use no_press::NoPress;
 pub use pyramid::{layer_budget, PyramidAllocator};
+pub use reconstruction::ReconstructionScoring;
 pub use registry::{
     default_parameters, find_press, registered_names, registered_presses, PressRegistration,
 };

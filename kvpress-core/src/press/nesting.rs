@@ -27,6 +27,16 @@ pub fn holds_presses(press: &dyn Press) -> bool {
 fn check_children(config: &Value, outer: &dyn Press) -> Result<()> {
     for child in nested_presses(config) {
         let inner = press_from_value(child.clone())?;
+        if inner.reconstruction().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "`{}` holds `{}`, which scores the context by reconstructing it in a second \
+                 forward pass and chooses across every layer at once; it cannot run inside \
+                 another press, so use `{}` on its own",
+                press_name(outer),
+                press_name(inner.as_ref()),
+                press_name(inner.as_ref()),
+            )));
+        }
         if inner.describe().needs_question {
             return Err(Error::InvalidArgument(format!(
                 "`{}` holds `{}`, which compresses the context for the question prefilled with \

@@ -45,6 +45,7 @@ impl Model {
             cache_storage: crate::KvStorage::Float(weights.dtype()),
             device: device.clone(),
             dense_weights_kept: false,
+            reconstruction: None,
             config,
         })
     }
