@@ -78,18 +78,13 @@ pub fn check_press(front_end: FrontEnd, press: &dyn Press) -> Result<()> {
 }
 
 fn refusal(front_end: FrontEnd, press: &dyn Press) -> Option<String> {
-    if press.reconstruction().is_some() && matches!(front_end, FrontEnd::Eval | FrontEnd::Generate)
-    {
-        return Some(format!(
+    if press.reconstruction().is_some() && front_end == FrontEnd::Generate {
+        return Some(
             "it scores the context by reconstructing it in a second forward pass after the \
-             prefill, which `{}` does not run (it compresses {}); use run, compress, trace, \
-             inspect, fidelity, bench or serve",
-            front_end.name(),
-            match front_end {
-                FrontEnd::Eval => "one recorded prefill layer by layer",
-                _ => "the prompt while it is prefilled",
-            }
-        ));
+             prefill, which `generate` does not run (it compresses the prompt while it is \
+             prefilled); use run, compress, eval, trace, inspect, fidelity, bench or serve"
+                .to_string(),
+        );
     }
     let description = &press.describe();
     let question_aware = matches!(front_end, FrontEnd::Run | FrontEnd::Trace | FrontEnd::Bench);

@@ -279,7 +279,8 @@ pub(super) struct PressGroup {
 
 impl PressGroup {
     /// Compressed sessions of the recorded context, one per ratio of `ratios`. Presses that
-    /// need attention weights (which a record does not keep) prefill again, once per ratio.
+    /// need attention weights (which a record does not keep) or a reconstruction pass (KVzip)
+    /// prefill again, once per ratio.
     pub(super) fn compress(
         &self,
         model: &LoadedModel,
@@ -287,7 +288,9 @@ impl PressGroup {
         context_ids: &[u32],
         ratios: &[f64],
     ) -> Result<Vec<ContextSession>> {
-        if !self.press.describe().needs_attention_weights {
+        let own_prefill =
+            self.press.describe().needs_attention_weights || self.press.reconstruction().is_some();
+        if !own_prefill {
             let compressed =
                 recorded.compress_at_ratios(&model.model, self.press.as_ref(), ratios, &[])?;
             return Ok(compressed.into_iter().map(|(session, _)| session).collect());
