@@ -107,20 +107,20 @@ pub fn reconstruction_chunks(
     Ok(chunks)
 }
 
-/// Scores the context in `cache` (prefilled with `context_ids`, uncompressed) by reconstruction:
-/// one `(1, n_kv_heads, context_len)` tensor per layer (the prefix tokens score 0). The cache
-/// holds the context alone again afterwards, whether the pass succeeded or not.
+/// Scores the context of `context_len` tokens in `cache` (prefilled, uncompressed) by feeding
+/// its reconstruction `chunks` ([`reconstruction_chunks`]): one `(1, n_kv_heads, context_len)`
+/// tensor per layer (the prefix tokens score 0). The cache holds the context alone again
+/// afterwards, whether the pass succeeded or not.
 pub(crate) fn score(
     model: &Model,
     cache: &mut ModelCache,
-    context_ids: &[u32],
+    context_len: usize,
+    chunks: &[ReconstructionChunk],
     scoring: &dyn ReconstructionScoring,
 ) -> Result<Vec<Tensor>> {
     let n_layers = cache.n_layers();
-    let context_len = context_ids.len();
     let n_kv_heads = model.config().n_kv_heads;
     let mut scores = vec![vec![0f32; n_kv_heads * context_len]; n_layers];
-    let chunks = reconstruction_chunks(model, context_ids, scoring.chunk_size())?;
     for chunk in chunks {
         let mut hook = ChunkHook {
             scoring,

@@ -238,14 +238,16 @@ impl ContextSession {
         score_layers: &[usize],
     ) -> Result<(Self, CompressionReport)> {
         press.validate()?;
-        // Refuses a context too long to be reconstructed before prefilling it.
-        crate::reconstruction::reconstruction_chunks(model, context_ids, scoring.chunk_size())?;
+        // Made (and a context too long to be reconstructed refused) before the prefill.
+        let chunks =
+            crate::reconstruction::reconstruction_chunks(model, context_ids, scoring.chunk_size())?;
         let start = Instant::now();
         let mut cache = model.new_cache();
         let input = Tensor::new(context_ids, model.device())?.unsqueeze(0)?;
         let last_logits = model.forward(&input, &mut cache, None)?.squeeze(0)?;
         let pass_start = Instant::now();
-        let scores = crate::reconstruction::score(model, &mut cache, context_ids, scoring)?;
+        let scores =
+            crate::reconstruction::score(model, &mut cache, context_ids.len(), &chunks, scoring)?;
         let selections = scoring.select(&scores)?;
         let mut cache = match model.kv_storage() {
             // A quantized cache stores ragged heads itself.

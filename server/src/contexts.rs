@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kvpress::core::press::{press_from_value, Press};
+use kvpress::core::press::Press;
 use kvpress::hooks::context_file::{self, ContextHeader};
 use kvpress::hooks::ContextSession;
 use kvpress::models::LoadedModel;
@@ -156,11 +156,6 @@ impl Contexts {
         Ok((stored.len(), stored.iter().map(|(_, size)| size).sum()))
     }
 
-    /// What the store is.
-    pub fn store_name(&self) -> String {
-        self.store.describe()
-    }
-
     fn read(&self, id: &str, bytes: &[u8]) -> Result<StoredContext, ApiError> {
         let (session, header) = context_file::load_bytes(Path::new(id), bytes, &self.model)
             .map_err(|e| {
@@ -169,9 +164,6 @@ impl Contexts {
                     self.store.describe()
                 ))
             })?;
-        // The press parsed when the header was checked; parsing it again cannot fail.
-        let press = press_from_value(header.press.clone())
-            .map_err(|e| ApiError::internal(format!("context {id}: its press config: {e}")))?;
         let info = ContextInfo {
             id: id.to_string(),
             object: "context",
@@ -179,7 +171,8 @@ impl Contexts {
             kept_fraction: kept_fraction(&self.model, &session, &header),
             kv_bytes: session.cache().bytes_reserved(),
             stored_bytes: bytes.len(),
-            press: serde_json::to_value(press.as_ref()).unwrap_or(header.press.clone()),
+            // The press config as saved (the press's own JSON, checked when the file loaded).
+            press: header.press.clone(),
         };
         Ok(StoredContext { info, session })
     }

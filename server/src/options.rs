@@ -32,6 +32,15 @@ impl StoreLocation {
     }
 }
 
+impl std::fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Dir(dir) => write!(f, "{}", dir.display()),
+            Self::Redis(url) => f.write_str(url),
+        }
+    }
+}
+
 /// Settings of a server.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {

@@ -112,7 +112,16 @@ fn stored_contexts_answer_as_the_library_does_alone_and_in_batches() {
         metric(address, "kvpress_batch_size_max") >= 2.0,
         "no step decoded two answers"
     );
-    assert_eq!(metric(address, "kvpress_in_flight"), 0.0);
+    // Places are given back when the decoding loop drops a finished answer, just after its
+    // client got the last event.
+    let start = Instant::now();
+    while metric(address, "kvpress_in_flight") > 0.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "answers kept their places"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
     server.shutdown();
 }
 

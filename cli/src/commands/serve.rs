@@ -69,12 +69,8 @@ pub fn run(args: Args) -> Result<()> {
     let server = Server::start(model, options).context("cannot start the server")?;
     // Scripts wait for this line (the port is in it when --port 0 chose one).
     println!(
-        "kvpress serve: listening on http://{} (store: {})",
-        server.address(),
-        match &store {
-            StoreLocation::Dir(dir) => dir.display().to_string(),
-            StoreLocation::Redis(url) => url.clone(),
-        }
+        "kvpress serve: listening on http://{} (store: {store})",
+        server.address()
     );
     server.wait();
     Ok(())
