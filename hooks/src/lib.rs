@@ -9,6 +9,7 @@
 //!   schedule); [`RecordedPrefill`]: one prefill compressed by many presses at many ratios;
 //!   [`reconstruction`]: the second pass of presses that score by reconstructing the context
 //!   (KVzip).
+//! - [`calibration`]: presses calibrated on the model before they compress (DuoAttention).
 //! - [`front_end`]: the check every front end makes before it runs a press ([`check_press`]).
 //! - [`PromptSplit`]: kvpress's context/question split of a chat prompt.
 //! - [`batch`]: several compressed contexts answered in one decoding step each.
@@ -35,6 +36,7 @@
 
 mod attention_history;
 pub mod batch;
+pub mod calibration;
 pub mod context_file;
 mod error;
 pub mod front_end;
@@ -48,6 +50,7 @@ mod session;
 pub mod snapshot;
 pub mod trace;
 
+pub use calibration::calibrate;
 pub use error::{Error, Result};
 pub use front_end::{check_press, FrontEnd};
 pub use pipeline::{Answer, AnswerOptions, CompressedContext, LoadOptions, Pipeline};

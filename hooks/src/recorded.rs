@@ -118,6 +118,7 @@ impl RecordedPrefill {
         decide: impl Fn(&PressInput<'_>) -> Result<Vec<Compression>>,
     ) -> Result<Vec<(ContextSession, CompressionReport)>> {
         press.validate()?;
+        crate::calibration::calibrate(model, press)?;
         if press.describe().needs_attention_weights {
             return Err(Error::InvalidInput(
                 "this press needs attention weights, which a recorded prefill does not keep"

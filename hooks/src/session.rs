@@ -208,6 +208,7 @@ impl ContextSession {
                 score_layers,
             );
         }
+        crate::calibration::calibrate(model, press)?;
         let mut hook = PressHook::new(press, score_layers)?.with_question_tokens(question_tokens);
         let start = Instant::now();
         let cache = new_cache_for(model, press)?;

@@ -206,6 +206,10 @@ pub fn trace_press(
             trace.notes.insert(name.to_string(), value);
         }
     }
+    if let Some(calibration) = press.calibration() {
+        // The fixtures' fields of presses calibrated on the model (DuoAttention's heads).
+        trace.notes.extend(calibration.notes());
+    }
     Ok(trace)
 }
 

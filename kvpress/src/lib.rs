@@ -15,6 +15,7 @@ pub mod presses {
     pub use presses_cap as cap;
     pub use presses_criticalkv as criticalkv;
     pub use presses_dms as dms;
+    pub use presses_duo_attention as duo_attention;
     pub use presses_expected_attention as expected_attention;
     pub use presses_finch as finch;
     pub use presses_kvzip as kvzip;

@@ -59,12 +59,22 @@ fn check(name: &str, lengths: Lengths) -> (PressTrace, &'static Value) {
 /// presses whose deviation there is explained (with numbers) where they are tested and in the
 /// README; the first-answer logits of those are checked by [`check_replayed`] instead.
 fn check_except(name: &str, lengths: Lengths, exempt: &[&str]) -> (PressTrace, &'static Value) {
+    let press = press_from_file(&reference::catalogue_config(name))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    check_press(name, press.as_ref(), lengths, exempt)
+}
+
+/// [`check_except`] for `press`, built from the configuration `name` (and set up further).
+fn check_press(
+    name: &str,
+    press: &dyn Press,
+    lengths: Lengths,
+    exempt: &[&str],
+) -> (PressTrace, &'static Value) {
     let fixture = fixture();
     let want = &fixture["presses"][name];
     assert!(want.is_object(), "the fixture has no `{name}`");
-    let press = press_from_file(&reference::catalogue_config(name))
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let got = trace(press.as_ref());
+    let got = trace(press);
     let mut compared = want.clone();
     for field in exempt {
         compared.as_object_mut().unwrap().remove(*field);
@@ -568,4 +578,47 @@ fn kvzip_plus_matches_kvpress() {
     let kept: usize = got.kept.iter().flatten().map(Vec::len).sum();
     let total = got.kept.len() * got.kept[0].len() * 1175;
     assert_eq!(kept, total - total / 2, "half of all entries are evicted");
+}
+
+/// DuoAttention with on-the-fly head scores, calibrated on the fixture's 50 texts (kvpress's
+/// stand-in for its 50 BookSum chapters, in the order kvpress summed them): the same token ids,
+/// head scores within 1e-5, the same 45 streaming heads, then the common checks.
+#[test]
+fn duo_attention_on_the_fly_matches_kvpress() {
+    let name = "duo_attention_on_the_fly@0.5";
+    let want = &fixture()["presses"][name];
+    let calibration = &want["calibration"];
+    let texts: Vec<String> = serde_json::from_value(calibration["texts"].clone()).unwrap();
+    // The bundled recipe cuts the prompt's context into the same 50 pieces (kvpress sampled
+    // them in another order).
+    let context = fixture()["prompt"]["context"].as_str().unwrap();
+    let mut cut =
+        kvpress::presses::duo_attention::calibration_texts::cut_at_spaces(context, 50).unwrap();
+    let mut sorted = texts.clone();
+    cut.sort();
+    sorted.sort();
+    assert_eq!(cut, sorted, "the calibration pieces");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(reference::catalogue_config(name)).unwrap())
+            .unwrap();
+    config["calibration_texts"] = serde_json::json!(texts);
+    let press = kvpress::core::press::press_from_value(config).unwrap();
+    kvpress::hooks::calibrate(&model().model, press.as_ref()).unwrap();
+    let notes = press.calibration().unwrap().notes();
+    assert_eq!(notes["calibration"]["ids"], calibration["ids"], "token ids");
+    assert_eq!(notes["calibration"]["q_len"], calibration["q_len"]);
+    let ours = compare::floats(&notes["head_scores"]);
+    let theirs = compare::floats(&want["head_scores"]);
+    let error = compare::max_abs_diff(&ours, &theirs);
+    eprintln!("duo_attention head scores within {error:.1e}");
+    assert!(error <= 1e-5, "head scores differ by {error:e}");
+    assert_eq!(notes["streaming_heads"], want["streaming_heads"]);
+    for field in ["sink_size", "recent_size"] {
+        assert_eq!(notes[field], want[field], "{field}");
+    }
+    let (got, _) = check_press(name, press.as_ref(), Lengths::Masked, &[]);
+    assert!(
+        got.kv_bytes < got.kv_bytes_full,
+        "streaming heads free memory"
+    );
 }

@@ -93,6 +93,7 @@ pub fn load_gguf(
     if let Ok(prompt) = ReconstructionPrompt::new(&tokenizer, chat_template.as_ref()) {
         model.set_reconstruction_prompt(prompt);
     }
+    model.set_tokenizer(tokenizer.clone());
     Ok(LoadedModel {
         model,
         tokenizer,
@@ -146,6 +147,7 @@ fn load_hf_folder(folder: &Path, mode: WeightMode, device: &Device) -> Result<Lo
     if let Ok(prompt) = ReconstructionPrompt::new(&tokenizer, chat_template.as_ref()) {
         model.set_reconstruction_prompt(prompt);
     }
+    model.set_tokenizer(tokenizer.clone());
     Ok(LoadedModel {
         model,
         tokenizer,

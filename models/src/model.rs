@@ -41,6 +41,8 @@ pub struct Model {
     dense_weights_kept: bool,
     /// The context-reconstruction prompts (KVzip), made from the tokenizer when loaded.
     reconstruction: Option<std::sync::Arc<ReconstructionPrompt>>,
+    /// The tokenizer, for presses calibrated on texts (DuoAttention); set by the loaders.
+    tokenizer: Option<std::sync::Arc<crate::TextTokenizer>>,
 }
 
 impl Model {
@@ -53,6 +55,17 @@ impl Model {
     /// Sets the context-reconstruction prompts (the loaders do).
     pub fn set_reconstruction_prompt(&mut self, prompt: ReconstructionPrompt) {
         self.reconstruction = Some(std::sync::Arc::new(prompt));
+    }
+
+    /// The model's tokenizer, for the runtime to tokenize a press's calibration texts: set by
+    /// the loaders; `None` for a model built without one.
+    pub fn tokenizer(&self) -> Option<&crate::TextTokenizer> {
+        self.tokenizer.as_deref()
+    }
+
+    /// Sets the tokenizer (the loaders do).
+    pub fn set_tokenizer(&mut self, tokenizer: crate::TextTokenizer) {
+        self.tokenizer = Some(std::sync::Arc::new(tokenizer));
     }
 
     /// The model's hyper-parameters.

@@ -142,6 +142,21 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// The BOS id (when the tokenizer has one) followed by the tokens of `text`, whatever the
+    /// model's own BOS flag: what transformers' `tokenizer(text)` gives for the models kvpress's
+    /// reference ran (SmolLM2's GGUF says `add_bos_token = false`, and transformers still
+    /// prepends its BOS); presses calibrated on texts (DuoAttention) tokenize them so.
+    pub fn encode_with_bos(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(format!("cannot encode: {e}")))?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        ids.extend(self.bos_id);
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
     /// Text of `ids`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner

@@ -102,6 +102,9 @@ fn generate(
     let max_positions = loaded.model.config().max_position_embeddings;
     let what = format!("the prompt ({} tokens)", ids.len());
     answers::check_room(&what, ids.len(), config.max_new_tokens, max_positions, true)?;
+    if let Some(press) = press {
+        kvpress::hooks::calibrate(&loaded.model, press)?;
+    }
     let mut hook = press.map(|p| PressHook::new(p, &[])).transpose()?;
     let mut cache = match press {
         Some(press) => kvpress::hooks::new_cache_for(&loaded.model, press)?,

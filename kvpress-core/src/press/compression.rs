@@ -222,6 +222,13 @@ pub trait Press: std::fmt::Debug + Send + Sync {
         None
     }
 
+    /// For presses that need statistics of the model computed on calibration texts before they
+    /// compress (DuoAttention on the fly): the runtime runs the texts through the model first
+    /// ([`super::ModelCalibration`]); `None` (the default) for every other press.
+    fn calibration(&self) -> Option<&dyn super::ModelCalibration> {
+        None
+    }
+
     /// What this press needs and does ([`PressDescription`]), the one place the runtime reads
     /// it from. The default is [`PressDescription::defaults_for`]; presses that need attention
     /// weights, re-rotate keys or own their ratios override it.

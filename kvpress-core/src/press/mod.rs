@@ -11,6 +11,7 @@
 //! kernels, which this crate does not depend on).
 
 mod allocator;
+mod calibration;
 mod compression;
 pub mod config;
 mod input;
@@ -27,6 +28,7 @@ pub use allocator::{
     check_compression_ratio, keep_top_per_head, n_kept, score_rows, top_k_indices, BudgetAllocator,
     LayerPosition, UniformAllocator,
 };
+pub use calibration::{CalibrationSample, ModelCalibration};
 pub use compression::{
     CacheLayout, Compression, DecodingSchedule, DecodingTarget, LayerNote, NoteScope, Press,
     PressDescription, RatioControl,

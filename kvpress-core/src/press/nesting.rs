@@ -37,6 +37,16 @@ fn check_children(config: &Value, outer: &dyn Press) -> Result<()> {
                 press_name(inner.as_ref()),
             )));
         }
+        if inner.calibration().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "`{}` holds `{}`, which is calibrated on the model before the prefill; only a \
+                 press at the top is calibrated (inside a wrapper it would run uncalibrated), so \
+                 use `{}` on its own",
+                press_name(outer),
+                press_name(inner.as_ref()),
+                press_name(inner.as_ref()),
+            )));
+        }
         if inner.describe().needs_question {
             return Err(Error::InvalidArgument(format!(
                 "`{}` holds `{}`, which compresses the context for the question prefilled with \

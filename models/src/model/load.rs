@@ -46,6 +46,7 @@ impl Model {
             device: device.clone(),
             dense_weights_kept: false,
             reconstruction: None,
+            tokenizer: None,
             config,
         })
     }

@@ -39,6 +39,7 @@ pub fn measure_generation(
     ensure!(n_tokens > 0, "generate at least one token");
     let m = &model.model;
     let prompt = prompt_of_length(model, PROMPT_TOKENS)?;
+    kvpress::hooks::calibrate(m, press)?;
     let mut hook = kvpress::hooks::PressHook::new(press, &[])?;
     let mut cache = kvpress::hooks::new_cache_for(m, press)?;
     let input = Tensor::new(prompt.as_slice(), m.device())?.unsqueeze(0)?;
