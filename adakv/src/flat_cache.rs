@@ -297,6 +297,10 @@ impl LayerCache for FlatLayerCache {
         self.lengths.iter().copied().max().unwrap_or(0)
     }
 
+    fn head_lengths(&self) -> Option<Vec<usize>> {
+        Some(self.lengths.clone())
+    }
+
     fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
         let (b, h, n, d) = self.check_new(keys, values)?;
         if self.lengths.is_empty() {

@@ -38,6 +38,7 @@ mod attention_history;
 pub mod batch;
 pub mod calibration;
 pub mod context_file;
+pub mod decoding_eviction;
 mod error;
 pub mod front_end;
 pub mod pipeline;

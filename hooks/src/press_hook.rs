@@ -10,6 +10,7 @@ use kvpress_core::press::{
 };
 
 use crate::attention_history::AttentionSums;
+use crate::decoding_eviction::WindowScores;
 use kvpress_core::{AttentionHook, ForwardPhase, LayerCache, LayerContext, LayerSnapshot};
 
 /// What a press did to one layer.
@@ -79,6 +80,9 @@ pub struct PressHook<'p> {
     peak_cache_len: usize,
     /// Tokens at the end of the prefill that are the question ([`PressInput::question_tokens`]).
     question_tokens: usize,
+    /// For presses that evict by threshold while decoding: the scores of the tokens waiting in
+    /// each layer's sliding window.
+    window_scores: WindowScores,
 }
 
 /// Per-layer state of decode-time compression: forwards since the last compression and the
@@ -130,7 +134,22 @@ impl<'p> PressHook<'p> {
             decode_compressions: 0,
             peak_cache_len: 0,
             question_tokens: 0,
+            window_scores: WindowScores::default(),
         })
+    }
+
+    /// The same hook continuing from a context whose last tokens wait in a threshold-evicting
+    /// press's sliding window with `scores` ([`Self::take_window_scores`] of the hook that
+    /// compressed it).
+    pub fn with_window_scores(mut self, scores: WindowScores) -> Self {
+        self.window_scores = scores;
+        self
+    }
+
+    /// The scores of the tokens waiting in each layer's sliding window, for presses that evict
+    /// by threshold while decoding (empty for the others).
+    pub fn take_window_scores(&mut self) -> WindowScores {
+        std::mem::take(&mut self.window_scores)
     }
 
     /// The same hook telling the press that the prefill's last `n` tokens are the question
@@ -152,8 +171,15 @@ impl<'p> PressHook<'p> {
         self.decode_compressions
     }
 
-    /// Decode-time compression of one layer, when the press has a schedule.
+    /// Decode-time compression of one layer, when the press has a schedule or evicts by
+    /// threshold.
     fn decode_step(&mut self, context: &mut LayerContext<'_>) -> kvpress_core::Result<()> {
+        if let Some(eviction) = self.press.decoding_eviction() {
+            if self.window_scores.step(context, &eviction)? {
+                self.decode_compressions += 1;
+            }
+            return Ok(());
+        }
         let Some(schedule) = self.press.decoding() else {
             return Ok(());
         };
@@ -336,6 +362,16 @@ impl AttentionHook for PressHook<'_> {
         };
         let compression = self.press.compress(&input)?;
         drop(cached);
+        if let Some(eviction) = self.press.decoding_eviction() {
+            let scores = compression.scores.as_ref().ok_or_else(|| {
+                kvpress_core::Error::InvalidArgument(
+                    "a press evicting by threshold while decoding gave no prefill scores"
+                        .to_string(),
+                )
+            })?;
+            self.window_scores
+                .keep_prefill(context.layer_idx, scores, eviction.window)?;
+        }
         context
             .cache
             .compact(&compression.selection, compression.keys.as_ref())?;

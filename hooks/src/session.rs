@@ -8,6 +8,7 @@ use kvpress_core::press::{CacheLayout, Press};
 use kvpress_core::{AttentionHook, ModelCache};
 use kvpress_models::{generate_until, GenerationConfig, GenerationOutput, KvStorage, Model};
 
+use crate::decoding_eviction::WindowScores;
 use crate::press_hook::{LayerRecord, PressHook};
 use crate::Result;
 
@@ -25,6 +26,9 @@ pub struct ContextSession {
     decoding_press: Option<Box<dyn Press>>,
     /// Decode-time compressions (layer by layer) during the last answer.
     last_answer_compressions: usize,
+    /// For a press that evicts by threshold while decoding (DMS): the scores of the context's
+    /// last tokens, which wait in its sliding window.
+    window_scores: WindowScores,
 }
 
 /// What compressing a context did.
@@ -217,6 +221,7 @@ impl ContextSession {
         continue_positions(press, &mut session.cache, prefill_ids.len());
         session.context_seen = session.cache.seen_tokens();
         session.set_press(press)?;
+        session.window_scores = hook.take_window_scores();
         let report = CompressionReport::new(
             prefill_ids.len(),
             prefill_seconds,
@@ -279,6 +284,7 @@ impl ContextSession {
             last_logits,
             decoding_press: None,
             last_answer_compressions: 0,
+            window_scores: WindowScores::default(),
         }
     }
 
@@ -298,6 +304,7 @@ impl ContextSession {
                 .map(kvpress_core::press::press_clone)
                 .transpose()?,
             last_answer_compressions: 0,
+            window_scores: self.window_scores.clone(),
         })
     }
 
@@ -322,6 +329,17 @@ impl ContextSession {
     /// the press does not compress while decoding.
     pub fn last_answer_compressions(&self) -> usize {
         self.last_answer_compressions
+    }
+
+    /// The scores of the context's last tokens waiting in the sliding window of a press that
+    /// evicts by threshold while decoding (DMS with `decoding = true`); empty otherwise.
+    pub fn window_scores(&self) -> &WindowScores {
+        &self.window_scores
+    }
+
+    /// Sets the window scores (a saved context's, when it is loaded).
+    pub fn set_window_scores(&mut self, scores: WindowScores) {
+        self.window_scores = scores;
     }
 
     /// The cache holding the (possibly compressed) context.
@@ -376,7 +394,7 @@ impl ContextSession {
         // Decode-time compression evicts context tokens too: keep the context to restore it.
         let mut hook = match self.decoding_press.as_deref() {
             Some(press) => Some((
-                PressHook::new(press, &[])?,
+                PressHook::new(press, &[])?.with_window_scores(self.window_scores.clone()),
                 crate::snapshot::snapshot_layers(&self.cache)?,
             )),
             None => None,

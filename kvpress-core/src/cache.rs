@@ -23,6 +23,12 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     /// Tokens currently stored per KV head (the longest head for ragged layouts).
     fn len(&self) -> usize;
 
+    /// Tokens stored by each head (`batch * n_kv_heads` entries), for layouts whose heads may
+    /// hold different numbers; `None` (the default) when every head holds [`Self::len`].
+    fn head_lengths(&self) -> Option<Vec<usize>> {
+        None
+    }
+
     /// Whether nothing is stored.
     fn is_empty(&self) -> bool {
         self.len() == 0

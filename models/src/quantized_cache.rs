@@ -460,6 +460,10 @@ fn f32_rows(rows: &[f32], head_dim: usize) -> HeadRows<'_> {
 }
 
 impl LayerCache for QuantizedLayerCache {
+    fn head_lengths(&self) -> Option<Vec<usize>> {
+        Some(QuantizedLayerCache::head_lengths(self))
+    }
+
     fn len(&self) -> usize {
         let longest = (0..self.heads.len())
             .map(|i| self.quantized_len(i))

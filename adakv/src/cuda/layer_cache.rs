@@ -260,6 +260,10 @@ impl LayerCache for CudaFlatLayer {
         self.max_len()
     }
 
+    fn head_lengths(&self) -> Option<Vec<usize>> {
+        Some(self.host_lengths.iter().map(|&l| l as usize).collect())
+    }
+
     fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
         CudaFlatLayer::append(self, keys, values)
     }

@@ -9,7 +9,7 @@ use kvpress_core::Press;
 use kvpress_models::{LoadedModel, ModelConfig, QuantBits, QuantizedRows};
 
 use super::dtype::StoredDtype;
-use super::{key_order_name, keys_name, values_name};
+use super::{key_order_name, keys_name, values_name, window_scores_name};
 use super::{ContextFileError, ContextHeader, TensorRecord, LAST_LOGITS};
 use crate::front_end::{check_press, FrontEnd};
 use crate::{Error, Result};
@@ -33,7 +33,7 @@ pub fn check_header(
     let config = model.model.config();
     let press = press_of(path, &header.press)?;
     check_context_ids(path, &header.context_ids, config.vocab_size)?;
-    let compressed_len = check_layers(path, header, config)?;
+    let compressed_len = check_layers(path, header, config, press.as_ref())?;
     check_logits(path, header, config.vocab_size)?;
     check_positions(path, header, press.as_ref(), compressed_len, config)?;
     Ok(press)
@@ -66,7 +66,12 @@ fn check_context_ids(path: &Path, ids: &[u32], vocab_size: usize) -> Result<()> 
 
 /// Checks the tensor list and every layer's records; returns the compressed length (the
 /// longest layer).
-fn check_layers(path: &Path, header: &ContextHeader, config: &ModelConfig) -> Result<usize> {
+fn check_layers(
+    path: &Path,
+    header: &ContextHeader,
+    config: &ModelConfig,
+    press: &dyn Press,
+) -> Result<usize> {
     if header.head_lengths.len() != config.n_layers {
         let message = format!(
             "has {} entries; the model has {} layers (one entry each)",
@@ -75,8 +80,14 @@ fn check_layers(path: &Path, header: &ContextHeader, config: &ModelConfig) -> Re
         );
         return Err(inconsistent(path, "head_lengths", message));
     }
+    let window = press.decoding_eviction().map(|e| e.window);
     let expected: BTreeSet<String> = (0..config.n_layers)
         .flat_map(|i| [keys_name(i), values_name(i)])
+        .chain(
+            (0..config.n_layers)
+                .filter(|_| window.is_some())
+                .map(window_scores_name),
+        )
         .chain([LAST_LOGITS.to_string()])
         .collect();
     // A quantized file may hold each layer's key channel orders.
@@ -111,8 +122,39 @@ fn check_layers(path: &Path, header: &ContextHeader, config: &ModelConfig) -> Re
     for (layer_idx, lengths) in header.head_lengths.iter().enumerate() {
         let len = check_layer(path, header, config, layer_idx, lengths.as_deref())?;
         longest = longest.max(len);
+        if let Some(window) = window {
+            let shortest = lengths
+                .as_ref()
+                .and_then(|l| l.iter().copied().min())
+                .unwrap_or(len);
+            check_window_scores(path, header, config, layer_idx, window.min(shortest))?;
+        }
     }
     Ok(longest)
+}
+
+/// Checks layer `layer_idx`'s window scores: f32 `(1, kv_heads, m)` with `m` at most
+/// `at_most` (the press's window, and the layer's shortest head).
+fn check_window_scores(
+    path: &Path,
+    header: &ContextHeader,
+    config: &ModelConfig,
+    layer_idx: usize,
+    at_most: usize,
+) -> Result<()> {
+    let name = window_scores_name(layer_idx);
+    let record = &header.tensors[&name];
+    let fits =
+        matches!(record.shape.as_slice(), [1, h, m] if *h == config.n_kv_heads && *m <= at_most);
+    if record.dtype != StoredDtype::F32 || !fits {
+        let message = format!(
+            "is {} {:?}; expected F32 [1, {}, m] with m at most {at_most} (the scores of the \
+             layer's last tokens, in the press's sliding window)",
+            record.dtype, record.shape, config.n_kv_heads
+        );
+        return Err(inconsistent(path, &name, message));
+    }
+    Ok(())
 }
 
 /// Checks one layer's keys and values records; returns its cache length.

@@ -10,9 +10,10 @@ use kvpress_models::{KvStorage, LoadedModel, QuantizedLayerCache};
 use safetensors::tensor::SafeTensors;
 
 use super::dtype::{first_non_finite, StoredDtype};
-use super::{key_order_name, keys_name, sha256_hex, values_name};
+use super::{key_order_name, keys_name, sha256_hex, values_name, window_scores_name};
 use super::{ContextFileError, ContextHeader, FilePart};
 use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
+use crate::decoding_eviction::WindowScores;
 use crate::{ContextSession, Error, Result};
 
 /// A file whose layout, header checksum and tensor checksums all hold.
@@ -291,5 +292,11 @@ pub(super) fn session(
     let last_logits = file.tensor(LAST_LOGITS, device)?;
     let mut session = ContextSession::from_cache(cache, last_logits);
     session.set_press(press)?;
+    if press.decoding_eviction().is_some() {
+        let window = (0..config.n_layers)
+            .map(|layer_idx| file.tensor(&window_scores_name(layer_idx), device))
+            .collect::<Result<Vec<_>>>()?;
+        session.set_window_scores(WindowScores::from_layers(window));
+    }
     Ok(session)
 }

@@ -10,7 +10,7 @@ use kvpress_models::QuantBits;
 use safetensors::tensor::TensorView;
 
 use super::dtype::{first_non_finite, raw_bytes, StoredDtype, StoredKv};
-use super::{key_order_name, keys_name, sha256_hex, values_name};
+use super::{key_order_name, keys_name, sha256_hex, values_name, window_scores_name};
 use super::{ContextFileError, ContextHeader, TensorRecord};
 use super::{FORMAT, HEADER_KEY, HEADER_SHA256_KEY, LAST_LOGITS, VERSION};
 use crate::{ContextSession, Error, Result};
@@ -140,6 +140,11 @@ pub(super) fn encode_cache(session: &ContextSession) -> Result<EncodedCache> {
         }
         tensors.extend([keys, values]);
         head_lengths.push(lengths);
+    }
+    if let Some(window) = session.window_scores().layers() {
+        for (layer_idx, scores) in window.iter().enumerate() {
+            tensors.push(EncodedTensor::new(window_scores_name(layer_idx), scores)?);
+        }
     }
     let logits = session.last_logits.to_dtype(candle_core::DType::F32)?;
     tensors.push(EncodedTensor::new(LAST_LOGITS.to_string(), &logits)?);

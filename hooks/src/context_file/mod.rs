@@ -38,6 +38,11 @@
 //! are grouped by magnitude, each head's key channel order (`layer.N.key_order`, optional per
 //! layer: a layer without it holds its keys in channel order); loading it into a cache of the
 //! same bits takes the codes as they are (no round trip through f32).
+//!
+//! A context compressed by a press that evicts by threshold while decoding (DMS with
+//! `decoding = true`) also holds, per layer, the scores of its last tokens, which wait in the
+//! press's sliding window (`layer.N.window_scores`): its answers evict them as the unsaved
+//! context's would.
 
 pub mod atomic;
 pub mod checks;
@@ -87,6 +92,13 @@ pub fn values_name(layer_idx: usize) -> String {
 /// `u8` `(heads, 2 * head_dim)`, each head's order as little-endian `u16`.
 pub fn key_order_name(layer_idx: usize) -> String {
     format!("layer.{layer_idx}.key_order")
+}
+
+/// Name of a layer's window scores (`(1, kv_heads, m)` f32, the scores of the last `m` tokens,
+/// which wait in the sliding window of a press that evicts by threshold while decoding): present
+/// exactly when the file's press does ([`crate::decoding_eviction::WindowScores`]).
+pub fn window_scores_name(layer_idx: usize) -> String {
+    format!("layer.{layer_idx}.window_scores")
 }
 
 /// What the header says one tensor holds.

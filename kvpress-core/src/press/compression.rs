@@ -109,6 +109,23 @@ pub struct DecodingSchedule<'a> {
     pub tracks_attention: bool,
 }
 
+/// Eviction by a score threshold while tokens are generated (kvpress's `DMSPress` with
+/// `decoding = true`): every forward's new tokens are scored by `scorer` from their own hidden
+/// states, queries, keys and values, and wait in a sliding window of the last `window` tokens;
+/// a token leaving the window is evicted from each KV head that scored it below `threshold`.
+/// The prefill's last `window` tokens wait with the scores the prefill gave them.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodingEviction<'a> {
+    /// Scores the new tokens.
+    pub scorer: &'a dyn Scorer,
+    /// The ratio handed to the scorer (scorers whose scores do not depend on it ignore it).
+    pub scorer_ratio: f64,
+    /// Tokens scoring below it are evicted when they leave the window.
+    pub threshold: f64,
+    /// The most recent tokens, never evicted.
+    pub window: usize,
+}
+
 /// The cache layout a press stores its kept tokens in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLayout {
@@ -150,7 +167,8 @@ pub struct PressDescription {
     pub ratio: RatioControl,
     /// The press removes tokens after the prefill.
     pub compresses_prefill: bool,
-    /// The press compresses while tokens are generated ([`Press::decoding`]).
+    /// The press compresses while tokens are generated ([`Press::decoding`],
+    /// [`Press::decoding_eviction`]).
     pub compresses_while_decoding: bool,
     /// The press compresses the context for one question (Finch): the front end prefills the
     /// context and the question together, tells the press how many of the last tokens are the
@@ -176,7 +194,8 @@ impl PressDescription {
             },
             ratio: RatioControl::Settable,
             compresses_prefill: press.compression_ratio() > 0.0,
-            compresses_while_decoding: press.decoding().is_some(),
+            compresses_while_decoding: press.decoding().is_some()
+                || press.decoding_eviction().is_some(),
             needs_question: false,
         }
     }
@@ -199,6 +218,12 @@ pub trait Press: std::fmt::Debug + Send + Sync {
 
     /// Decode-time compression, for presses that compress while generating.
     fn decoding(&self) -> Option<DecodingSchedule<'_>> {
+        None
+    }
+
+    /// Threshold eviction while generating, for presses that evict each token by its own
+    /// score when it leaves a sliding window (DMS with `decoding = true`).
+    fn decoding_eviction(&self) -> Option<DecodingEviction<'_>> {
         None
     }
 

@@ -21,7 +21,8 @@
 use adakv::FlatLayerCache;
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
-    inner_scorer, Compression, Press, PressDescription, PressInput, RatioControl, Scorer, Selection,
+    inner_scorer, Compression, DecodingEviction, Press, PressDescription, PressInput, RatioControl,
+    Scorer, Selection,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
@@ -32,7 +33,8 @@ fn default_window() -> usize {
 
 /// DMS: per KV head, the tokens before the last `sliding_window_size` whose score (from the
 /// inner press) is below `threshold` are evicted; the window and every token scoring at least
-/// the threshold are kept. Prefill only (`decoding = false`, kvpress's default).
+/// the threshold are kept. With `decoding = true`, the same goes on while tokens are generated
+/// ([`DecodingEviction`]); kvpress's default is the prefill only.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Dms {
@@ -44,7 +46,8 @@ pub struct Dms {
     /// The most recent tokens, never evicted.
     #[serde(default = "default_window")]
     pub sliding_window_size: usize,
-    /// Also evict while generating (kvpress's `decoding`): not supported yet, refused.
+    /// Also evict while generating (kvpress's `decoding`): each generated (and question) token
+    /// is scored when it is fed, and evicted below the threshold once it leaves the window.
     #[serde(default)]
     pub decoding: bool,
 }
@@ -89,12 +92,13 @@ impl Press for Dms {
                 self.threshold
             )));
         }
-        if self.decoding {
-            return Err(Error::Unsupported(
-                "dms: decoding = true (evicting while generating) is not supported yet; set \
-                 decoding = false to evict in the prefill only (kvpress's default)"
-                    .to_string(),
-            ));
+        if self.decoding && self.inner.describe().needs_attention_weights {
+            return Err(Error::InvalidArgument(format!(
+                "dms: decoding = true scores every generated token with the inner press, and \
+                 `{}` needs attention weights, which decoding steps do not compute; use a \
+                 press that scores from keys, values or hidden states (e.g. knorm)",
+                kvpress_core::press::press_name(self.inner.as_ref())
+            )));
         }
         Ok(())
     }
@@ -105,6 +109,18 @@ impl Press for Dms {
             ratio: RatioControl::OwnedByPress,
             compresses_prefill: true,
             ..PressDescription::defaults_for(self)
+        }
+    }
+
+    fn decoding_eviction(&self) -> Option<DecodingEviction<'_>> {
+        match self.decoding {
+            true => Some(DecodingEviction {
+                scorer: self.scorer().ok()?,
+                scorer_ratio: self.inner.compression_ratio(),
+                threshold: self.threshold,
+                window: self.sliding_window_size,
+            }),
+            false => None,
         }
     }
 
