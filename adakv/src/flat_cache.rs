@@ -421,6 +421,45 @@ impl LayerCache for FlatLayerCache {
         Ok(())
     }
 
+    /// In place: each head's kept rows move down over the dropped ones (only the rows after a
+    /// head's first dropped row move); offsets and reserved capacities stay.
+    fn evict(&mut self, selection: &Selection) -> Result<()> {
+        if selection.heads().len() != self.n_heads_total() {
+            return Err(Error::Shape(format!(
+                "a selection of {} heads cannot evict from a cache of {} heads",
+                selection.heads().len(),
+                self.n_heads_total()
+            )));
+        }
+        refuse_refinements(selection)?;
+        let d = self.head_dim;
+        for (head, kept) in selection.heads().iter().enumerate() {
+            if kept
+                .last()
+                .is_some_and(|&t| t as usize >= self.lengths[head])
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "head {head} keeps a token beyond the {} it stores",
+                    self.lengths[head]
+                )));
+            }
+            // Rows before the first gap stay where they are.
+            let settled = kept
+                .iter()
+                .enumerate()
+                .take_while(|(i, &t)| *i == t as usize)
+                .count();
+            let start = self.offsets[head] * d;
+            for (to, &from) in kept.iter().enumerate().skip(settled) {
+                let from = start + from as usize * d;
+                self.keys.copy_within(from..from + d, start + to * d);
+                self.values.copy_within(from..from + d, start + to * d);
+            }
+            self.lengths[head] = kept.len();
+        }
+        Ok(())
+    }
+
     fn truncate(&mut self, len: usize) -> Result<()> {
         let current = self.len();
         if len > current {

@@ -137,6 +137,11 @@ impl FlatRows {
         })
     }
 
+    /// Copies the elements `from` to `at`, within these rows (the ranges may overlap).
+    pub fn copy_within(&mut self, from: std::ops::Range<usize>, at: usize) {
+        with_buffer!(self, v => v.copy_within(from, at))
+    }
+
     /// Writes `values` from element `at` on, rounded to the storage dtype.
     pub fn write_f32(&mut self, at: usize, values: &[f32]) {
         let n = values.len();

@@ -188,6 +188,44 @@ proptest! {
     }
 
     #[test]
+    fn evicting_in_place_stores_what_compacting_stores_and_appends_after_it(
+        seed in 0u64..10_000,
+        n_kv_heads in 1usize..4,
+        n_tokens in 1usize..40,
+        rounds in 1usize..4,
+    ) {
+        let d = 4;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (keys, _) = random_tensor(&mut rng, (1, n_kv_heads, n_tokens, d));
+        let (values, _) = random_tensor(&mut rng, (1, n_kv_heads, n_tokens, d));
+        let mut evicted = FlatLayerCache::new();
+        evicted.append(&keys, &values).unwrap();
+        let mut compacted = evicted.clone();
+        for _ in 0..rounds {
+            let lengths = evicted.head_lengths().to_vec();
+            let longest = lengths.iter().copied().max().unwrap_or(0);
+            let kept: Vec<Vec<u32>> = lengths
+                .iter()
+                .map(|&l| random_selection(&mut rng, 1, l).remove(0))
+                .collect();
+            let selection = Selection::new(kept, 1, n_kv_heads, longest).unwrap();
+            evicted.evict(&selection).unwrap();
+            compacted.compact(&selection, None).unwrap();
+            // Both take the same next token.
+            let (k, _) = random_tensor(&mut rng, (1, n_kv_heads, 1, d));
+            let (v, _) = random_tensor(&mut rng, (1, n_kv_heads, 1, d));
+            evicted.append(&k, &v).unwrap();
+            compacted.append(&k, &v).unwrap();
+            prop_assert_eq!(evicted.head_lengths(), compacted.head_lengths());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for h in 0..n_kv_heads {
+                prop_assert_eq!(evicted.head_keys(h, &mut a), compacted.head_keys(h, &mut b));
+                prop_assert_eq!(evicted.head_values(h, &mut a), compacted.head_values(h, &mut b));
+            }
+        }
+    }
+
+    #[test]
     fn the_allocator_keeps_the_layer_budget_and_every_safeguard(
         seed in 0u64..10_000,
         n_kv_heads in 1usize..5,

@@ -322,11 +322,14 @@ fn no_duplicates<T: PartialEq + fmt::Debug>(field: &'static str, values: &[T]) -
 }
 
 /// Where `config` (found at `path`) or a press nested in it sets `compression_ratio`.
+/// The fields presses keep their grid-set ratio in ([`kvpress_core::Press::ratio_field`]).
+const RATIO_FIELDS: [&str; 2] = ["compression_ratio", "head_compression_ratio"];
+
 fn ratio_field(config: &Value, path: &str) -> Option<String> {
     match config {
         Value::Object(map) => map.iter().find_map(|(key, value)| {
             let here = format!("{path}.{key}");
-            if key == "compression_ratio" {
+            if RATIO_FIELDS.contains(&key.as_str()) {
                 Some(here)
             } else {
                 ratio_field(value, &here)
@@ -367,16 +370,22 @@ pub fn task_kind(name: &str) -> Result<TaskKind> {
     name.parse()
 }
 
-/// `config` with `compression_ratio` set on the innermost press (wrappers name their `inner`).
+/// `config` with the ratio set on the innermost press (wrappers name their `inner`), in the
+/// field that press names ([`kvpress_core::Press::ratio_field`]: `compression_ratio`, or e.g.
+/// DuoAttention's `head_compression_ratio`).
 pub fn with_ratio(config: &Value, ratio: f64) -> Result<Value> {
     let mut config = config.clone();
     let mut node = &mut config;
     while node.get("inner").is_some_and(Value::is_object) {
         node = node.get_mut("inner").expect("checked");
     }
+    let field = match kvpress_core::press::press_from_value(node.clone()) {
+        Ok(press) => press.ratio_field(),
+        Err(_) => "compression_ratio",
+    };
     match node.as_object_mut() {
         Some(map) => {
-            map.insert("compression_ratio".to_string(), Value::from(ratio));
+            map.insert(field.to_string(), Value::from(ratio));
             Ok(config)
         }
         None => Err(Error::config(

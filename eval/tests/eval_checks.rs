@@ -126,6 +126,10 @@ fn presses_need_names_of_their_own_and_leave_the_ratio_to_the_grid() {
             "{ press = \"key_rerotation\", inner = { press = \"knorm\", compression_ratio = 0.3 } }",
             "config.inner.compression_ratio",
         ),
+        (
+            "{ press = \"duo_attention\", head_compression_ratio = 0.3 }",
+            "config.head_compression_ratio",
+        ),
     ] {
         let error = refusal(&format!(
             "{BASE}{ratios}[[presses]]\nname = \"p\"\nconfig = {config}\n"
@@ -141,6 +145,20 @@ fn presses_need_names_of_their_own_and_leave_the_ratio_to_the_grid() {
             "{message}"
         );
     }
+    // DuoAttention's grid ratio is its share of streaming heads: the grid sets that field.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("eval.toml");
+    let duo = "[[presses]]\nname = \"duo\"\nconfig = { press = \"duo_attention\" }\n";
+    std::fs::write(
+        &path,
+        format!("{BASE}compression_ratios = [0.25, 0.5]\n{duo}"),
+    )
+    .unwrap();
+    EvalConfig::from_file(&path).unwrap();
+    let set =
+        kvpress_eval::config::with_ratio(&serde_json::json!({"press": "duo_attention"}), 0.25)
+            .unwrap();
+    assert_eq!(set["head_compression_ratio"], 0.25);
     // A press the grid cannot run at all is refused for that, whatever its fields.
     let error = refusal(&format!(
         "{BASE}{ratios}[[presses]]\nname = \"p\"\nconfig = {{ press = \"composed\", presses = \

@@ -138,7 +138,7 @@ impl WindowScores {
         }
         let n_tokens = lengths.iter().copied().max().unwrap_or(0);
         let selection = Selection::new(kept, batch, n_kv_heads, n_tokens)?;
-        context.cache.compact(&selection, None)?;
+        context.cache.evict(&selection)?;
         Ok(true)
     }
 }

@@ -1,7 +1,8 @@
-//! The reconstruction pass of presses that score by reconstructing the context (KVzip,
-//! [`kvpress_core::press::ReconstructionScoring`]): after the context's prefill, the model's
-//! reconstruction prompt ([`kvpress_models::ReconstructionPrompt`]) is fed chunk by chunk on top
-//! of the context's cache, as kvpress 0.5.5's `KVzipPress` feeds it:
+//! The second pass of presses that score by reconstructing the context (KVzip) or reading it
+//! again (KVCompose) ([`kvpress_core::press::ReconstructionScoring`]). KVCompose's is the
+//! context's own ids fed once more right after it ([`SecondPass::ContextAgain`]). KVzip's is the
+//! model's reconstruction prompt ([`kvpress_models::ReconstructionPrompt`]), fed chunk by chunk
+//! on top of the context's cache, as kvpress 0.5.5's `KVzipPress` feeds it:
 //!
 //! - the context after its chat-template prefix is cut into chunks of `chunk_size` tokens;
 //! - chunk 0 is fed as "Repeat the previous context exactly." + the chat suffix + the chunk,
@@ -18,7 +19,7 @@ use std::ops::Range;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
-use kvpress_core::press::ReconstructionScoring;
+use kvpress_core::press::{ReconstructionScoring, SecondPass};
 use kvpress_core::{AttentionHook, LayerContext, ModelCache};
 use kvpress_models::Model;
 
@@ -36,6 +37,38 @@ pub struct ReconstructionChunk {
     pub ids: Vec<u32>,
     /// The context tokens (cache positions) it reconstructs.
     pub tokens: Range<usize>,
+}
+
+/// The forwards of `pass` over a context of `context_ids` (the chat-templated context, as
+/// prefilled) on `model`: KVzip's reconstruction chunks ([`reconstruction_chunks`]), or the
+/// context itself once more (KVCompose); an error when they do not fit the model's positions.
+pub fn second_pass_chunks(
+    model: &Model,
+    context_ids: &[u32],
+    pass: SecondPass,
+) -> Result<Vec<ReconstructionChunk>> {
+    match pass {
+        SecondPass::Reconstruct { chunk_size } => {
+            reconstruction_chunks(model, context_ids, chunk_size)
+        }
+        SecondPass::ContextAgain => {
+            let len = context_ids.len();
+            let positions = model.config().max_position_embeddings;
+            if 2 * len > positions {
+                return Err(Error::InvalidInput(format!(
+                    "the context is read again right after itself: its {len} tokens need {} \
+                     positions, and the model has {positions}; use a context of at most {} \
+                     tokens",
+                    2 * len,
+                    positions / 2
+                )));
+            }
+            Ok(vec![ReconstructionChunk {
+                ids: context_ids.to_vec(),
+                tokens: 0..len,
+            }])
+        }
+    }
 }
 
 /// The reconstruction forwards of a context of `context_ids` (the chat-templated context, as

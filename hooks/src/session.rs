@@ -246,7 +246,7 @@ impl ContextSession {
         press.validate()?;
         // Made (and a context too long to be reconstructed refused) before the prefill.
         let chunks =
-            crate::reconstruction::reconstruction_chunks(model, context_ids, scoring.chunk_size())?;
+            crate::reconstruction::second_pass_chunks(model, context_ids, scoring.second_pass())?;
         let start = Instant::now();
         let mut cache = model.new_cache();
         let input = Tensor::new(context_ids, model.device())?.unsqueeze(0)?;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::press_hook::LayerRecord;
 use crate::{ContextSession, Error, PromptSplit, Result};
 use candle_core::Tensor;
-use kvpress_core::press::NoteScope;
+use kvpress_core::press::{NoteScope, SecondPass};
 use kvpress_core::Press;
 use kvpress_models::{GenerationConfig, LoadedModel, Sampling};
 use serde::{Deserialize, Serialize};
@@ -183,12 +183,13 @@ pub fn trace_press(
     let (mut session, report) =
         ContextSession::compress(&model.model, &split.context_ids, press, &RECORDED_LAYERS)?;
     let mut trace = press_trace(model, split, &mut session, &report)?;
-    if let Some(scoring) = press.reconstruction() {
+    let reconstruction = press.reconstruction().map(|s| s.second_pass());
+    if let Some(SecondPass::Reconstruct { chunk_size }) = reconstruction {
         // The fixtures' fields of presses that reconstruct the context (KVzip).
         let chunks = crate::reconstruction::reconstruction_chunks(
             &model.model,
             &split.context_ids,
-            scoring.chunk_size(),
+            chunk_size,
         )?;
         let prefix = chunks.first().map_or(0, |c| c.tokens.start);
         let fields = [

@@ -58,6 +58,14 @@ pub trait LayerCache: Send + Sync + std::fmt::Debug {
     /// refuses the selection with an error and changes nothing.
     fn compact(&mut self, selection: &Selection, keys: Option<&Tensor>) -> Result<()>;
 
+    /// Drops the tokens `selection` does not keep, as [`Self::compact`] does, but keeps the
+    /// storage reserved: for frequent small evictions while decoding (DMS), where the cache
+    /// grows again right after. The default is [`Self::compact`]; a cache may override it to
+    /// move only the rows after the first dropped one of each head.
+    fn evict(&mut self, selection: &Selection) -> Result<()> {
+        self.compact(selection, None)
+    }
+
     /// Releases slack reserved for appends, so that what is allocated is what is stored.
     fn shrink_to_fit(&mut self) -> Result<()>;
 

@@ -216,6 +216,13 @@ pub trait Press: std::fmt::Debug + Send + Sync {
     /// Checks the parameters, naming the invalid one and what is valid.
     fn validate(&self) -> Result<()>;
 
+    /// The config field holding the ratio that evaluation grids set: `compression_ratio` (the
+    /// default) for every press whose ratio is a share of the tokens; presses whose ratio counts
+    /// something else name their own (DuoAttention: `head_compression_ratio`).
+    fn ratio_field(&self) -> &'static str {
+        "compression_ratio"
+    }
+
     /// Decode-time compression, for presses that compress while generating.
     fn decoding(&self) -> Option<DecodingSchedule<'_>> {
         None

@@ -42,7 +42,7 @@ pub use key_channels::KeyChannels;
 pub use nesting::{check_nesting, holds_presses};
 pub use no_press::NoPress;
 pub use pyramid::{layer_budget, PyramidAllocator};
-pub use reconstruction::ReconstructionScoring;
+pub use reconstruction::{ReconstructionScoring, SecondPass};
 pub use registry::{
     default_parameters, find_press, registered_names, registered_presses, PressRegistration,
 };

@@ -1,9 +1,10 @@
-//! Presses that score tokens by a second forward pass in which the model reconstructs its
-//! context (KVzip), and choose what to keep across every layer at once. They do not fit the
-//! per-layer `compress` of [`super::Press`]: the runtime prefills the context without
-//! compressing, feeds the reconstruction prompt chunk by chunk on top of the context's cache
-//! (each layer is scored by [`ReconstructionScoring::score_chunk`] and its cache cut back to the
-//! context right after), then asks [`ReconstructionScoring::select`] for every layer's selection.
+//! Presses that score tokens by a second forward pass over the context's cache, in which the
+//! model reconstructs its context (KVzip) or reads it again (KVCompose), and choose what to keep
+//! across every layer at once. They do not fit the per-layer `compress` of [`super::Press`]: the
+//! runtime prefills the context without compressing, feeds the second pass ([`SecondPass`])
+//! chunk by chunk on top of the context's cache (each layer is scored by
+//! [`ReconstructionScoring::score_chunk`] and its cache cut back to the context right after),
+//! then asks [`ReconstructionScoring::select`] for every layer's selection.
 
 use std::ops::Range;
 
@@ -13,11 +14,25 @@ use super::Selection;
 use crate::hook::LayerContext;
 use crate::Result;
 
+/// What the second pass feeds on top of the context's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecondPass {
+    /// The model's reconstruction prompt (KVzip: "Repeat the previous context exactly."), with
+    /// the context after its chat-template prefix cut into chunks of `chunk_size` tokens, one
+    /// forward each.
+    Reconstruct {
+        /// Context tokens reconstructed by each forward.
+        chunk_size: usize,
+    },
+    /// The context's own tokens again, in one forward right after the context (KVCompose):
+    /// every context token is scored by the attention of its repeated context.
+    ContextAgain,
+}
+
 /// Scoring by context reconstruction.
 pub trait ReconstructionScoring: Send + Sync {
-    /// Context tokens reconstructed by each pass (the context after its chat-template prefix
-    /// is cut into chunks of this size).
-    fn chunk_size(&self) -> usize;
+    /// What the second pass feeds.
+    fn second_pass(&self) -> SecondPass;
 
     /// Scores the context tokens `chunk` (cache positions) in one layer, during the forward of
     /// the chunk's reconstruction prompt: `context.queries` are the prompt tokens' queries and

@@ -174,6 +174,10 @@ impl Press for DuoAttention {
         self.head_compression_ratio
     }
 
+    fn ratio_field(&self) -> &'static str {
+        "head_compression_ratio"
+    }
+
     fn validate(&self) -> Result<()> {
         Self::check_ratio(self.head_compression_ratio)?;
         let invalid =

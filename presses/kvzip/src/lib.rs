@@ -31,7 +31,8 @@ use std::ops::Range;
 use adakv::FlatLayerCache;
 use candle_core::Tensor;
 use kvpress_core::press::{
-    CacheLayout, Compression, Press, PressDescription, PressInput, ReconstructionScoring, Selection,
+    CacheLayout, Compression, Press, PressDescription, PressInput, ReconstructionScoring,
+    SecondPass, Selection,
 };
 use kvpress_core::{Error, LayerCache, LayerContext, Result};
 use serde::{Deserialize, Serialize};
@@ -132,8 +133,10 @@ impl Press for Kvzip {
 }
 
 impl ReconstructionScoring for Kvzip {
-    fn chunk_size(&self) -> usize {
-        self.chunk_size
+    fn second_pass(&self) -> SecondPass {
+        SecondPass::Reconstruct {
+            chunk_size: self.chunk_size,
+        }
     }
 
     fn score_chunk(&self, context: &LayerContext<'_>, chunk: Range<usize>) -> Result<Tensor> {
