@@ -86,6 +86,9 @@ pub enum Command {
     /// Run the model over calibration texts and write its query statistics (pre-RoPE mean and
     /// covariance, Q-Filters) for the qfilter and expected_attention_stats presses.
     CalibrateQueries(commands::calibrate_queries::Args),
+    /// Fit KVzap's surrogates (linear and MLP) for the loaded model on local text: they predict
+    /// its KVzip+ scores from hidden states, for the kvzap press.
+    TrainKvzap(commands::train_kvzap::Args),
     /// Serve the model over an OpenAI-compatible HTTP API, with compressed contexts as
     /// resources (POST /v1/contexts, then chat completions with their context_id).
     Serve(commands::serve::Args),

@@ -57,6 +57,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Presses => commands::presses::run(),
         Command::Bench(args) => commands::bench::run(args),
         Command::CalibrateQueries(args) => commands::calibrate_queries::run(args),
+        Command::TrainKvzap(args) => commands::train_kvzap::run(args),
         Command::Serve(args) => commands::serve::run(args),
     }
 }

@@ -19,6 +19,7 @@ pub mod presses {
     pub use presses_expected_attention as expected_attention;
     pub use presses_finch as finch;
     pub use presses_kvcompose as kvcompose;
+    pub use presses_kvzap as kvzap;
     pub use presses_kvzip as kvzip;
     pub use presses_leverage as leverage;
     pub use presses_merging as merging;

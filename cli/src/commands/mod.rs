@@ -13,6 +13,7 @@ pub mod presses;
 pub mod run;
 pub mod serve;
 pub mod trace;
+pub mod train_kvzap;
 
 use std::path::Path;
 
