@@ -11,6 +11,8 @@ use kvpress::presses::kvzap::fit::{self, MlpTraining};
 use kvpress::presses::kvzap::surrogate::FORMAT_VERSION;
 use kvpress::presses::kvzap::targets::layer_targets;
 use kvpress::presses::kvzap::{SurrogateHeader, Surrogates};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn model() -> LoadedModel {
     let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
@@ -105,8 +107,15 @@ fn targets_are_kvzip_plus_scores_from_the_models_attention() {
 #[test]
 fn ridge_recovers_a_linear_map_and_the_mlp_learns() {
     let (rows, layers, d, k) = (2000, 2, 6, 3);
-    let x = Tensor::randn(0f32, 1.0, (rows, layers, d), &Device::Cpu).unwrap();
-    let w = Tensor::randn(0f32, 1.0, (layers, k, d), &Device::Cpu).unwrap();
+    // Seeded uniform values in [-1.7, 1.7) (unit variance).
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut draw = |shape: (usize, usize, usize)| {
+        let n = shape.0 * shape.1 * shape.2;
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.7f32..1.7)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    };
+    let x = draw((rows, layers, d));
+    let w = draw((layers, k, d));
     let b = Tensor::new(&[[0.5f32, -1.0, 2.0], [1.0, 0.0, -0.5]], &Device::Cpu).unwrap();
     // y[r, l] = W[l] x[r, l] + b[l]
     let y = x
@@ -139,7 +148,8 @@ fn ridge_recovers_a_linear_map_and_the_mlp_learns() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(error < 5e-3, "biases within {error}");
-    let variance = y
+    let target = y.tanh().unwrap();
+    let variance = target
         .var_keepdim(0)
         .unwrap()
         .mean_all()
@@ -148,7 +158,7 @@ fn ridge_recovers_a_linear_map_and_the_mlp_learns() {
         .unwrap() as f64;
     let trained = fit::mlp(
         &x,
-        &y.tanh().unwrap(),
+        &target,
         MlpTraining {
             hidden_dim: 32,
             epochs: 20,
@@ -159,7 +169,7 @@ fn ridge_recovers_a_linear_map_and_the_mlp_learns() {
     )
     .unwrap();
     assert!(
-        trained.final_loss < 0.1 * variance.min(1.0),
+        trained.final_loss < 0.2 * variance,
         "mse {}",
         trained.final_loss
     );

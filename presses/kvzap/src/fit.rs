@@ -3,12 +3,12 @@
 //! trained all at once (mean squared error over every layer and head, AdamW, a cosine learning
 //! rate over the epochs, gradients clipped to norm 1, shuffled mini-batches).
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use kvpress_core::{Error, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 
 /// How the MLPs are trained (kvpress's defaults).
 #[derive(Debug, Clone, Copy)]
@@ -137,30 +137,26 @@ pub fn mlp(x: &Tensor, y: &Tensor, training: MlpTraining) -> Result<TrainedMlp> 
         ));
     }
     let device = Device::Cpu;
-    device.set_seed(training.seed).ok();
-    let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    // torch's nn.Linear initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-    let uniform = |name: &str, shape: &[usize], fan_in: usize| -> Result<Tensor> {
-        let bound = 1.0 / (fan_in as f64).sqrt();
-        Ok(vb.get_with_hints(
-            shape,
-            name,
-            candle_nn::Init::Uniform {
-                lo: -bound,
-                up: bound,
-            },
-        )?)
+    let mut rng = StdRng::seed_from_u64(training.seed);
+    // torch's nn.Linear initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), from the seed.
+    let mut uniform = |shape: &[usize], fan_in: usize| -> Result<Var> {
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();
+        Ok(Var::from_tensor(&Tensor::from_vec(
+            values, shape, &device,
+        )?)?)
     };
-    let w1 = uniform("weight1", &[n_layers, h, d], d)?;
-    let b1 = uniform("bias1", &[n_layers, h], d)?;
-    let w2 = uniform("weight2", &[n_layers, k, h], h)?;
-    let b2 = uniform("bias2", &[n_layers, k], h)?;
+    let w1 = uniform(&[n_layers, h, d], d)?;
+    let b1 = uniform(&[n_layers, h], d)?;
+    let w2 = uniform(&[n_layers, k, h], h)?;
+    let b2 = uniform(&[n_layers, k], h)?;
+    let vars = vec![w1.clone(), b1.clone(), w2.clone(), b2.clone()];
     let params = ParamsAdamW {
         lr: training.lr,
         ..ParamsAdamW::default()
     };
-    let mut optimizer = AdamW::new(varmap.all_vars(), params)?;
+    let mut optimizer = AdamW::new(vars.clone(), params)?;
     let forward = |xb: &Tensor| -> Result<Tensor> {
         // (B, L, D) -> (L, B, D) -> (L, B, H) -> (L, B, K) -> (B, L, K)
         let xl = xb.transpose(0, 1)?.contiguous()?;
@@ -173,7 +169,6 @@ pub fn mlp(x: &Tensor, y: &Tensor, training: MlpTraining) -> Result<TrainedMlp> 
             .broadcast_add(&b2.unsqueeze(1)?)?;
         Ok(out.transpose(0, 1)?)
     };
-    let mut rng = StdRng::seed_from_u64(training.seed);
     let mut order: Vec<u32> = (0..rows as u32).collect();
     let mut final_loss = 0.0;
     for epoch in 0..training.epochs {
@@ -190,7 +185,7 @@ pub fn mlp(x: &Tensor, y: &Tensor, training: MlpTraining) -> Result<TrainedMlp> 
             let yb = y.index_select(&index, 0)?;
             let loss = (forward(&xb)? - yb)?.sqr()?.mean_all()?;
             let mut grads = loss.backward()?;
-            clip_gradients(&varmap, &mut grads, 1.0)?;
+            clip_gradients(&vars, &mut grads, 1.0)?;
             optimizer.step(&grads)?;
             total += loss.to_scalar::<f32>()? as f64 * batch.len() as f64;
             seen += batch.len();
@@ -198,10 +193,10 @@ pub fn mlp(x: &Tensor, y: &Tensor, training: MlpTraining) -> Result<TrainedMlp> 
         final_loss = total / seen as f64;
     }
     Ok(TrainedMlp {
-        weight1: w1.detach(),
-        bias1: b1.detach(),
-        weight2: w2.detach(),
-        bias2: b2.detach(),
+        weight1: w1.as_tensor().detach(),
+        bias1: b1.as_tensor().detach(),
+        weight2: w2.as_tensor().detach(),
+        bias2: b2.as_tensor().detach(),
         final_loss,
     })
 }
@@ -209,13 +204,12 @@ pub fn mlp(x: &Tensor, y: &Tensor, training: MlpTraining) -> Result<TrainedMlp> 
 /// Scales every gradient so that their joint norm is at most `max_norm` (torch's
 /// `clip_grad_norm_`).
 fn clip_gradients(
-    varmap: &VarMap,
+    vars: &[Var],
     grads: &mut candle_core::backprop::GradStore,
     max_norm: f64,
 ) -> Result<()> {
-    let vars = varmap.all_vars();
     let mut squares = 0f64;
-    for var in &vars {
+    for var in vars {
         if let Some(g) = grads.get(var) {
             squares += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
         }
@@ -223,7 +217,7 @@ fn clip_gradients(
     let norm = squares.sqrt();
     let scale = max_norm / (norm + 1e-6);
     if scale < 1.0 {
-        for var in &vars {
+        for var in vars {
             if let Some(g) = grads.remove(var) {
                 grads.insert(var, (g * scale)?);
             }
