@@ -299,10 +299,13 @@ pub fn run(args: Args) -> Result<()> {
     for kind in [SurrogateKind::Linear, SurrogateKind::Mlp] {
         let predicted = rows_of(&surrogates.predict_rows(kind, &x_test)?)?;
         let (r2, rho) = agreement(&predicted, &truth);
-        let name = serde_json::to_value(kind)?;
+        let name = match kind {
+            SurrogateKind::Linear => "linear",
+            SurrogateKind::Mlp => "mlp",
+        };
         println!("{name}: held-out R² {r2:.3}, Spearman {rho:.3} (mean over layers and KV heads)");
         figures.insert(
-            name.as_str().unwrap_or_default().to_string(),
+            name.to_string(),
             serde_json::json!({"r2": r2, "spearman": rho}),
         );
     }
