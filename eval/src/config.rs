@@ -323,7 +323,7 @@ fn no_duplicates<T: PartialEq + fmt::Debug>(field: &'static str, values: &[T]) -
 
 /// Where `config` (found at `path`) or a press nested in it sets `compression_ratio`.
 /// The fields presses keep their grid-set ratio in ([`kvpress_core::Press::ratio_field`]).
-const RATIO_FIELDS: [&str; 2] = ["compression_ratio", "head_compression_ratio"];
+pub(crate) const RATIO_FIELDS: [&str; 2] = ["compression_ratio", "head_compression_ratio"];
 
 fn ratio_field(config: &Value, path: &str) -> Option<String> {
     match config {

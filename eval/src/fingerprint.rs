@@ -46,13 +46,14 @@ pub(crate) fn canonical_json(value: &Value) -> String {
     }
 }
 
-/// `value` without any `compression_ratio` key, at any depth (a press config as the grid
-/// names it, whatever ratio it was built at).
+/// `value` without any ratio field the grid sets ([`crate::config::RATIO_FIELDS`]:
+/// `compression_ratio`, DuoAttention's `head_compression_ratio`), at any depth (a press config
+/// as the grid names it, whatever ratio it was built at).
 pub(crate) fn without_ratio(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
-                .filter(|(k, _)| k.as_str() != "compression_ratio")
+                .filter(|(k, _)| !crate::config::RATIO_FIELDS.contains(&k.as_str()))
                 .map(|(k, v)| (k.clone(), without_ratio(v)))
                 .collect(),
         ),
@@ -200,6 +201,13 @@ mod tests {
         assert_eq!(
             canonical_json(&without_ratio(&ratio)),
             r#"{"inner":{},"press":"adakv"}"#
+        );
+        let heads: Value =
+            serde_json::from_str(r#"{"press":"duo_attention","head_compression_ratio":0.25}"#)
+                .unwrap();
+        assert_eq!(
+            canonical_json(&without_ratio(&heads)),
+            r#"{"press":"duo_attention"}"#
         );
     }
 

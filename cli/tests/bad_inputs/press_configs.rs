@@ -48,7 +48,7 @@ const BAD_CONFIGS: &[BadConfig] = &[
     BadConfig { file: "interval.toml", text: "press = \"decoding\"\ncompression_interval = 0\ntarget_size = 16\n[inner]\npress = \"knorm\"\n", phrases: &["decoding: compression_interval and hidden_states_buffer_size must be at least 1"] },
     BadConfig { file: "inner.toml", text: "press = \"adakv\"\n[inner]\npress = \"nope\"\n", phrases: &["unknown press `nope`; registered presses are:"] },
     BadConfig { file: "adakv2.toml", text: "press = \"adakv\"\n[inner]\npress = \"adakv\"\n[inner.inner]\npress = \"snapkv\"\ncompression_ratio = 0.5\n", phrases: &["adakv needs a scoring press inside", "`adakv` does not score tokens"] },
-    BadConfig { file: "dms_decoding.toml", text: "press = \"dms\"\nthreshold = -18.75\ndecoding = true\n[inner]\npress = \"knorm\"\n", phrases: &["dms: decoding = true (evicting while generating) is not supported yet", "decoding = false"] },
+    BadConfig { file: "dms_decoding.toml", text: "press = \"dms\"\nthreshold = -18.75\ndecoding = true\n[inner]\npress = \"observed_attention\"\n", phrases: &["dms: decoding = true scores every generated token", "`observed_attention` needs attention weights", "e.g. knorm"] },
     BadConfig { file: "dms_threshold.toml", text: "press = \"dms\"\n[inner]\npress = \"knorm\"\n", phrases: &["press `dms`", "missing field `threshold`"] },
     BadConfig { file: "dms_inner.toml", text: "press = \"dms\"\nthreshold = 0.0\n[inner]\npress = \"no_press\"\n", phrases: &["dms needs a scoring press inside", "`no_press` does not score tokens"] },
     BadConfig { file: "float.toml", text: "press = \"snapkv\"\ncompression_ratio = 0.5\nwindow_size = 1.5\n", phrases: &["field `window_size` (line 3)", "usize"] },
