@@ -4,33 +4,15 @@
 //! same, it runs in every front end but refuses to sit inside a wrapper, and every way of giving
 //! calibration texts either works or is refused by name.
 
-use kvpress::candle::Device;
+#[path = "common/needle.rs"]
+mod needle;
+
 use kvpress::core::press::{press_from_toml, Press};
 use kvpress::hooks::{
     calibrate, check_press, AnswerOptions, ContextSession, FrontEnd, Pipeline, PromptSplit,
     RecordedPrefill,
 };
-use kvpress::models::{load_model, LoadedModel};
-
-const QUESTION: &str = "What is the special magic number for ocean mentioned in the provided text?";
-
-fn model(kv_dtype: &str) -> LoadedModel {
-    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
-    let mut loaded = load_model(&path, None, &Device::Cpu).expect("the default model loads");
-    loaded
-        .model
-        .set_kv_storage(kv_dtype.parse().unwrap())
-        .unwrap();
-    loaded
-}
-
-fn needle() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../data/needle-haystack.txt"
-    ))
-    .unwrap()
-}
+use needle::{model, needle, QUESTION};
 
 fn duo(ratio: f64) -> Box<dyn Press> {
     press_from_toml(&format!(

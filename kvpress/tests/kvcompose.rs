@@ -4,30 +4,12 @@
 //! context answers the same; a context whose repetition does not fit the model's positions is
 //! refused before its prefill.
 
-use kvpress::candle::Device;
+#[path = "common/needle.rs"]
+mod needle;
+
 use kvpress::core::press::press_from_toml;
 use kvpress::hooks::{check_press, AnswerOptions, ContextSession, FrontEnd, Pipeline, PromptSplit};
-use kvpress::models::{load_model, LoadedModel};
-
-const QUESTION: &str = "What is the special magic number for ocean mentioned in the provided text?";
-
-fn model(kv_dtype: &str) -> LoadedModel {
-    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
-    let mut loaded = load_model(&path, None, &Device::Cpu).expect("the default model loads");
-    loaded
-        .model
-        .set_kv_storage(kv_dtype.parse().unwrap())
-        .unwrap();
-    loaded
-}
-
-fn needle() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../data/needle-haystack.txt"
-    ))
-    .unwrap()
-}
+use needle::{model, needle, QUESTION};
 
 #[test]
 fn both_variants_store_what_they_keep_and_answer() {

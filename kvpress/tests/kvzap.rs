@@ -104,6 +104,15 @@ fn targets_are_kvzip_plus_scores_from_the_models_attention() {
     assert!(worst < 1e-4, "log scores differ by {worst}");
 }
 
+/// The largest absolute difference between `a` and `b`.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .unwrap()
+}
+
 #[test]
 fn ridge_recovers_a_linear_map_and_the_mlp_learns() {
     let (rows, layers, d, k) = (2000, 2, 6, 3);
@@ -130,23 +139,9 @@ fn ridge_recovers_a_linear_map_and_the_mlp_learns() {
         .contiguous()
         .unwrap();
     let (fw, fb) = fit::ridge(&x, &y, 1.0).unwrap();
-    let error = (fw - &w)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let error = max_abs_diff(&fw, &w);
     assert!(error < 5e-3, "weights within {error}");
-    let error = (fb - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let error = max_abs_diff(&fb, &b);
     assert!(error < 5e-3, "biases within {error}");
     let target = y.tanh().unwrap();
     let variance = target

@@ -4,22 +4,12 @@
 //! with its ragged heads, and a context too long to be reconstructed is refused before it is
 //! prefilled.
 
-use kvpress::candle::Device;
+#[path = "common/needle.rs"]
+mod needle;
+
 use kvpress::core::press::press_from_toml;
 use kvpress::hooks::{AnswerOptions, ContextSession, Pipeline, PromptSplit};
-use kvpress::models::{load_model, LoadedModel};
-
-const QUESTION: &str = "What is the special magic number for ocean mentioned in the provided text?";
-
-fn model(kv_dtype: &str) -> LoadedModel {
-    let path = kvpress::default_model::require().unwrap_or_else(|e| panic!("{e:#}"));
-    let mut loaded = load_model(&path, None, &Device::Cpu).expect("the default model loads");
-    loaded
-        .model
-        .set_kv_storage(kv_dtype.parse().unwrap())
-        .unwrap();
-    loaded
-}
+use needle::{model, needle, QUESTION};
 
 fn ask(context: &kvpress::hooks::CompressedContext) -> kvpress::hooks::Answer {
     let options = AnswerOptions {
@@ -27,14 +17,6 @@ fn ask(context: &kvpress::hooks::CompressedContext) -> kvpress::hooks::Answer {
         ..Default::default()
     };
     context.ask_with(QUESTION, options).unwrap()
-}
-
-fn needle() -> String {
-    std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../data/needle-haystack.txt"
-    ))
-    .unwrap()
 }
 
 #[test]
