@@ -321,15 +321,28 @@ fn no_duplicates<T: PartialEq + fmt::Debug>(field: &'static str, values: &[T]) -
     Ok(())
 }
 
-/// Where `config` (found at `path`) or a press nested in it sets `compression_ratio`.
-/// The fields presses keep their grid-set ratio in ([`kvpress_core::Press::ratio_field`]).
-pub(crate) const RATIO_FIELDS: [&str; 2] = ["compression_ratio", "head_compression_ratio"];
+/// The field of the press config `node` (a JSON object) that holds the ratio the grid sets: the
+/// one its press names ([`kvpress_core::Press::ratio_field`]: `compression_ratio`, or e.g.
+/// DuoAttention's `head_compression_ratio`), `compression_ratio` for a node naming no known press.
+pub(crate) fn ratio_key(node: &serde_json::Map<String, Value>) -> &'static str {
+    node.get("press")
+        .and_then(Value::as_str)
+        .and_then(kvpress_core::press::find_press)
+        .map_or("compression_ratio", |r| (r.example)().ratio_field())
+}
 
+/// Whether `key` of the press config `node` holds a ratio the grid sets ([`ratio_key`], or
+/// `compression_ratio` wherever it stands).
+pub(crate) fn is_ratio_key(node: &serde_json::Map<String, Value>, key: &str) -> bool {
+    key == "compression_ratio" || key == ratio_key(node)
+}
+
+/// Where `config` (found at `path`) or a press nested in it sets its ratio ([`is_ratio_key`]).
 fn ratio_field(config: &Value, path: &str) -> Option<String> {
     match config {
         Value::Object(map) => map.iter().find_map(|(key, value)| {
             let here = format!("{path}.{key}");
-            if RATIO_FIELDS.contains(&key.as_str()) {
+            if is_ratio_key(map, key) {
                 Some(here)
             } else {
                 ratio_field(value, &here)
@@ -371,21 +384,16 @@ pub fn task_kind(name: &str) -> Result<TaskKind> {
 }
 
 /// `config` with the ratio set on the innermost press (wrappers name their `inner`), in the
-/// field that press names ([`kvpress_core::Press::ratio_field`]: `compression_ratio`, or e.g.
-/// DuoAttention's `head_compression_ratio`).
+/// field that press names ([`ratio_key`]).
 pub fn with_ratio(config: &Value, ratio: f64) -> Result<Value> {
     let mut config = config.clone();
     let mut node = &mut config;
     while node.get("inner").is_some_and(Value::is_object) {
         node = node.get_mut("inner").expect("checked");
     }
-    let field = match kvpress_core::press::press_from_value(node.clone()) {
-        Ok(press) => press.ratio_field(),
-        Err(_) => "compression_ratio",
-    };
     match node.as_object_mut() {
         Some(map) => {
-            map.insert(field.to_string(), Value::from(ratio));
+            map.insert(ratio_key(map).to_string(), Value::from(ratio));
             Ok(config)
         }
         None => Err(Error::config(

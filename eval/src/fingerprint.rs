@@ -46,14 +46,14 @@ pub(crate) fn canonical_json(value: &Value) -> String {
     }
 }
 
-/// `value` without any ratio field the grid sets ([`crate::config::RATIO_FIELDS`]:
+/// `value` without any ratio field the grid sets ([`crate::config::is_ratio_key`]:
 /// `compression_ratio`, DuoAttention's `head_compression_ratio`), at any depth (a press config
 /// as the grid names it, whatever ratio it was built at).
 pub(crate) fn without_ratio(value: &Value) -> Value {
     match value {
         Value::Object(map) => Value::Object(
             map.iter()
-                .filter(|(k, _)| !crate::config::RATIO_FIELDS.contains(&k.as_str()))
+                .filter(|(k, _)| !crate::config::is_ratio_key(map, k))
                 .map(|(k, v)| (k.clone(), without_ratio(v)))
                 .collect(),
         ),
@@ -187,6 +187,9 @@ impl RunSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Links the presses, so that ratio fields are found by press name.
+    use kvpress as _;
 
     #[test]
     fn canonical_json_sorts_keys_at_every_depth() {

@@ -6,7 +6,7 @@
 //! a leaving token's place in a head is known from the head's length alone.
 
 use candle_core::{DType, Tensor};
-use kvpress_core::press::{DecodingEviction, PressInput, Selection};
+use kvpress_core::press::{below_threshold, DecodingEviction, PressInput, Selection};
 use kvpress_core::{Error, LayerContext, Result};
 
 /// Per layer, the scores `(batch, n_kv_heads, m)` of the last `m <= window` tokens of the
@@ -125,7 +125,7 @@ impl WindowScores {
                 let head: Vec<u32> = (0..len)
                     .filter(|&t| {
                         !(first..first + leaving).contains(&t)
-                            || !is_below(scores[t - first], threshold)
+                            || !below_threshold(scores[t - first], threshold)
                     })
                     .map(|t| t as u32)
                     .collect();
@@ -141,9 +141,4 @@ impl WindowScores {
         context.cache.evict(&selection)?;
         Ok(true)
     }
-}
-
-/// Whether `score` is below `threshold`; a NaN score is not (kvpress's `scores < threshold`).
-fn is_below(score: f32, threshold: f32) -> bool {
-    score.partial_cmp(&threshold) == Some(std::cmp::Ordering::Less)
 }

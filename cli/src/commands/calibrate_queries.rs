@@ -37,8 +37,9 @@ pub struct Args {
     out: PathBuf,
 }
 
-/// A text file's bytes as UTF-8 text that holds more than spaces.
-fn read_calibration_text(path: &Path) -> Result<(String, Vec<u8>)> {
+/// A text file's bytes as UTF-8 text that holds more than spaces (the `--text` files of
+/// `calibrate-queries` and `train-kvzap`).
+pub(crate) fn read_calibration_text(path: &Path) -> Result<(String, Vec<u8>)> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("--text {}: cannot read it", path.display()))?;
     let text = String::from_utf8(bytes.clone()).map_err(|e| {

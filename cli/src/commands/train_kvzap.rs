@@ -176,8 +176,7 @@ pub fn run(args: Args) -> Result<()> {
     let config = loaded.model.config().clone();
     let mut samples = Vec::new();
     for path in &args.texts {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("--text {}: cannot read it as UTF-8 text", path.display()))?;
+        let (text, _) = super::calibrate_queries::read_calibration_text(path)?;
         let ids = loaded.tokenizer.encode(text.trim(), false)?;
         for chunk in ids.chunks(args.sample_tokens) {
             if chunk.len() * 2 < args.sample_tokens {

@@ -126,6 +126,12 @@ pub struct DecodingEviction<'a> {
     pub window: usize,
 }
 
+/// Whether a token scoring `score` is evicted by a threshold eviction at `threshold` (DMS): it is
+/// below it; a NaN score is not (kvpress's `scores < threshold`).
+pub fn below_threshold(score: f32, threshold: f32) -> bool {
+    score.partial_cmp(&threshold) == Some(std::cmp::Ordering::Less)
+}
+
 /// The cache layout a press stores its kept tokens in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CacheLayout {

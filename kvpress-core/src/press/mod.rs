@@ -30,8 +30,8 @@ pub use allocator::{
 };
 pub use calibration::{CalibrationSample, ModelCalibration};
 pub use compression::{
-    CacheLayout, Compression, DecodingEviction, DecodingSchedule, DecodingTarget, LayerNote,
-    NoteScope, Press, PressDescription, RatioControl,
+    below_threshold, CacheLayout, Compression, DecodingEviction, DecodingSchedule, DecodingTarget,
+    LayerNote, NoteScope, Press, PressDescription, RatioControl,
 };
 pub use config::{
     press_clone, press_from_file, press_from_json, press_from_toml, press_from_value, press_name,

@@ -21,8 +21,8 @@
 use adakv::FlatLayerCache;
 use candle_core::{DType, Tensor};
 use kvpress_core::press::{
-    inner_scorer, Compression, DecodingEviction, Press, PressDescription, PressInput, RatioControl,
-    Scorer, Selection,
+    below_threshold, inner_scorer, Compression, DecodingEviction, Press, PressDescription,
+    PressInput, RatioControl, Scorer, Selection,
 };
 use kvpress_core::{Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
@@ -158,16 +158,13 @@ fn kept_outside_window(scores: &Tensor, threshold: f64, window: usize) -> Result
         .into_iter()
         .map(|row| {
             (0..n as u32)
-                .filter(|&t| t as usize >= evictable || !is_below(row[t as usize], threshold))
+                .filter(|&t| {
+                    t as usize >= evictable || !below_threshold(row[t as usize], threshold)
+                })
                 .collect()
         })
         .collect();
     Selection::new(kept, batch, n_kv_heads, n)
-}
-
-/// Whether `score` is below `threshold`; a NaN score is not (kvpress's `scores < threshold`).
-fn is_below(score: f32, threshold: f32) -> bool {
-    score.partial_cmp(&threshold) == Some(std::cmp::Ordering::Less)
 }
 
 kvpress_core::register_press!(

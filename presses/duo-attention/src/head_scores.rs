@@ -67,17 +67,10 @@ fn layer_scores(q: &Tensor, k: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Ve
         .broadcast_as((1, n_kv_heads, groups, q_len, d))?
         .reshape((1, n_heads, q_len, d))?;
     let logits = (q_last.matmul(&keys.t()?)? / (d as f64).sqrt())?;
-    let weights = softmax_last_dim(&logits)?.reshape((n_heads, q_len))?;
+    let weights = candle_nn::ops::softmax_last_dim(&logits)?.reshape((n_heads, q_len))?;
     let area = weights.cumsum(D::Minus1)?.mean(D::Minus1)?;
     Ok(area
         .reshape((n_kv_heads, groups))?
         .mean(D::Minus1)?
         .to_vec1::<f32>()?)
-}
-
-/// Softmax over the last dimension, in f32.
-fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    let max = xs.max_keepdim(D::Minus1)?;
-    let exp = xs.broadcast_sub(&max)?.exp()?;
-    Ok(exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)?)
 }

@@ -22,9 +22,8 @@ pub mod fit;
 pub mod surrogate;
 pub mod targets;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use candle_core::Tensor;
 use kvpress_core::press::{PressInput, Scorer};
@@ -49,6 +48,9 @@ pub struct Kvzap {
     pub model_type: SurrogateKind,
     /// The surrogate file (`kvpress train-kvzap --out`).
     pub kvzap_file: PathBuf,
+    /// The file's surrogates, once read (not part of the config).
+    #[serde(skip)]
+    surrogates: OnceLock<Surrogates>,
 }
 
 impl Default for Kvzap {
@@ -57,11 +59,22 @@ impl Default for Kvzap {
             compression_ratio: 0.0,
             model_type: SurrogateKind::Mlp,
             kvzap_file: PathBuf::new(),
+            surrogates: OnceLock::new(),
         }
     }
 }
 
 impl Kvzap {
+    /// The surrogates of `kvzap_file`, read and checked on the first use by this press (a
+    /// compression scores every layer, and while decoding every token, with them).
+    fn surrogates(&self) -> Result<&Surrogates> {
+        if let Some(surrogates) = self.surrogates.get() {
+            return Ok(surrogates);
+        }
+        let read = Surrogates::read(&self.kvzap_file)?;
+        Ok(self.surrogates.get_or_init(|| read))
+    }
+
     fn check_parameters(&self) -> Result<()> {
         if self.kvzap_file.as_os_str().is_empty() {
             return Err(Error::InvalidArgument(
@@ -75,37 +88,9 @@ impl Kvzap {
     }
 }
 
-/// Surrogate files read once per process, keyed by path (read again when the file changes).
-fn load(path: &Path) -> Result<Arc<Surrogates>> {
-    type Files = HashMap<PathBuf, (Option<std::time::SystemTime>, u64, Arc<Surrogates>)>;
-    static FILES: OnceLock<Mutex<Files>> = OnceLock::new();
-    let metadata = std::fs::metadata(path).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "kvzap: cannot read kvzap_file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let stamp = (metadata.modified().ok(), metadata.len());
-    let mut files = FILES
-        .get_or_init(|| Mutex::new(HashMap::new()))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some((modified, len, surrogates)) = files.get(path) {
-        if (*modified, *len) == stamp {
-            return Ok(Arc::clone(surrogates));
-        }
-    }
-    let surrogates = Arc::new(Surrogates::read(path)?);
-    files.insert(
-        path.to_path_buf(),
-        (stamp.0, stamp.1, Arc::clone(&surrogates)),
-    );
-    Ok(surrogates)
-}
-
 impl Scorer for Kvzap {
     fn score(&self, input: &PressInput<'_>, _compression_ratio: f64) -> Result<Tensor> {
-        let surrogates = load(&self.kvzap_file)?;
+        let surrogates = self.surrogates()?;
         let header = &surrogates.header;
         let hidden = input.hidden_states.dim(2)?;
         if (header.n_layers, header.hidden_size, header.n_kv_heads)
