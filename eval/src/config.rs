@@ -384,7 +384,8 @@ pub fn task_kind(name: &str) -> Result<TaskKind> {
 }
 
 /// `config` with the ratio set on the innermost press (wrappers name their `inner`), in the
-/// field that press names ([`ratio_key`]).
+/// field that press names (`kvpress_core::Press::ratio_field`: `compression_ratio`, or e.g.
+/// DuoAttention's `head_compression_ratio`).
 pub fn with_ratio(config: &Value, ratio: f64) -> Result<Value> {
     let mut config = config.clone();
     let mut node = &mut config;
